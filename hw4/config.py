@@ -1,0 +1,134 @@
+"""Structured-config schemas (registered in Hydra's ConfigStore) and value checks.
+
+Hydra checks keys and types against these dataclasses while composing, so a typo'd key or a
+string where a number belongs is rejected before anything is loaded. Ranges (epochs > 0, ...)
+are not something OmegaConf can express, so `check` verifies them right after composition.
+
+No TensorFlow here: `hw4-train --help` and `--cfg` go through this module only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from hw4.errors import ConfigError
+
+# The repository's conf/ folder. An absolute path, because console scripts run the entrypoint as
+# a module, where Hydra would otherwise look for a Python package named `conf`.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    # Folder with the four IDX gzip files; null means keras.datasets (downloads when online).
+    dir: Optional[str] = None
+    # Stratified subset of the development and test sets, for quick runs; null means all.
+    limit: Optional[int] = None
+    val_fraction: float = 0.2
+    class_names: list[str] = field(default_factory=lambda: list(FASHION_MNIST_CLASSES))
+
+
+@dataclass
+class ModelConfig:
+    # The builder function; every other field except `name` is passed to it.
+    _target_: str = MISSING
+    name: str = MISSING
+    input_shape: list[int] = MISSING
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    # A Keras optimizer identifier (adam, sgd, rmsprop, adamw, ...), see keras.optimizers.get.
+    name: str = MISSING
+    lr: float = 1e-3
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    seed: int = 0
+    # TensorFlow op determinism: identical histories for identical seeds, somewhat slower.
+    deterministic: bool = False
+    # Keras verbosity: 1 = progress bar, 2 = one line per epoch, 0 = silent.
+    verbose: int = 1
+    # Batch size for evaluation and prediction (no gradients, so larger is faster).
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class TrackingConfig:
+    # Any MLflow tracking URI; relative sqlite paths resolve against the launch directory.
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "hw4"
+    # Artifact root for experiments this project creates in a local sqlite store.
+    artifact_root: str = "mlruns/artifacts"
+    run_name: Optional[str] = None
+    log_model: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+
+
+@dataclass
+class ScratchConfig:
+    """`hw4-scratch`: Part 1's setup plus a short gradient-descent demo."""
+
+    seed: int = 0
+    n_samples: int = 1000
+    lr: float = 0.5
+    steps: int = 100
+    tracking: TrackingConfig = MISSING
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(name="scratch_schema", node=ScratchConfig)
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first value that is out of range."""
+    problems = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    t, d, m, o = cfg.trainer, cfg.data, cfg.model, cfg.optimizer
+    need(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
+    need(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
+    need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
+    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    n_classes = len(d.class_names)
+    need(
+        d.limit is None or d.limit >= n_classes,
+        f"data.limit must be at least the number of classes ({n_classes}), got {d.limit}",
+    )
+    need(bool(cfg.tracking.experiment.strip()), "tracking.experiment must not be empty")
+    if problems:
+        raise ConfigError("; ".join(problems))

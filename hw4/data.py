@@ -1,0 +1,202 @@
+"""Fashion-MNIST: read (IDX files or the Keras loader), validate, prepare, split.
+
+Preparation follows the homework: pixels scaled to [0, 1] as float32, images reshaped to the
+model's input shape (784 for the MLP, 28x28x1 for LeNet), labels one-hot encoded, and the
+development set split 8:2 into train/validation, stratified and seeded.
+
+TensorFlow is imported only by `load_keras`, the online default source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import label_binarize
+
+from hw4.errors import DataError
+
+IDX_FILES = {
+    "x_dev": "train-images-idx3-ubyte.gz",
+    "y_dev": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+# IDX magic numbers: 0x00000801 = unsigned bytes, 1 dimension; 0x00000803 = 3 dimensions.
+IDX_LABELS_MAGIC, IDX_IMAGES_MAGIC = 2049, 2051
+IMAGE_SHAPE = (28, 28)
+
+
+@dataclass
+class RawData:
+    """uint8 images (N, 28, 28) and integer labels (N,), as published."""
+
+    x_dev: np.ndarray
+    y_dev: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@dataclass
+class Splits:
+    """Model-ready arrays: float32 images in [0, 1], one-hot float32 targets."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self.y_test.argmax(axis=1)
+
+    def describe(self) -> dict[str, tuple[int, ...]]:
+        return {name: getattr(self, name).shape for name in self.__dataclass_fields__}
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """Read one gzip-compressed IDX file of unsigned bytes, checking header and length."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a complete gzip file ({exc})") from None
+    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
+        found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+        raise DataError(f"{path}: wrong IDX magic number {found}, expected {magic}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = math.prod(dims)
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: truncated or padded IDX data: header says {dims} = {expected} bytes, "
+            f"found {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def load_idx_dir(folder: str | Path, n_classes: int = 10) -> RawData:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder not found (data.dir / HW4_DATA_DIR)")
+    arrays = {
+        key: read_idx(folder / name, IDX_IMAGES_MAGIC if key.startswith("x") else IDX_LABELS_MAGIC)
+        for key, name in IDX_FILES.items()
+    }
+    raw = RawData(**arrays)
+    validate(raw, {key: folder / name for key, name in IDX_FILES.items()}, n_classes)
+    return raw
+
+
+def load_keras(n_classes: int = 10) -> RawData:
+    """keras.datasets' copy: its cache ($KERAS_HOME/datasets/fashion-mnist) or a download."""
+    import keras
+
+    try:
+        (x_dev, y_dev), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
+    except Exception as exc:  # the loader raises plain Exceptions on network failures
+        raise DataError(
+            f"keras.datasets.fashion_mnist could not load ({exc}); offline, set data.dir or "
+            "HW4_DATA_DIR to a folder with the four IDX files"
+        ) from None
+    raw = RawData(x_dev, y_dev, x_test, y_test)
+    validate(raw, {key: f"keras fashion_mnist {key}" for key in IDX_FILES}, n_classes)
+    return raw
+
+
+def load(data_dir: Optional[str | Path], n_classes: int) -> RawData:
+    """From the IDX files in `data_dir`, or from keras.datasets when it is None."""
+    return load_idx_dir(data_dir, n_classes) if data_dir else load_keras(n_classes)
+
+
+def validate(raw: RawData, sources: dict, n_classes: int) -> None:
+    """Shapes, counts and label range that every later step relies on."""
+    for images, labels in (("x_dev", "y_dev"), ("x_test", "y_test")):
+        x, y = getattr(raw, images), getattr(raw, labels)
+        if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{sources[images]}: images must be 28x28, found shape {x.shape}")
+        if len(x) != len(y):
+            raise DataError(
+                f"{sources[images]} has {len(x)} images but {sources[labels]} has {len(y)} labels"
+            )
+        if len(x) == 0:
+            raise DataError(f"{sources[images]}: holds no images")
+        if y.max() >= n_classes:
+            raise DataError(
+                f"{sources[labels]}: labels must be in 0-{n_classes - 1}, found {int(y.max())}"
+            )
+
+
+def stratified_subset(
+    x: np.ndarray, y: np.ndarray, size: int, seed: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if size > len(y):
+        raise DataError(f"data.limit={size} is larger than the {what} set ({len(y)} samples)")
+    if size == len(y):
+        return x, y
+    try:
+        x_sub, _, y_sub, _ = train_test_split(x, y, train_size=size, stratify=y, random_state=seed)
+    except ValueError as exc:
+        raise DataError(f"data.limit={size}: cannot take a stratified subset ({exc})") from None
+    return x_sub, y_sub
+
+
+def to_model_input(images: np.ndarray, input_shape: Sequence[int]) -> np.ndarray:
+    """uint8 (N, 28, 28) -> float32 in [0, 1] with the model's input shape."""
+    if math.prod(input_shape) != math.prod(IMAGE_SHAPE):
+        raise DataError(f"model.input_shape {list(input_shape)} does not hold a 28x28 image")
+    scaled = images.astype(np.float32)
+    scaled /= np.float32(255.0)  # in place: no float64 copy of the whole set
+    return scaled.reshape((-1, *input_shape))
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return label_binarize(labels, classes=list(range(n_classes))).astype(np.float32)
+
+
+def prepare(
+    raw: RawData,
+    input_shape: Sequence[int],
+    n_classes: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    limit: Optional[int] = None,
+) -> Splits:
+    x_dev, y_dev, x_test, y_test = raw.x_dev, raw.y_dev, raw.x_test, raw.y_test
+    if limit is not None:
+        x_dev, y_dev = stratified_subset(x_dev, y_dev, limit, seed, "development")
+        x_test, y_test = stratified_subset(x_test, y_test, min(limit, len(y_test)), seed, "test")
+
+    n_val = math.ceil(len(y_dev) * val_fraction)
+    if n_val < n_classes or len(y_dev) - n_val < n_classes:
+        raise DataError(
+            f"{len(y_dev)} development samples cannot be split {1 - val_fraction:g}:{val_fraction:g}"
+            f" with every one of {n_classes} classes on both sides; raise data.limit"
+        )
+    try:
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_dev, y_dev, test_size=val_fraction, stratify=y_dev, random_state=seed
+        )
+    except ValueError as exc:  # e.g. a class with a single sample
+        raise DataError(f"cannot split the development set stratified: {exc}") from None
+
+    return Splits(
+        x_train=to_model_input(x_train, input_shape),
+        y_train=one_hot(y_train, n_classes),
+        x_val=to_model_input(x_val, input_shape),
+        y_val=one_hot(y_val, n_classes),
+        x_test=to_model_input(x_test, input_shape),
+        y_test=one_hot(y_test, n_classes),
+    )

@@ -1,0 +1,229 @@
+"""MLflow tracking: store resolution, experiments, the run lifecycle and retrying writes.
+
+Every write goes through `RunLogger`, which names its run explicitly (MlflowClient), so the
+same code works for a single run, for jobs of a sweep sharing one process, and for jobs in
+other processes. The run's final status always reflects how it ended: FINISHED, FAILED (an
+exception, with the message as the `error` tag) or KILLED (Ctrl-C); never RUNNING.
+
+No TensorFlow here; `log_keras_model` imports MLflow's Keras flavour only when called.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from hw4.errors import TrackingError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Schemes MLflow's tracking client accepts (databases through SQLAlchemy, servers over HTTP).
+DB_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
+KNOWN_SCHEMES = DB_SCHEMES | {"http", "https", "file", "databricks"}
+RETRIES = 5
+
+
+def resolve_uri(uri: str, base_dir: str | Path) -> str:
+    """Make a relative sqlite path absolute against `base_dir` and create its folder.
+
+    Hydra jobs may run in their own folder (hydra.job.chdir=True), so relative paths must not
+    depend on the process's working directory.
+    """
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in KNOWN_SCHEMES:
+        raise TrackingError(
+            f"tracking.uri {uri!r} is not a tracking URI: expected sqlite:///PATH, "
+            "http(s)://HOST:PORT, postgresql://... or another MLflow store"
+        )
+    if scheme != "sqlite":
+        return uri
+    path = uri[len("sqlite:///") :]
+    if not path or uri[: len("sqlite:///")] != "sqlite:///":
+        raise TrackingError(f"tracking.uri {uri!r}: a sqlite URI reads sqlite:///relative/path.db")
+    if path == ":memory:":
+        return uri
+    db = Path(path) if Path(path).is_absolute() else Path(base_dir) / path
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingError(f"tracking store folder {db.parent} cannot be created ({exc})") from None
+    return f"sqlite:///{db}"
+
+
+def artifact_location(uri: str, artifact_root: str, base_dir: str | Path) -> Optional[str]:
+    """Where a new experiment keeps artifacts: beside a local sqlite store, else the server's choice."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    root = Path(artifact_root)
+    root = root if root.is_absolute() else Path(base_dir) / root
+    return root.resolve().as_uri()
+
+
+def retry(call: Callable[[], T], what: str, attempts: int = RETRIES) -> T:
+    """Run `call`, retrying transient store errors (a locked sqlite file, a dropped connection)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:  # sqlite raises OperationalError, servers MlflowException
+            if attempt == attempts:
+                raise
+            delay = 0.2 * 2**attempt
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def connect(uri: str) -> MlflowClient:
+    """Set the tracking URI and prove the store answers, before any data is loaded."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
+    return client
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, location: Optional[str]) -> str:
+    """The experiment's id; safe when parallel jobs race to create it."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        experiment = client.get_experiment_by_name(name)  # another process won the race
+        if experiment is None:
+            raise TrackingError(f"cannot create MLflow experiment {name!r}: {exc}") from None
+        return experiment.experiment_id
+
+
+def open_experiment(settings: Any, launch_dir: str | Path) -> tuple[MlflowClient, str]:
+    """Resolve the store from the `tracking` config, check it answers, get the experiment id."""
+    uri = resolve_uri(settings.uri, launch_dir)
+    client = connect(uri)
+    location = artifact_location(uri, settings.artifact_root, launch_dir)
+    return client, get_or_create_experiment(client, settings.experiment, location)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"name": "mlp"}} -> {"model.name": "mlp"}; lists stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def git_commit(directory: str | Path) -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RunLogger:
+    """Writes to one MLflow run; every write is retried on transient store errors."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        entries = [Param(k, str(v)) for k, v in params.items()]
+        retry(lambda: self.client.log_batch(self.run_id, params=entries), "log params")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=entries), "log metrics")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            retry(lambda: self.client.set_tag(self.run_id, key, str(value)), f"set tag {key}")
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        retry(lambda: self.client.log_figure(self.run_id, figure, artifact_file), artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        retry(lambda: self.client.log_text(self.run_id, text, artifact_file), artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        retry(lambda: self.client.log_dict(self.run_id, data, artifact_file), artifact_file)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
+        retry(
+            lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path),
+            f"artifacts {local_dir}",
+        )
+
+    def log_keras_model(self, model: Any, example: Any, name: str = "model") -> None:
+        """The model in MLflow's Keras flavour, with an input/output signature."""
+        import keras
+        import mlflow.keras
+        import tensorflow as tf
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        mlflow.keras.log_model(
+            model,
+            name=name,
+            signature=signature,
+            # Stated, not inferred: inference reloads the model in a subprocess (slow).
+            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        )
+
+
+@contextmanager
+def start_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: Optional[Mapping[str, Any]] = None,
+    parent_run_id: Optional[str] = None,
+) -> Iterator[RunLogger]:
+    """An MLflow run that always ends with the status of how the block ended."""
+    run = retry(
+        lambda: mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            parent_run_id=parent_run_id,
+        ),
+        "start run",
+    )
+    logger = RunLogger(client, run.info.run_id)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        yield logger
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"[:5000]
+        try:
+            logger.set_tags({"error": message})
+        except Exception:  # the run still has to end even if the store is gone
+            log.exception("could not record the error on run %s", logger.run_id)
+        raise
+    finally:
+        retry(lambda: mlflow.end_run(status), "end run")

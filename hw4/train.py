@@ -1,0 +1,101 @@
+"""`hw4-train`: the Hydra entrypoint. It only wires data, model, training and tracking together.
+
+    hw4-train +experiment=part4_lenet_bn data.dir=../shared/datasets/fashion-mnist
+    hw4-train -m optimizer.lr=1e-3,1e-2 model=mlp,lenet
+
+TensorFlow is imported inside `main`, after the config is composed and checked, so `--help`
+and `--cfg job` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_original_cwd, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from hw4 import config
+
+config.register_configs()
+
+
+def run_name(cfg: DictConfig) -> str:
+    return cfg.tracking.run_name or f"{cfg.model.name}-{cfg.optimizer.name}-lr{cfg.optimizer.lr:g}"
+
+
+@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Train, evaluate and track one configuration; returns the final validation accuracy."""
+    config.check(cfg)
+    # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
+    from hw4 import data, tracking
+
+    launch_dir = get_original_cwd()
+    hydra_cfg = HydraConfig.get()
+    if cfg.data.dir:
+        cfg.data.dir = to_absolute_path(cfg.data.dir)
+
+    # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
+    client, experiment_id = tracking.open_experiment(cfg.tracking, launch_dir)
+
+    class_names = list(cfg.data.class_names)
+    raw = data.load(cfg.data.dir, n_classes=len(class_names))
+    splits = data.prepare(
+        raw,
+        input_shape=cfg.model.input_shape,
+        n_classes=len(class_names),
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.trainer.seed,
+        limit=cfg.data.limit,
+    )
+
+    from hw4 import artifacts, models, training  # TensorFlow loads here
+
+    training.configure_runtime(cfg.trainer)
+    model = training.build_model(cfg.model, num_classes=len(class_names))
+    optimizer = training.build_optimizer(cfg.optimizer)
+
+    tags = {
+        "model": cfg.model.name,
+        "optimizer": cfg.optimizer.name,
+        "overrides": " ".join(hydra_cfg.overrides.task),
+        "git_commit": tracking.git_commit(launch_dir) or "none",
+    }
+    with tracking.start_run(client, experiment_id, run_name(cfg), tags) as run:
+        run.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+        if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
+            run.log_artifacts(
+                os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config"
+            )
+        run.log_text(models.summary_text(model), artifacts.SUMMARY)
+        run.log_dict({k: list(v) for k, v in splits.describe().items()}, "data_shapes.json")
+        artifacts.log_sample_grids(run, raw, class_names)
+
+        history = training.fit(
+            model, optimizer, splits, cfg.trainer, [training.EpochMetricsLogger(run.log_metrics)]
+        )
+        evaluation = training.evaluate(model, splits, cfg.trainer.eval_batch_size)
+        run.log_metrics(evaluation.metrics())
+        print(
+            f"test loss {evaluation.test_loss:.4f}, "
+            f"test accuracy {evaluation.test_accuracy:.4f} (run {run.run_id})"
+        )
+        artifacts.log_evaluation(
+            run,
+            history,
+            splits.x_test,
+            splits.test_labels,
+            evaluation.predicted,
+            evaluation.confusion,
+            class_names,
+            title=run_name(cfg),
+        )
+        if cfg.tracking.log_model:
+            run.log_keras_model(model, splits.x_test[:5])
+    return float(history[f"val_{training.METRIC}"][-1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The training loop: runtime set-up, model and optimizer construction, fit, evaluation.
+
+Imports TensorFlow/Keras: hw4.train imports this module only once training really starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import confusion_matrix
+
+from hw4.data import Splits
+from hw4.errors import ConfigError, Hw4Error
+
+LOSS = "categorical_crossentropy"
+METRIC = "categorical_accuracy"
+
+
+class TrainingDiverged(Hw4Error):
+    """The loss became NaN or infinite."""
+
+
+def configure_runtime(trainer: DictConfig) -> None:
+    """Seed Python, NumPy and TensorFlow; optionally make TensorFlow's ops deterministic."""
+    keras.utils.set_random_seed(trainer.seed)
+    if trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_model(model: DictConfig, num_classes: int) -> keras.Model:
+    """Call the builder named in `model._target_` with the model config's other fields."""
+    return instantiate(model, num_classes=num_classes, _convert_="all")
+
+
+def build_optimizer(optimizer: DictConfig) -> keras.optimizers.Optimizer:
+    kwargs = OmegaConf.to_container(optimizer.kwargs, resolve=True)
+    identifier = {"class_name": optimizer.name, "config": {"learning_rate": optimizer.lr, **kwargs}}
+    try:
+        return keras.optimizers.get(identifier)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"optimizer.name={optimizer.name!r} with kwargs {kwargs} is not a Keras optimizer ({exc})"
+        ) from None
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Hands each epoch's Keras logs to `log_metrics(metrics, step=epoch)` (one write an epoch)."""
+
+    def __init__(self, log_metrics: Callable[..., None]):
+        super().__init__()
+        self.log_metrics = log_metrics
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        if logs:
+            self.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
+
+
+def fit(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    splits: Splits,
+    trainer: DictConfig,
+    callbacks: list[keras.callbacks.Callback],
+) -> dict[str, list[float]]:
+    """Compile and train; returns the per-epoch history. Raises TrainingDiverged on NaN loss."""
+    model.compile(optimizer=optimizer, loss=LOSS, metrics=[METRIC])
+    history = model.fit(
+        splits.x_train,
+        splits.y_train,
+        validation_data=(splits.x_val, splits.y_val),
+        epochs=trainer.epochs,
+        batch_size=trainer.batch_size,
+        shuffle=True,
+        verbose=trainer.verbose,
+        callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
+    ).history
+    losses = history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingDiverged(
+            f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "
+            "(lower optimizer.lr?)"
+        )
+    return history
+
+
+@dataclass
+class Evaluation:
+    test_loss: float
+    test_accuracy: float
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    confusion: np.ndarray
+
+    def metrics(self) -> dict[str, float]:
+        return {"test_loss": self.test_loss, f"test_{METRIC}": self.test_accuracy}
+
+
+def evaluate(model: keras.Model, splits: Splits, batch_size: int) -> Evaluation:
+    results = model.evaluate(
+        splits.x_test, splits.y_test, batch_size=batch_size, verbose=0, return_dict=True
+    )
+    probabilities = model.predict(splits.x_test, batch_size=batch_size, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    n_classes = splits.y_test.shape[1]
+    return Evaluation(
+        test_loss=float(results["loss"]),
+        test_accuracy=float(results[METRIC]),
+        probabilities=probabilities,
+        predicted=predicted,
+        confusion=confusion_matrix(splits.test_labels, predicted, labels=list(range(n_classes))),
+    )

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny synthetic Fashion-MNIST-shaped IDX files and throwaway MLflow stores."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hw4.data import IDX_FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO.parent / "shared" / "datasets" / "fashion-mnist"
+N_CLASSES = 10
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """Serialise uint8 data in the IDX layout: magic, one big-endian uint32 per dimension, data."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    path.write_bytes(gzip.compress(idx_bytes(array, magic)))
+
+
+def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noise plus a bright 7x7 block whose position encodes the class, so models can learn it."""
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        images[i, 7 * row : 7 * row + 7, 7 * col : 7 * col + 7] = 255
+    return images
+
+
+def write_dataset(folder: Path, n_dev: int = 400, n_test: int = 100, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for images_key, labels_key, n in (("x_dev", "y_dev", n_dev), ("x_test", "y_test", n_test)):
+        labels = rng.permutation(np.arange(n) % N_CLASSES).astype(np.uint8)
+        write_idx(folder / IDX_FILES[images_key], synthetic_images(labels, rng), IDX_IMAGES_MAGIC)
+        write_idx(folder / IDX_FILES[labels_key], labels, IDX_LABELS_MAGIC)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """400 development and 100 test images, balanced over the 10 classes (read-only: copy to edit)."""
+    return write_dataset(tmp_path_factory.mktemp("tiny-fashion-mnist"))
+
+
+@pytest.fixture
+def data_copy(tiny_data_dir, tmp_path) -> Path:
+    """A writable copy of the tiny dataset, for tests that damage a file."""
+    return Path(shutil.copytree(tiny_data_dir, tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def _migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, created once: its schema migrations take seconds."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def tracking_uri(_migrated_store, tmp_path) -> str:
+    """A fresh, private sqlite store for one test."""
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(_migrated_store, db)
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    if not all((REAL_DATA / name).is_file() for name in IDX_FILES.values()):
+        pytest.skip(f"the real Fashion-MNIST is not at {REAL_DATA} (only on the project's machines)")
+    return REAL_DATA

@@ -1,0 +1,101 @@
+"""Config composition: presets, schema checks and range checks, without TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from hw4 import config
+from hw4.errors import ConfigError
+
+config.register_configs()
+
+
+def make(*overrides: str):
+    with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "preset, model, lr, epochs",
+    [
+        ("part3_mlp", "mlp", 1e-2, 20),
+        ("part4_lenet", "lenet", 1e-2, 10),
+        ("part4_lenet_dropout", "lenet_dropout", 1e-3, 15),
+        ("part4_lenet_bn", "lenet_bn", 1e-2, 15),
+    ],
+)
+def test_experiment_presets_match_the_homework(preset, model, lr, epochs):
+    cfg = make(f"+experiment={preset}")
+    assert cfg.model.name == model
+    assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", lr)
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (epochs, 128)
+    assert cfg.data.val_fraction == 0.2
+    config.check(cfg)
+
+
+def test_command_line_overrides_beat_presets():
+    cfg = make("+experiment=part4_lenet", "optimizer.lr=0.003", "trainer.epochs=2")
+    assert (cfg.optimizer.lr, cfg.trainer.epochs) == (0.003, 2)
+
+
+def test_data_dir_defaults_to_the_environment(monkeypatch):
+    monkeypatch.setenv("HW4_DATA_DIR", "/some/where")
+    assert make().data.dir == "/some/where"
+    monkeypatch.delenv("HW4_DATA_DIR")
+    assert make().data.dir is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epoch=3", "Key 'epoch' not in 'TrainerConfig'"),  # typo'd key
+        ("trainer.epochs=three", "Value 'three' of type 'str' could not be converted to Integer"),
+        ("model=resnet", "Could not find 'model/resnet'"),  # unknown model
+        ("optimizer=adagrad", "Could not find 'optimizer/adagrad'"),
+    ],
+)
+def test_schema_rejects_bad_overrides(override, message):
+    with pytest.raises(ConfigCompositionException) as caught:
+        make(override)
+    assert message in f"{caught.value} {caught.value.__cause__}"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.epochs=0", "trainer.epochs must be >= 1"),
+        ("trainer.epochs=-2", "trainer.epochs must be >= 1"),
+        ("trainer.batch_size=0", "trainer.batch_size must be >= 1"),
+        ("optimizer.lr=0", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=-0.1", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
+        ("model.dropout=1.0", r"model.dropout must be in \[0, 1\)"),
+        ("model.dropout=-0.5", r"model.dropout must be in \[0, 1\)"),
+        ("data.val_fraction=0", r"data.val_fraction must be in \(0, 1\)"),
+        ("data.val_fraction=1.5", r"data.val_fraction must be in \(0, 1\)"),
+        ("data.limit=5", "data.limit must be at least the number of classes"),
+        ("tracking.experiment=' '", "tracking.experiment must not be empty"),
+    ],
+)
+def test_out_of_range_values_are_rejected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.check(make(override))
+
+
+def test_help_and_cfg_do_not_import_tensorflow_or_mlflow():
+    code = (
+        "import sys; sys.argv = ['hw4-train', '--cfg', 'job', '+experiment=part4_lenet_bn'];"
+        "import hw4.train\n"
+        "try: hw4.train.main()\n"
+        "except SystemExit: pass\n"
+        "heavy = {'tensorflow', 'keras', 'mlflow'} & set(sys.modules)\n"
+        "sys.exit(f'imported {heavy}' if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "name: lenet_bn" in result.stdout

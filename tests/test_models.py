@@ -1,0 +1,89 @@
+"""Model builders, built from the project's own model YAML files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hw4.config import CONFIG_DIR, register_configs
+
+keras = pytest.importorskip("keras")
+from hw4 import models, training  # noqa: E402  (needs Keras)
+
+register_configs()
+
+
+def build(model_name: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model_name}", *overrides])
+    return training.build_model(cfg.model, num_classes=10)
+
+
+def test_mlp_has_the_homework_parameter_count():
+    model = build("mlp")
+    assert model.count_params() == 109_386
+    assert [layer.units for layer in model.layers] == [128, 64, 10]
+
+
+def test_lenet_has_the_homework_shapes_and_parameter_count():
+    model = build("lenet")
+    assert model.count_params() == 61_706
+    shapes = [tuple(layer.output.shape[1:]) for layer in model.layers]
+    assert shapes == [
+        (28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (1, 1, 120), (120,), (84,), (10,),
+    ]  # fmt: skip
+
+
+def test_dropout_follows_every_hidden_layer():
+    model = build("lenet_dropout")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Dropout") == 4  # three convolutions and the 84-unit dense layer
+    for index, kind in enumerate(kinds):
+        if kind == "Dropout":
+            assert kinds[index - 1] in ("Conv2D", "Dense")
+    assert {layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)} == {0.5}
+    assert model.count_params() == 61_706  # dropout adds no weights
+
+
+def test_dropout_rate_comes_from_config():
+    model = build("lenet_dropout", "model.dropout=0.3")
+    assert {layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)} == {0.3}
+
+
+def test_batch_norm_follows_every_hidden_layer():
+    model = build("lenet_bn")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("BatchNormalization") == 4
+    # BN normalises each hidden layer's pre-activation: linear -> BN -> ReLU.
+    for index, kind in enumerate(kinds):
+        if kind == "BatchNormalization":
+            assert kinds[index - 1] in ("Conv2D", "Dense") and kinds[index + 1] == "ReLU"
+    # 2 trainable (gamma, beta) + 2 moving statistics per channel: 6 + 16 + 120 + 84 channels.
+    assert model.count_params() == 61_706 + 4 * (6 + 16 + 120 + 84)
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "lenet", "lenet_dropout", "lenet_bn"])
+def test_outputs_are_probabilities(model_name):
+    model = build(model_name)
+    rng = np.random.default_rng(0)
+    x = rng.random((4, *model.input_shape[1:]), dtype=np.float32)
+    probabilities = model.predict(x, verbose=0)
+    assert probabilities.shape == (4, 10)
+    assert (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_summary_lists_layers_and_parameters():
+    text = models.summary_text(build("lenet"))
+    assert "Total params: 61,706" in text
+    assert "1x1x120" in text and "48120" in text
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop"])
+def test_optimizers_take_the_learning_rate(name):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"optimizer={name}", "optimizer.lr=0.0123"])
+    optimizer = training.build_optimizer(cfg.optimizer)
+    assert type(optimizer).__name__.lower() == name
+    assert float(optimizer.learning_rate) == pytest.approx(0.0123)

@@ -1,0 +1,120 @@
+"""Tracking: URI resolution, experiments, run statuses, retries (no TensorFlow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hw4 import tracking
+from hw4.errors import TrackingError
+
+
+def test_relative_sqlite_uri_resolves_against_the_launch_dir(tmp_path):
+    uri = tracking.resolve_uri("sqlite:///mlruns/mlflow.db", tmp_path)
+    assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+
+
+def test_absolute_and_server_uris_are_kept(tmp_path):
+    assert tracking.resolve_uri(f"sqlite:///{tmp_path}/x.db", "/elsewhere") == f"sqlite:///{tmp_path}/x.db"
+    assert tracking.resolve_uri("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "ftp://host/x", "sqlite:/x.db", "not a uri"])
+def test_malformed_uris_are_rejected(uri, tmp_path):
+    with pytest.raises(TrackingError, match="tracking.uri"):
+        tracking.resolve_uri(uri, tmp_path)
+
+
+def test_unreachable_server_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(TrackingError, match=r"tracking store http://127.0.0.1:9 cannot be used"):
+        tracking.connect("http://127.0.0.1:9")
+
+
+def test_experiment_artifacts_live_beside_a_local_store(tracking_uri, tmp_path):
+    client = tracking.connect(tracking_uri)
+    location = tracking.artifact_location(tracking_uri, "mlruns/artifacts", tmp_path)
+    experiment_id = tracking.get_or_create_experiment(client, "exp", location)
+    assert tracking.get_or_create_experiment(client, "exp", location) == experiment_id
+    assert client.get_experiment(experiment_id).artifact_location == (tmp_path / "mlruns/artifacts").as_uri()
+
+
+def test_flatten_joins_keys_with_dots():
+    assert tracking.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": {},
+    }
+
+
+def run_and_read(uri: str, body) -> "mlflow.entities.Run":  # noqa: F821
+    client = tracking.connect(uri)
+    experiment_id = tracking.get_or_create_experiment(client, "statuses", None)
+    run_id = None
+    try:
+        with tracking.start_run(client, experiment_id, "r", {"model": "m"}) as run:
+            run_id = run.run_id
+            body(run)
+    finally:
+        assert run_id is not None
+    return MlflowClient(uri).get_run(run_id)
+
+
+def test_finished_run(tracking_uri):
+    def body(run):
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.log_metrics({"loss": 0.5}, step=1)
+
+    result = run_and_read(tracking_uri, body)
+    assert result.info.status == "FINISHED"
+    history = MlflowClient(tracking_uri).get_metric_history(result.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5)]
+
+
+def test_exception_ends_the_run_failed_with_the_error_tag(tracking_uri):
+    captured = {}
+
+    def body(run):
+        captured["id"] = run.run_id
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        run_and_read(tracking_uri, body)
+    result = MlflowClient(tracking_uri).get_run(captured["id"])
+    assert result.info.status == "FAILED"
+    assert result.data.tags["error"] == "RuntimeError: boom"
+
+
+def test_ctrl_c_ends_the_run_killed(tracking_uri):
+    captured = {}
+
+    def body(run):
+        captured["id"] = run.run_id
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_and_read(tracking_uri, body)
+    assert MlflowClient(tracking_uri).get_run(captured["id"]).info.status == "KILLED"
+
+
+def test_retry_recovers_from_transient_errors(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("database is locked")
+        return "ok"
+
+    assert tracking.retry(flaky, "flaky") == "ok" and len(calls) == 3
+
+    def broken():
+        raise RuntimeError("down")
+
+    with pytest.raises(RuntimeError, match="down"):
+        tracking.retry(broken, "broken", attempts=2)
