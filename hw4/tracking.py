@@ -22,6 +22,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from hw4.errors import TrackingError
 
@@ -85,8 +86,7 @@ def retry(call: Callable[[], T], what: str, attempts: int = RETRIES) -> T:
 
 
 def connect(uri: str) -> MlflowClient:
-    """Set the tracking URI and prove the store answers, before any data is loaded."""
-    mlflow.set_tracking_uri(uri)
+    """A client for `uri`, once the store has answered (checked before any data is loaded)."""
     client = MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)
@@ -176,19 +176,32 @@ class RunLogger:
         )
 
     def log_keras_model(self, model: Any, example: Any, name: str = "model") -> None:
-        """The model in MLflow's Keras flavour, with an input/output signature."""
+        """The model in MLflow's Keras flavour, with an input/output signature, linked to this run."""
         import keras
         import mlflow.keras
         import tensorflow as tf
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
 
         signature = infer_signature(example, model.predict(example, verbose=0))
-        mlflow.keras.log_model(
-            model,
-            name=name,
-            signature=signature,
-            # Stated, not inferred: inference reloads the model in a subprocess (slow).
-            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+        mlflow.set_tracking_uri(self.client.tracking_uri)  # Model.log writes through the global URI
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        # Created here so it lands in the run's experiment without a fluent "active run".
+        logged = mlflow.initialize_logged_model(
+            name=name, source_run_id=self.run_id, experiment_id=experiment_id
+        )
+        retry(
+            lambda: Model.log(
+                artifact_path=None,  # MLflow 3 names logged models by `name`
+                name=name,
+                flavor=mlflow.keras,
+                run_id=self.run_id,
+                model_id=logged.model_id,
+                model=model,
+                signature=signature,
+                # Stated, not inferred: inference reloads the model in a subprocess (slow).
+                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+            ),
+            "log model",
         )
 
 
@@ -200,23 +213,24 @@ def start_run(
     tags: Optional[Mapping[str, Any]] = None,
     parent_run_id: Optional[str] = None,
 ) -> Iterator[RunLogger]:
-    """An MLflow run that always ends with the status of how the block ended."""
+    """An MLflow run that always ends with the status of how the block ended.
+
+    Created through the client, not mlflow.start_run: no process-wide "active run", so sweep jobs
+    sharing a process, or a parent run held open around them, cannot get mixed up.
+    """
+    run_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = retry(
-        lambda: mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=run_name,
-            tags={k: str(v) for k, v in (tags or {}).items()},
-            parent_run_id=parent_run_id,
-        ),
-        "start run",
+        lambda: client.create_run(experiment_id, run_name=run_name, tags=run_tags), "start run"
     )
     logger = RunLogger(client, run.info.run_id)
-    status = RunStatus.to_string(RunStatus.FAILED)
+    status = RunStatus.FAILED
     try:
         yield logger
-        status = RunStatus.to_string(RunStatus.FINISHED)
+        status = RunStatus.FINISHED
     except KeyboardInterrupt:
-        status = RunStatus.to_string(RunStatus.KILLED)
+        status = RunStatus.KILLED
         raise
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"[:5000]
@@ -226,4 +240,6 @@ def start_run(
             log.exception("could not record the error on run %s", logger.run_id)
         raise
     finally:
-        retry(lambda: mlflow.end_run(status), "end run")
+        retry(
+            lambda: client.set_terminated(logger.run_id, RunStatus.to_string(status)), "end run"
+        )
