@@ -69,6 +69,8 @@ class TrainerConfig:
     verbose: int = 1
     # Batch size for evaluation and prediction (no gradients, so larger is faster).
     eval_batch_size: int = 1024
+    # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
+    threads: Optional[int] = None
 
 
 @dataclass
@@ -102,10 +104,21 @@ class ScratchConfig:
     tracking: TrackingConfig = MISSING
 
 
+@dataclass
+class CompareConfig:
+    """`hw4-compare`: which runs to tabulate, how to sort them, where figures go."""
+
+    parent: Optional[str] = None  # a sweep's parent run id; null = the whole experiment
+    sort: str = "test_accuracy"
+    out: str = "outputs/compare"
+    tracking: TrackingConfig = MISSING
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(name="scratch_schema", node=ScratchConfig)
+    cs.store(name="compare_schema", node=CompareConfig)
 
 
 def check(cfg: DictConfig) -> None:
@@ -120,6 +133,7 @@ def check(cfg: DictConfig) -> None:
     need(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     need(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    need(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
     need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
     need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")

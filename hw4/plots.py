@@ -56,3 +56,29 @@ def image_grid(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def overlaid_curves(histories: Mapping[str, Sequence[float]], ylabel: str) -> Figure:
+    """One line per run: a metric against the epoch."""
+    fig = Figure(figsize=(9, 5), layout="constrained")
+    ax = fig.subplots()
+    for label, values in sorted(histories.items()):
+        ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def metric_vs_lr(frame, metric: str, group: Sequence[str] = ("model", "optimizer")) -> Figure:
+    """`metric` against the learning rate on a log axis, one line per combination of `group`."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for name, rows in frame.dropna(subset=[metric]).groupby(list(group)):
+        rows = rows.sort_values("lr")
+        ax.plot(rows["lr"], rows[metric], marker="o", label="/".join(map(str, name)))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel=metric.replace("_", " "), title=f"{metric} vs learning rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="/".join(group))
+    return fig

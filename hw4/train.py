@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one configuration; returns the final validation accuracy."""
     config.check(cfg)
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
-    from hw4 import data, tracking
+    from hw4 import data, sweep, tracking
 
     launch_dir = get_original_cwd()
     hydra_cfg = HydraConfig.get()
@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> float:
         cfg.data.dir = to_absolute_path(cfg.data.dir)
 
     # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
-    client, experiment_id = tracking.open_experiment(cfg.tracking, launch_dir)
+    client, experiment_id, parent_run_id, sweep_tags = sweep.open_tracking(cfg.tracking, launch_dir)
 
     class_names = list(cfg.data.class_names)
     raw = data.load(cfg.data.dir, n_classes=len(class_names))
@@ -53,7 +53,7 @@ def main(cfg: DictConfig) -> float:
 
     from hw4 import artifacts, models, training  # TensorFlow loads here
 
-    training.configure_runtime(cfg.trainer)
+    threads = training.configure_runtime(cfg.trainer, parallel_jobs=sweep.parallel_jobs())
     model = training.build_model(cfg.model, num_classes=len(class_names))
     optimizer = training.build_optimizer(cfg.optimizer)
 
@@ -62,8 +62,10 @@ def main(cfg: DictConfig) -> float:
         "optimizer": cfg.optimizer.name,
         "overrides": " ".join(hydra_cfg.overrides.task),
         "git_commit": tracking.git_commit(launch_dir) or "none",
+        "tf_threads": threads,
+        **sweep_tags,
     }
-    with tracking.start_run(client, experiment_id, run_name(cfg), tags) as run:
+    with tracking.start_run(client, experiment_id, run_name(cfg), tags, parent_run_id) as run:
         run.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
         if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
             run.log_artifacts(

@@ -5,6 +5,8 @@ Imports TensorFlow/Keras: hw4.train imports this module only once training reall
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -18,6 +20,7 @@ from sklearn.metrics import confusion_matrix
 from hw4.data import Splits
 from hw4.errors import ConfigError, Hw4Error
 
+log = logging.getLogger(__name__)
 LOSS = "categorical_crossentropy"
 METRIC = "categorical_accuracy"
 
@@ -26,11 +29,25 @@ class TrainingDiverged(Hw4Error):
     """The loss became NaN or infinite."""
 
 
-def configure_runtime(trainer: DictConfig) -> None:
-    """Seed Python, NumPy and TensorFlow; optionally make TensorFlow's ops deterministic."""
+def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
+    """Seed Python, NumPy and TensorFlow; set thread pools; optionally make ops deterministic.
+
+    Parallel sweep jobs share the cores: each gets cores // parallel_jobs threads unless
+    trainer.threads says otherwise, so that they do not oversubscribe the machine.
+    """
     keras.utils.set_random_seed(trainer.seed)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
+    threads = trainer.threads
+    if threads is None and parallel_jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # a reused worker process: TensorFlow already started its pools
+            log.debug("thread pools already initialised; keeping them")
+    return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
 
 
 def build_model(model: DictConfig, num_classes: int) -> keras.Model:
