@@ -71,6 +71,11 @@ class TrainerConfig:
     eval_batch_size: int = 1024
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
     threads: Optional[int] = None
+    # Save model, optimizer state and history every epoch, under <checkpoint_dir>/<run id>.
+    checkpoint: bool = True
+    checkpoint_dir: str = "mlruns/checkpoints"
+    # A run id to continue from its last completed epoch, in the same MLflow run.
+    resume: Optional[str] = None
 
 
 @dataclass
@@ -134,6 +139,10 @@ def check(cfg: DictConfig) -> None:
     need(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     need(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
+    need(
+        t.resume is None or t.checkpoint,
+        "trainer.resume needs trainer.checkpoint=true (the checkpoint is what resumes)",
+    )
     need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
     need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")

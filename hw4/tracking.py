@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
@@ -33,6 +34,7 @@ T = TypeVar("T")
 DB_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 KNOWN_SCHEMES = DB_SCHEMES | {"http", "https", "file", "databricks"}
 RETRIES = 5
+HEALTH_TIMEOUT_S = 5
 
 
 def resolve_uri(uri: str, base_dir: str | Path) -> str:
@@ -87,6 +89,13 @@ def retry(call: Callable[[], T], what: str, attempts: int = RETRIES) -> T:
 
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, once the store has answered (checked before any data is loaded)."""
+    if urlparse(uri).scheme in ("http", "https"):
+        # MLflow's client retries a dead server for minutes; ask the server's health endpoint once.
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+                pass
+        except (OSError, ValueError) as exc:
+            raise TrackingError(f"tracking store {uri} cannot be used: {exc}") from None
     client = MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)
@@ -99,6 +108,12 @@ def connect(uri: str) -> MlflowClient:
 def get_or_create_experiment(client: MlflowClient, name: str, location: Optional[str]) -> str:
     """The experiment's id; safe when parallel jobs race to create it."""
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted: restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+            "or set tracking.experiment to another name"
+        )
     if experiment is not None:
         return experiment.experiment_id
     try:
@@ -116,6 +131,26 @@ def open_experiment(settings: Any, launch_dir: str | Path) -> tuple[MlflowClient
     client = connect(uri)
     location = artifact_location(uri, settings.artifact_root, launch_dir)
     return client, get_or_create_experiment(client, settings.experiment, location)
+
+
+def check_resumable(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """The run exists, is not finished, and was started with the same settings."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"trainer.resume={run_id}: no such run in {client.tracking_uri}") from None
+    if run.info.status == "FINISHED":
+        raise TrackingError(f"trainer.resume={run_id}: the run already finished")
+    ignored = {"trainer.resume", "trainer.verbose", "trainer.threads"}
+    differences = [
+        f"{key}={value} (run has {run.data.params.get(key)})"
+        for key, value in params.items()
+        if key not in ignored and key in run.data.params and run.data.params[key] != str(value)
+    ]
+    if differences:
+        raise TrackingError(
+            f"trainer.resume={run_id}: settings differ from the run's: {', '.join(differences)}"
+        )
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -212,19 +247,28 @@ def start_run(
     run_name: str,
     tags: Optional[Mapping[str, Any]] = None,
     parent_run_id: Optional[str] = None,
+    run_id: Optional[str] = None,
 ) -> Iterator[RunLogger]:
     """An MLflow run that always ends with the status of how the block ended.
 
     Created through the client, not mlflow.start_run: no process-wide "active run", so sweep jobs
-    sharing a process, or a parent run held open around them, cannot get mixed up.
+    sharing a process, or a parent run held open around them, cannot get mixed up. With
+    `run_id`, an existing run is reopened (resume) instead.
     """
     run_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = retry(
-        lambda: client.create_run(experiment_id, run_name=run_name, tags=run_tags), "start run"
-    )
-    logger = RunLogger(client, run.info.run_id)
+    if run_id:
+        retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen run")
+        logger = RunLogger(client, run_id)
+        if "error" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "error")  # the error of the interrupted attempt
+        logger.set_tags(run_tags)
+    else:
+        run = retry(
+            lambda: client.create_run(experiment_id, run_name=run_name, tags=run_tags), "start run"
+        )
+        logger = RunLogger(client, run.info.run_id)
     status = RunStatus.FAILED
     try:
         yield logger

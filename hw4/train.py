@@ -10,6 +10,9 @@ and `--cfg job` stay fast.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,8 +20,23 @@ from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from hw4 import config
+from hw4.errors import ConfigError
 
 config.register_configs()
+
+
+def checkpoint_folder(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
+    return Path(launch_dir) / cfg.trainer.checkpoint_dir / run_id
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C does (status KILLED, epochs so far kept)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():  # signals need the main thread
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -29,6 +47,7 @@ def run_name(cfg: DictConfig) -> str:
 def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one configuration; returns the final validation accuracy."""
     config.check(cfg)
+    stop_on_sigterm()
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
     from hw4 import data, sweep, tracking
 
@@ -51,12 +70,16 @@ def main(cfg: DictConfig) -> float:
         limit=cfg.data.limit,
     )
 
-    from hw4 import artifacts, models, training  # TensorFlow loads here
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    resume_id = cfg.trainer.resume
+    if resume_id:
+        tracking.check_resumable(client, resume_id, params)
+        if not checkpoint_folder(cfg, launch_dir, resume_id).is_dir():
+            raise ConfigError(f"trainer.resume={resume_id}: no checkpoint was kept for that run")
+
+    from hw4 import artifacts, checkpoints, models, training  # TensorFlow loads here
 
     threads = training.configure_runtime(cfg.trainer, parallel_jobs=sweep.parallel_jobs())
-    model = training.build_model(cfg.model, num_classes=len(class_names))
-    optimizer = training.build_optimizer(cfg.optimizer)
-
     tags = {
         "model": cfg.model.name,
         "optimizer": cfg.optimizer.name,
@@ -65,18 +88,38 @@ def main(cfg: DictConfig) -> float:
         "tf_threads": threads,
         **sweep_tags,
     }
-    with tracking.start_run(client, experiment_id, run_name(cfg), tags, parent_run_id) as run:
-        run.log_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
-        if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
-            run.log_artifacts(
-                os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config"
-            )
-        run.log_text(models.summary_text(model), artifacts.SUMMARY)
-        run.log_dict({k: list(v) for k, v in splits.describe().items()}, "data_shapes.json")
-        artifacts.log_sample_grids(run, raw, class_names)
+    with tracking.start_run(
+        client, experiment_id, run_name(cfg), tags, parent_run_id, run_id=resume_id
+    ) as run:
+        folder = checkpoint_folder(cfg, launch_dir, run.run_id)
+        if resume_id:
+            model, state = checkpoints.load(folder)
+            # Epochs the checkpoint holds but MLflow missed (killed between the two writes).
+            logged = {m.step for m in client.get_metric_history(run.run_id, "loss")}
+            for epoch in range(state.epoch + 1):
+                if epoch not in logged:
+                    run.log_metrics(state.epoch_logs(epoch), step=epoch)
+            print(f"resuming run {run.run_id} after epoch {state.epoch + 1}")
+        else:
+            model = training.build_model(cfg.model, num_classes=len(class_names))
+            training.compile_model(model, training.build_optimizer(cfg.optimizer))
+            state = checkpoints.CheckpointState()
+            run.log_params(params)
+            if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
+                run.log_artifacts(
+                    os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config"
+                )
+            run.log_text(models.summary_text(model), artifacts.SUMMARY)
+            run.log_dict({k: list(v) for k, v in splits.describe().items()}, "data_shapes.json")
+            artifacts.log_sample_grids(run, raw, class_names)
 
+        # The checkpoint is written before the metrics (see hw4/checkpoints.py).
+        callbacks = [training.EpochMetricsLogger(run.log_metrics)]
+        if cfg.trainer.checkpoint:
+            run.set_tags({"checkpoint_dir": folder})
+            callbacks.insert(0, checkpoints.EpochCheckpoint(folder, state))
         history = training.fit(
-            model, optimizer, splits, cfg.trainer, [training.EpochMetricsLogger(run.log_metrics)]
+            model, splits, cfg.trainer, callbacks, state.epoch + 1, past_history=state.history
         )
         evaluation = training.evaluate(model, splits, cfg.trainer.eval_batch_size)
         run.log_metrics(evaluation.metrics())
@@ -96,6 +139,7 @@ def main(cfg: DictConfig) -> float:
         )
         if cfg.tracking.log_model:
             run.log_keras_model(model, splits.x_test[:5])
+    checkpoints.remove(folder)  # finished: the logged model replaces it
     return float(history[f"val_{training.METRIC}"][-1])
 
 

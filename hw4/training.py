@@ -78,25 +78,37 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             self.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
 
 
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    model.compile(optimizer=optimizer, loss=LOSS, metrics=[METRIC])
+
+
 def fit(
     model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
     splits: Splits,
     trainer: DictConfig,
     callbacks: list[keras.callbacks.Callback],
+    initial_epoch: int = 0,
+    past_history: Mapping[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Compile and train; returns the per-epoch history. Raises TrainingDiverged on NaN loss."""
-    model.compile(optimizer=optimizer, loss=LOSS, metrics=[METRIC])
-    history = model.fit(
+    """Train the compiled model from `initial_epoch`; returns the history of every epoch.
+
+    `past_history` holds the epochs before `initial_epoch` (a resumed run). Raises
+    TrainingDiverged when the loss becomes NaN or infinite.
+    """
+    new = model.fit(
         splits.x_train,
         splits.y_train,
         validation_data=(splits.x_val, splits.y_val),
         epochs=trainer.epochs,
+        initial_epoch=initial_epoch,
         batch_size=trainer.batch_size,
         shuffle=True,
         verbose=trainer.verbose,
         callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
     ).history
+    history = {name: list(values) for name, values in (past_history or {}).items()}
+    for name, values in new.items():
+        history.setdefault(name, []).extend(float(v) for v in values)
     losses = history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(

@@ -1,0 +1,181 @@
+"""Runs survive kills and bad settings: resume, signals, determinism, store problems."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hw4 import tracking
+
+EPOCHS = 30
+
+
+def train_args(data_dir: Path, uri: str, *overrides: str) -> list[str]:
+    return [
+        "hw4-train", "model=mlp", f"trainer.epochs={EPOCHS}", "trainer.verbose=0",
+        "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={uri}", *overrides,
+    ]  # fmt: skip
+
+
+def only_run(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hw4")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return client, (runs[0] if runs else None)
+
+
+def start_and_wait_for_epochs(args: list[str], cwd: Path, uri: str, epochs: int) -> subprocess.Popen:
+    """Start hw4-train and return once MLflow holds `epochs` epochs of its run."""
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        client, run = only_run(uri)
+        if run and len(client.get_metric_history(run.info.run_id, "loss")) >= epochs:
+            return process
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("training did not reach the wanted epoch in time")
+
+
+def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, metric))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_the_same_run(tiny_data_dir, tracking_uri, tmp_path):
+    args = train_args(tiny_data_dir, tracking_uri)
+    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    client, run = only_run(tracking_uri)
+    run_id = run.info.run_id
+    assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
+    done_before = len(steps(client, run_id, "loss"))
+    assert 3 <= done_before < EPOCHS
+
+    result = subprocess.run(
+        [*args, f"trainer.resume={run_id}"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming run" in result.stdout
+    client, run = only_run(tracking_uri)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy"):
+        assert steps(client, run_id, metric) == list(range(EPOCHS)), metric  # no gaps, no repeats
+    assert "test_categorical_accuracy" in run.data.metrics
+    assert not Path(run.data.tags["checkpoint_dir"]).exists()  # removed once finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_end_the_run_killed(signum, tiny_data_dir, tracking_uri, tmp_path):
+    process = start_and_wait_for_epochs(
+        train_args(tiny_data_dir, tracking_uri), tmp_path, tracking_uri, epochs=2
+    )
+    process.send_signal(signum)
+    assert process.wait(timeout=60) != 0
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "KILLED"
+    assert len(steps(client, run.info.run_id, "loss")) >= 2  # the epochs done so far are kept
+
+
+def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path):
+    client = tracking.connect(tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, "hw4", None)
+    with tracking.start_run(client, experiment_id, "done") as finished:
+        finished.log_params({"trainer.epochs": EPOCHS})
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start_run(client, experiment_id, "killed") as interrupted:
+            interrupted.log_params({"trainer.epochs": 5})
+            raise KeyboardInterrupt
+    for run_id, message in [
+        ("0" * 32, "no such run"),
+        (finished.run_id, "the run already finished"),
+        (interrupted.run_id, r"settings differ from the run's: trainer.epochs=30 \(run has 5\)"),
+    ]:
+        result = subprocess.run(
+            train_args(tiny_data_dir, tracking_uri, f"trainer.resume={run_id}"),
+            cwd=tmp_path, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert re.search(message, result.stderr), result.stderr
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_exactly(tiny_data_dir, tracking_uri, tmp_path):
+    result = subprocess.run(
+        [
+            "hw4-train", "-m", "tracking.run_name=first,second", f"hydra.sweep.dir={tmp_path / 'm'}",
+            *train_args(tiny_data_dir, tracking_uri, "trainer.deterministic=true", "trainer.epochs=3")[1:],
+        ],  # fmt: skip
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("hw4")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    for metric in ("loss", "val_loss", "val_categorical_accuracy"):
+        first, second = (
+            [m.value for m in sorted(client.get_metric_history(runs[n].info.run_id, metric), key=lambda m: m.step)]
+            for n in ("first", "second")
+        )
+        assert len(first) == 3 and first == second, metric
+
+
+class FlakyClient:
+    """Fails the first `failures` log_batch calls, like a briefly locked sqlite file."""
+
+    def __init__(self, failures: int):
+        self.failures, self.batches = failures, []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("database is locked")
+        self.batches.append(list(metrics))
+
+
+def test_a_transient_logging_failure_is_retried(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    client = FlakyClient(failures=2)
+    tracking.RunLogger(client, "run").log_metrics({"loss": 0.5}, step=3)
+    ((metric,),) = client.batches
+    assert (metric.key, metric.value, metric.step) == ("loss", 0.5, 3)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("http://127.0.0.1:9", "tracking store http://127.0.0.1:9 cannot be used"),
+        ("mlruns", "tracking.uri 'mlruns' is not a tracking URI"),
+        ("sqlite:///{file}/mlflow.db", "tracking store folder .* cannot be created"),
+    ],
+)
+def test_store_problems_stop_before_data_loading(uri, message, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = subprocess.run(
+        ["hw4-train", f"tracking.uri={uri.format(file=blocker)}", f"data.dir={tmp_path / 'no-data'}"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert re.search(message, result.stderr), result.stderr
+    assert "data folder not found" not in result.stderr  # the store is checked first
+    assert "Traceback" not in result.stderr
+
+
+def test_a_deleted_experiment_is_a_clear_error(tracking_uri, tmp_path):
+    client = tracking.connect(tracking_uri)
+    client.delete_experiment(tracking.get_or_create_experiment(client, "gone", None))
+    result = subprocess.run(
+        ["hw4-train", f"tracking.uri={tracking_uri}", "tracking.experiment=gone"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "MLflow experiment 'gone' is deleted" in result.stderr
