@@ -69,6 +69,12 @@ class TrainerConfig:
     verbose: int = 1
     # Batch size for evaluation and prediction (no gradients, so larger is faster).
     eval_batch_size: int = 1024
+    # Speed levers (measured in BENCHMARKS.md). XLA: "auto" lets Keras decide, or true/false.
+    jit_compile: str = "auto"
+    # Keras dtype policy: float32, or mixed_bfloat16 on CPUs with bf16 support.
+    precision: str = "float32"
+    # Input pipeline: "tf_data" (cached, prefetched tf.data) or "numpy" (arrays into fit).
+    pipeline: str = "tf_data"
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
     threads: Optional[int] = None
     # Save model, optimizer state and history every epoch, under <checkpoint_dir>/<run id>.
@@ -119,6 +125,14 @@ class CompareConfig:
     tracking: TrackingConfig = MISSING
 
 
+# String-valued switches and their values (true/false arrive from YAML as booleans).
+TRAINER_CHOICES = {
+    "jit_compile": ("auto", "true", "false"),
+    "precision": ("float32", "mixed_bfloat16"),
+    "pipeline": ("tf_data", "numpy"),
+}
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
@@ -143,6 +157,11 @@ def check(cfg: DictConfig) -> None:
         t.resume is None or t.checkpoint,
         "trainer.resume needs trainer.checkpoint=true (the checkpoint is what resumes)",
     )
+    for key, allowed in TRAINER_CHOICES.items():
+        need(
+            str(t[key]).lower() in allowed,
+            f"trainer.{key} must be one of {', '.join(allowed)}, got {t[key]}",
+        )
     need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
     need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")

@@ -4,6 +4,9 @@ A model YAML under conf/model/ names its builder in `_target_`; every other fiel
 config (name, input_shape, dropout, batch_norm) is passed to it, so adding a model means one
 builder here (or an existing one with new options) plus one YAML file.
 
+The output layer always computes in float32, so the softmax stays accurate under a mixed
+precision policy (trainer.precision=mixed_bfloat16).
+
 Regularisation is applied to every hidden layer in the same order, (batch norm) -> ReLU ->
 (dropout): normalising the pre-activation is the original batch-norm paper's placement.
 """
@@ -44,7 +47,7 @@ def mlp(
     stack: list = [keras.Input(shape=tuple(input_shape))]
     for units in hidden_units:
         stack += _hidden(partial(layers.Dense, units), dropout, batch_norm)
-    stack.append(layers.Dense(num_classes, activation="softmax"))
+    stack.append(layers.Dense(num_classes, activation="softmax", dtype="float32"))
     return keras.Sequential(stack, name=name)
 
 
@@ -72,7 +75,7 @@ def lenet(
         *hidden(partial(layers.Conv2D, 120, 5)),
         layers.Flatten(),
         *hidden(partial(layers.Dense, 84)),
-        layers.Dense(num_classes, activation="softmax"),
+        layers.Dense(num_classes, activation="softmax", dtype="float32"),
     ]
     return keras.Sequential(stack, name=name)
 

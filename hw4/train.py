@@ -102,7 +102,9 @@ def main(cfg: DictConfig) -> float:
             print(f"resuming run {run.run_id} after epoch {state.epoch + 1}")
         else:
             model = training.build_model(cfg.model, num_classes=len(class_names))
-            training.compile_model(model, training.build_optimizer(cfg.optimizer))
+            training.compile_model(
+                model, training.build_optimizer(cfg.optimizer), cfg.trainer.jit_compile
+            )
             state = checkpoints.CheckpointState()
             run.log_params(params)
             if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml

@@ -78,8 +78,21 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             self.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
 
 
-def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
-    model.compile(optimizer=optimizer, loss=LOSS, metrics=[METRIC])
+def compile_model(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, jit_compile: str = "auto"
+) -> None:
+    jit = {"auto": "auto", "true": True, "false": False}[str(jit_compile).lower()]
+    model.compile(optimizer=optimizer, loss=LOSS, metrics=[METRIC], jit_compile=jit)
+
+
+def as_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None
+) -> tf.data.Dataset:
+    """Batches from memory, reshuffled every epoch with a seeded order, prefetched."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def fit(
@@ -95,14 +108,24 @@ def fit(
     `past_history` holds the epochs before `initial_epoch` (a resumed run). Raises
     TrainingDiverged when the loss becomes NaN or infinite.
     """
+    if trainer.pipeline == "tf_data":
+        # The shuffle seed moves with the epoch, so a resumed run does not replay epoch 0's order.
+        train = as_dataset(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed + initial_epoch)
+        val = as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size)
+        inputs = {"x": train, "validation_data": val}
+    else:
+        inputs = {
+            "x": splits.x_train,
+            "y": splits.y_train,
+            "validation_data": (splits.x_val, splits.y_val),
+            "batch_size": trainer.batch_size,
+            "validation_batch_size": trainer.eval_batch_size,
+            "shuffle": True,
+        }
     new = model.fit(
-        splits.x_train,
-        splits.y_train,
-        validation_data=(splits.x_val, splits.y_val),
+        **inputs,
         epochs=trainer.epochs,
         initial_epoch=initial_epoch,
-        batch_size=trainer.batch_size,
-        shuffle=True,
         verbose=trainer.verbose,
         callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
     ).history

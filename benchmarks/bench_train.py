@@ -1,0 +1,203 @@
+"""Training speed: hw4's training path against the homework's plain Keras code.
+
+    python benchmarks/bench_train.py --model lenet --epochs 3
+    python benchmarks/bench_train.py --model mlp --epochs 5 --rounds 2 --write BENCHMARKS.md
+
+Each measurement runs in its own subprocess (so peak memory is its own), alternating between
+the variants in every round:
+
+- reference: the homework's code path, pixels / 255.0 (float64 arrays) straight into
+  model.fit, no tracking;
+- hw4: the framework's path (hw4.data.prepare, hw4.training.fit with its per-epoch checkpoint
+  and MLflow callbacks) logging to a temporary sqlite store;
+- hw4-untracked: the same path with MLflow logging off (tracking overhead = hw4 / this).
+
+Reported per variant: median epoch seconds over epochs after the first, samples per second,
+ratio to the reference, final validation accuracy, peak resident memory; also the start-up time
+of `hw4-train --help`, the model's training FLOPs per sample (3x the forward pass, from the layer
+shapes) and the achieved GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "fashion-mnist"
+VARIANTS = ("reference", "hw4", "hw4-untracked")
+MODEL_CONFIGS = {"mlp": "conf/model/mlp.yaml", "lenet": "conf/model/lenet.yaml"}
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of the Dense and Conv2D layers for one sample."""
+    import keras
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, h, w, _ = layer.output.shape
+            flops += 2 * kh * kw * cin * cout * h * w
+    return flops
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    """One measurement, in this (child) process."""
+    import keras
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from hw4 import data, training
+
+    keras.utils.set_random_seed(0)
+    model_cfg = OmegaConf.load(REPO / MODEL_CONFIGS[args.model])
+    raw = data.load(args.data_dir, n_classes=10)
+    trainer = OmegaConf.merge(
+        OmegaConf.load(REPO / "conf/trainer/default.yaml"),
+        {"epochs": args.epochs, "batch_size": args.batch_size, "verbose": 0},
+        OmegaConf.from_dotlist(args.set),
+    )
+
+    times: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model = training.build_model(model_cfg, num_classes=10)
+    if args.variant == "reference":
+        # The homework: float64 arrays, one-hot labels, the same stratified 8:2 split.
+        splits = data.prepare(raw, model_cfg.input_shape, n_classes=10)
+        x_train = splits.x_train.astype(np.float64)  # what `x / 255.0` on uint8 gives
+        x_val = splits.x_val.astype(np.float64)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
+                      metrics=["categorical_accuracy"])  # fmt: skip
+        history = model.fit(
+            x_train, splits.y_train, validation_data=(x_val, splits.y_val),
+            epochs=args.epochs, batch_size=args.batch_size, verbose=0, callbacks=[EpochTimer()],
+        ).history  # fmt: skip
+    else:
+        training.configure_runtime(trainer)  # seed, dtype policy, threads
+        model = training.build_model(model_cfg, num_classes=10)
+        splits = data.prepare(raw, model_cfg.input_shape, n_classes=10)
+        training.compile_model(model, keras.optimizers.Adam(1e-3), trainer.jit_compile)
+        callbacks: list = [EpochTimer()]
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.variant == "hw4":
+                from hw4 import checkpoints, tracking
+
+                client = tracking.connect(tracking.resolve_uri("sqlite:///mlflow.db", tmp))
+                experiment = tracking.get_or_create_experiment(client, "bench", None)
+                with tracking.start_run(client, experiment, "bench") as run:
+                    callbacks += [
+                        checkpoints.EpochCheckpoint(Path(tmp) / "ckpt"),
+                        training.EpochMetricsLogger(run.log_metrics),
+                    ]
+                    history = training.fit(model, splits, trainer, callbacks)
+            else:
+                history = training.fit(model, splits, trainer, callbacks)
+    steady = times[1:] or times
+    epoch_s = statistics.median(steady)
+    return {
+        "variant": args.variant,
+        "epoch_times": times,
+        "epoch_s": epoch_s,
+        "samples_per_s": len(splits.x_train) / epoch_s,
+        "val_accuracy": float(history["val_categorical_accuracy"][-1]),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_flops_per_sample": 3 * forward_flops(model),
+    }
+
+
+def startup_seconds(repeats: int = 3) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(["hw4-train", "--help"], capture_output=True, check=True)
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(MODEL_CONFIGS), default="lenet")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of all variants")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--write", help="append the results table to this Markdown file")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="trainer settings for the hw4 variants, e.g. pipeline=numpy")  # fmt: skip
+    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args()
+
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for round_ in range(args.rounds):
+        for variant in VARIANTS:
+            child = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--variant", variant],
+                capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )  # fmt: skip
+            if child.returncode != 0:
+                sys.exit(f"{variant} failed:\n{child.stderr[-3000:]}")
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            results[variant].append(result)
+            print(f"round {round_ + 1} {variant}: epochs {[round(t, 2) for t in result['epoch_times']]}")
+
+    summary = {v: {k: statistics.median(r[k] for r in rs) for k in ("epoch_s", "samples_per_s", "val_accuracy", "peak_rss_mb")}
+               for v, rs in results.items()}  # fmt: skip
+    flops = results["hw4"][0]["train_flops_per_sample"]
+    reference_s = summary["reference"]["epoch_s"]
+    lines = [
+        f"### {args.model}, batch {args.batch_size}, {args.epochs} epochs, {args.rounds} round(s)"
+        + (f", hw4 with {' '.join(args.set)}" if args.set else ""),
+        "",
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; TensorFlow/Keras from this venv; "
+        f"training FLOPs per sample: {flops / 1e6:.2f} M; `hw4-train --help`: {startup_seconds():.2f} s",
+        "",
+        "| variant | epoch s (median, after first) | samples/s | vs reference | GFLOP/s | val acc | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, row in summary.items():
+        lines.append(
+            f"| {variant} | {row['epoch_s']:.3f} | {row['samples_per_s']:.0f} | "
+            f"{row['epoch_s'] / reference_s:.2f}x | {flops * row['samples_per_s'] / 1e9:.1f} | "
+            f"{row['val_accuracy']:.4f} | {row['peak_rss_mb']:.0f} |"
+        )
+    overhead = summary["hw4"]["epoch_s"] / summary["hw4-untracked"]["epoch_s"] - 1
+    lines += ["", f"Tracking + checkpoint overhead (hw4 vs hw4-untracked): {overhead:+.1%}", ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        with open(args.write, "a") as out:
+            out.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
