@@ -48,6 +48,8 @@ class ModelConfig:
     input_shape: list[int] = MISSING
     dropout: float = 0.0
     batch_norm: bool = False
+    # Momentum of batch norm's moving mean/variance (Keras' default 0.99).
+    bn_momentum: float = 0.99
 
 
 @dataclass
@@ -165,6 +167,7 @@ def check(cfg: DictConfig) -> None:
     need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
     need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    need(0.0 <= m.bn_momentum < 1.0, f"model.bn_momentum must be in [0, 1), got {m.bn_momentum}")
     need(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     n_classes = len(d.class_names)
     need(

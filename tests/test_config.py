@@ -76,6 +76,11 @@ def test_schema_rejects_bad_overrides(override, message):
         ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
         ("model.dropout=1.0", r"model.dropout must be in \[0, 1\)"),
         ("model.dropout=-0.5", r"model.dropout must be in \[0, 1\)"),
+        ("model.bn_momentum=1.5", r"model.bn_momentum must be in \[0, 1\)"),
+        ("trainer.threads=0", "trainer.threads must be >= 1"),
+        ("trainer.pipeline=torch", "trainer.pipeline must be one of tf_data, numpy, got torch"),
+        ("trainer.precision=fp8", "trainer.precision must be one of float32, mixed_bfloat16"),
+        (("trainer.resume=abc", "trainer.checkpoint=false"), "trainer.resume needs trainer.checkpoint"),
         ("data.val_fraction=0", r"data.val_fraction must be in \(0, 1\)"),
         ("data.val_fraction=1.5", r"data.val_fraction must be in \(0, 1\)"),
         ("data.limit=5", "data.limit must be at least the number of classes"),
@@ -84,7 +89,7 @@ def test_schema_rejects_bad_overrides(override, message):
 )
 def test_out_of_range_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message):
-        config.check(make(override))
+        config.check(make(*override) if isinstance(override, tuple) else make(override))
 
 
 def test_help_and_cfg_do_not_import_tensorflow_or_mlflow():

@@ -55,10 +55,13 @@ def test_batch_norm_follows_every_hidden_layer():
     model = build("lenet_bn")
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNormalization") == 4
-    # BN normalises each hidden layer's pre-activation: linear -> BN -> ReLU.
-    for index, kind in enumerate(kinds):
-        if kind == "BatchNormalization":
-            assert kinds[index - 1] in ("Conv2D", "Dense") and kinds[index + 1] == "ReLU"
+    # BN normalises each hidden layer's output: (linear + ReLU) -> BN.
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            previous = model.layers[index - 1]
+            assert isinstance(previous, (keras.layers.Conv2D, keras.layers.Dense))
+            assert previous.activation is keras.activations.relu
+            assert layer.momentum == 0.9
     # 2 trainable (gamma, beta) + 2 moving statistics per channel: 6 + 16 + 120 + 84 channels.
     assert model.count_params() == 61_706 + 4 * (6 + 16 + 120 + 84)
 
