@@ -5,13 +5,13 @@ Artifact names are part of the tracking schema other commands (compare, report) 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from hw4 import plots
-from hw4.data import RawData
+from hw4.data import RawData, Splits
 from hw4.tracking import RunLogger
 
 CURVES = "curves.png"
@@ -21,6 +21,8 @@ SAMPLES_DEV = "samples_dev.png"
 SAMPLES_TEST = "samples_test.png"
 PREDICTIONS_TEST = "predictions_test.png"
 SUMMARY = "summary.txt"
+DATA_SUMMARY = "data_summary.json"
+FIRST_SAMPLE = "first_sample_output.json"
 GRID = 25  # the homework's 5x5 grids
 
 
@@ -29,6 +31,25 @@ def confusion_table(matrix: np.ndarray, class_names: Sequence[str]) -> str:
     frame = pd.DataFrame(matrix, index=list(class_names), columns=list(class_names))
     frame.index.name = "true \\ predicted"
     return frame.to_csv()
+
+
+def data_summary(raw: RawData, splits: Splits) -> dict:
+    """Part 3's data questions: shapes before and after preparation, the label encoding."""
+    return {
+        "raw_shapes": {k: list(getattr(raw, k).shape) for k in ("x_dev", "y_dev", "x_test", "y_test")},
+        "prepared_shapes": {k: list(v) for k, v in splits.describe().items()},
+        "dtype": str(splits.x_train.dtype),
+        "pixel_range": [float(splits.x_train.min()), float(splits.x_train.max())],
+        "encoding": "one-hot (sklearn label_binarize), float32",
+        "first_dev_label": int(raw.y_dev[0]),
+        "first_train_target": splits.y_train[0].tolist(),
+    }
+
+
+def first_sample_output(model: Any, splits: Splits) -> dict:
+    """The model's softmax output on the first training sample, and its sum (1 for a softmax)."""
+    probabilities = model.predict(splits.x_train[:1], verbose=0)[0]
+    return {"probabilities": probabilities.tolist(), "sum": float(probabilities.sum())}
 
 
 def log_sample_grids(run: RunLogger, raw: RawData, class_names: Sequence[str]) -> None:

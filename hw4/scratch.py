@@ -17,6 +17,7 @@ import numpy as np
 
 Weights = dict[str, np.ndarray]
 WEIGHT_NAMES = ("W1", "b1", "W2", "b2")
+SCRATCH_RUN_NAME = "scratch-2-3-1"
 N_INPUTS, N_HIDDEN = 2, 3
 
 
@@ -150,13 +151,21 @@ def run(cfg) -> float:
     print(f"gradient descent: L {losses[0]:.6f} -> {losses[-1]:.6f} in {cfg.steps} steps (lr={cfg.lr})")
 
     client, experiment_id = tracking.open_experiment(cfg.tracking, get_original_cwd())
-    with tracking.start_run(client, experiment_id, "scratch-2-3-1", {"part": 1}) as run:
+    if cfg.parent_run_id:  # nested under hw4-homework's parent run, in its experiment
+        experiment_id = client.get_run(cfg.parent_run_id).info.experiment_id
+    with tracking.start_run(
+        client, experiment_id, SCRATCH_RUN_NAME, {"part": 1}, cfg.parent_run_id
+    ) as run:
         run.log_params({"seed": cfg.seed, "n_samples": cfg.n_samples, "lr": cfg.lr, "steps": cfg.steps})
         run.log_metrics({"L": loss})
         for step, value in enumerate(losses):
             run.log_metrics({"train_loss": value}, step=step)
         run.log_dict(
-            {"L": loss, **{f"dL_d{k}": v.tolist() for k, v in gradients.items()}},
+            {
+                "L": loss,
+                **{f"dL_d{k}": v.tolist() for k, v in gradients.items()},
+                "dL_dW1_homework_layout": gradients["W1"].T.tolist(),
+            },
             "gradients.json",
         )
         run.log_text(format_results(loss, gradients), "summary.txt")

@@ -112,7 +112,7 @@ def main(cfg: DictConfig) -> float:
                     os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config"
                 )
             run.log_text(models.summary_text(model), artifacts.SUMMARY)
-            run.log_dict({k: list(v) for k, v in splits.describe().items()}, "data_shapes.json")
+            run.log_dict(artifacts.data_summary(raw, splits), artifacts.DATA_SUMMARY)
             artifacts.log_sample_grids(run, raw, class_names)
 
         # The checkpoint is written before the metrics (see hw4/checkpoints.py).
@@ -124,6 +124,7 @@ def main(cfg: DictConfig) -> float:
             model, splits, cfg.trainer, callbacks, state.epoch + 1, past_history=state.history
         )
         evaluation = training.evaluate(model, splits, cfg.trainer.eval_batch_size)
+        run.log_dict(artifacts.first_sample_output(model, splits), artifacts.FIRST_SAMPLE)
         run.log_metrics(evaluation.metrics())
         print(
             f"test loss {evaluation.test_loss:.4f}, "

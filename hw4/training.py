@@ -33,9 +33,12 @@ def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
     """Seed Python, NumPy and TensorFlow; set thread pools; optionally make ops deterministic.
 
     Parallel sweep jobs share the cores: each gets cores // parallel_jobs threads unless
-    trainer.threads says otherwise, so that they do not oversubscribe the machine.
+    trainer.threads says otherwise, so that they do not oversubscribe the machine. Returns
+    TensorFlow's intra-op thread count.
     """
+    keras.backend.clear_session()  # sweep jobs sharing a process start from a clean slate
     keras.utils.set_random_seed(trainer.seed)
+    keras.mixed_precision.set_global_policy(trainer.precision)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
     threads = trainer.threads

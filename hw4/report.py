@@ -1,0 +1,224 @@
+"""The homework report, built only from what the tracking store holds.
+
+`build(client, parent_run_id, out_dir)` reads the runs under one homework parent run (Part 1's
+scratch run and the four experiment presets), downloads their figures and texts, and renders
+one self-contained HTML file (figures embedded as data URIs, no external resources) and the same
+content as Markdown beside the PNGs. Every number comes from a run's metrics, params or
+artifacts; nothing is recomputed here except summaries of logged histories (best epoch, the
+final train/validation loss gap).
+
+No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from hw4 import artifacts
+from hw4.scratch import SCRATCH_RUN_NAME
+from hw4.errors import ConfigError
+
+PRESETS = {  # run name -> (part, title)
+    "part3_mlp": (3, "MLP 784-128-64-10"),
+    "part4_lenet": (4, "LeNet-5"),
+    "part4_lenet_dropout": (4, "LeNet-5 with dropout"),
+    "part4_lenet_bn": (4, "LeNet-5 with batch normalization"),
+}
+SCRATCH_RUN = SCRATCH_RUN_NAME
+HOMEWORK_TAG = "homework"
+FIGURES = {
+    "curves": artifacts.CURVES,
+    "confusion": artifacts.CONFUSION_PNG,
+    "predictions": artifacts.PREDICTIONS_TEST,
+    "samples_dev": artifacts.SAMPLES_DEV,
+    "samples_test": artifacts.SAMPLES_TEST,
+}
+REPORT_HTML, REPORT_MD = "report.html", "report.md"
+SAMPLES_FROM = "part3_mlp"
+
+
+def history(client: Any, run_id: str, metric: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)]
+
+
+def _artifact(client: Any, run_id: str, path: str, into: Path) -> Optional[Path]:
+    try:
+        return Path(client.download_artifacts(run_id, path, str(into)))
+    except Exception:  # absent (e.g. a failed run): the section says so
+        return None
+
+
+def training_section(client: Any, run: Any, scratch_dir: Path, figures_dir: Path) -> dict:
+    """Numbers, texts and figure files of one preset's run."""
+    run_id, name = run.info.run_id, run.info.run_name
+    section: dict[str, Any] = {
+        "name": name,
+        "title": PRESETS[name][1],
+        "run_id": run_id,
+        "status": run.info.status,
+        "params": run.data.params,
+        "test_loss": run.data.metrics.get("test_loss"),
+        "test_accuracy": run.data.metrics.get("test_categorical_accuracy"),
+    }
+    curves = {m: history(client, run_id, m) for m in ("loss", "val_loss", "val_categorical_accuracy")}
+    if curves["val_categorical_accuracy"]:
+        val = curves["val_categorical_accuracy"]
+        section["best_val_epoch"] = 1 + val.index(max(val))
+        section["best_val_accuracy"] = max(val)
+        section["final_val_accuracy"] = val[-1]
+    if curves["loss"] and curves["val_loss"]:
+        section["final_loss"], section["final_val_loss"] = curves["loss"][-1], curves["val_loss"][-1]
+        section["loss_gap"] = curves["val_loss"][-1] - curves["loss"][-1]
+        section["epochs_run"] = len(curves["loss"])
+    local = _artifact(client, run_id, artifacts.SUMMARY, scratch_dir / run_id)
+    section["summary"] = local.read_text() if local else None
+    for key, path in (("data", artifacts.DATA_SUMMARY), ("first_sample", artifacts.FIRST_SAMPLE)):
+        local = _artifact(client, run_id, path, scratch_dir / run_id)
+        section[key] = json.loads(local.read_text()) if local else None
+    section["figures"] = {}
+    for key, path in FIGURES.items():
+        if key.startswith("samples") and name != SAMPLES_FROM:
+            continue  # Part 2's grids are the same in every run: take them from one
+        local = _artifact(client, run_id, path, scratch_dir / run_id)
+        if local:
+            target = figures_dir / f"{name}_{path}"
+            shutil.copy(local, target)
+            section["figures"][key] = target.name
+    return section
+
+
+def scratch_section(client: Any, run: Any, scratch_dir: Path) -> dict:
+    local = _artifact(client, run.info.run_id, "gradients.json", scratch_dir / run.info.run_id)
+    gradients = json.loads(local.read_text()) if local else {}
+    return {"run_id": run.info.run_id, "L": run.data.metrics.get("L"), "gradients": gradients}
+
+
+def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
+    """Per model, the best run of learning-rate sweeps in the experiment (other than this one)."""
+    parents = client.search_runs(
+        [experiment_id], filter_string="tags.sweep = 'parent'", max_results=1000
+    )
+    best: dict[str, dict] = {}
+    for parent in parents:
+        tags, metrics = parent.data.tags, parent.data.metrics
+        if parent.info.run_id == parent_run_id or HOMEWORK_TAG in tags or "best_model" not in tags:
+            continue
+        model = tags["best_model"]
+        value = metrics.get("best_val_categorical_accuracy")
+        if value is not None and value > best.get(model, {}).get("val", -1):
+            best[model] = {
+                "val": value,
+                "test": metrics.get("best_test_categorical_accuracy"),
+                "lr": metrics.get("best_lr"),
+                "run_id": tags.get("best_run_id"),
+                "sweep_run_id": parent.info.run_id,
+            }
+    return best
+
+
+def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -> dict:
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=1000,
+    )
+    by_name = {run.info.run_name: run for run in children}
+    sections = {
+        name: training_section(client, by_name[name], workdir, figures_dir)
+        for name in PRESETS
+        if name in by_name
+    }
+    sweeps = best_sweep_runs(client, parent.info.experiment_id, parent_run_id)
+    for section in sections.values():
+        section["sweep"] = sweeps.get(section["params"].get("model.name"))
+    scratch = by_name.get(SCRATCH_RUN)
+    return {
+        "parent_run_id": parent_run_id,
+        "experiment_id": parent.info.experiment_id,
+        "tracking_uri": client.tracking_uri,
+        "scratch": scratch_section(client, scratch, workdir) if scratch else None,
+        "runs": sections,
+        "missing": [name for name in PRESETS if name not in sections],
+    }
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render(context: dict, out_dir: Path) -> tuple[Path, Path]:
+    env = Environment(
+        loader=PackageLoader("hw4", "templates"),
+        undefined=StrictUndefined,
+        autoescape=lambda name: name is not None and name.endswith(".html.j2"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = lambda v, digits=4: "n/a" if v is None else f"{v:.{digits}f}"
+    html = env.get_template("report.html.j2").render(
+        **context, image=lambda name: _data_uri(out_dir / name)
+    )
+    markdown = env.get_template("report.md.j2").render(**context, image=lambda name: name)
+    (out_dir / REPORT_HTML).write_text(html)
+    (out_dir / REPORT_MD).write_text(markdown)
+    return out_dir / REPORT_HTML, out_dir / REPORT_MD
+
+
+def build(client: Any, parent_run_id: str, out_dir: Path, log_to_parent: bool = True) -> Path:
+    """Write report.html, report.md and the PNGs to `out_dir`; log them to the parent run."""
+    try:
+        client.get_run(parent_run_id)
+    except Exception:
+        raise ConfigError(f"parent={parent_run_id}: no such run in {client.tracking_uri}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file
+    with tempfile.TemporaryDirectory() as workdir:
+        context = collect(client, parent_run_id, Path(workdir), out_dir)
+    html, _ = render(context, out_dir)
+    if log_to_parent:
+        from hw4.tracking import RunLogger
+
+        RunLogger(client, parent_run_id).log_artifacts(out_dir, "report")
+    return html
+
+
+def latest_homework_parent(client: Any, experiment_id: str) -> str:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{HOMEWORK_TAG} = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise ConfigError("no hw4-homework run in this experiment; run hw4-homework or pass parent=")
+    return runs[0].info.run_id
+
+
+def main() -> None:
+    """`hw4-report [parent=RUN_ID] [out=DIR]`: the report from runs already in the store."""
+    import hydra
+
+    from hw4 import config
+
+    config.register_configs()
+    hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="report")(_report_app)()
+
+
+def _report_app(cfg: Any) -> None:
+    from hydra.utils import get_original_cwd
+
+    from hw4 import tracking
+
+    client, experiment_id = tracking.open_experiment(cfg.tracking, get_original_cwd())
+    parent = cfg.parent or latest_homework_parent(client, experiment_id)
+    html = build(client, parent, Path(get_original_cwd()) / cfg.out / parent)
+    print(f"report: {html} and {html.with_name(REPORT_MD)}")

@@ -1,0 +1,94 @@
+"""hw4-homework end to end on tiny data, and hw4-report rebuilding the report from the store."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hw4.report import PRESETS
+
+pytestmark = pytest.mark.slow
+PNG = b"\x89PNG\r\n\x1a\n"
+SECTIONS = ["Part 1", "Part 2", "Part 3", "Part 4", "Comparison: overfitting", "Data preparation"]
+
+
+@pytest.fixture(scope="module")
+def homework(tiny_data_dir, _migrated_store, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("homework")
+    (workdir / "mlruns").mkdir()
+    shutil.copy(_migrated_store, workdir / "mlruns" / "mlflow.db")
+    result = subprocess.run(
+        ["hw4-homework", f"data.dir={tiny_data_dir}", "trainer.epochs=2", "trainer.verbose=0",
+         "tracking.log_model=false"],  # fmt: skip
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent_id = re.search(r"parent run (\w+)", result.stdout).group(1)
+    return workdir, parent_id, MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+
+
+def test_one_parent_holds_part1_and_the_four_presets(homework):
+    _, parent_id, client = homework
+    parent = client.get_run(parent_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == sorted([*PRESETS, "scratch-2-3-1"])
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.data.tags["homework"] == "true"
+    logged = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/report.html", "report/report.md"} <= logged
+
+
+def test_report_has_every_section_and_valid_embedded_figures(homework):
+    workdir, parent_id, _ = homework
+    html = (workdir / "reports" / parent_id / "report.html").read_text()
+    for section in SECTIONS:
+        assert section in html, section
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 12  # 2 sample grids, MLP curves/confusion/GT-P, 3x2 LeNet figures
+    assert all(base64.b64decode(data)[:8] == PNG for data in images)
+    # Self-contained: nothing fetched from the network when opened.
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    assert "<script" not in html and "url(" not in html and "@import" not in html
+
+    markdown = (workdir / "reports" / parent_id / "report.md").read_text()
+    for section in SECTIONS[:5]:
+        assert section in markdown
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown):
+        assert (workdir / "reports" / parent_id / name).read_bytes()[:8] == PNG
+
+
+def test_report_numbers_are_the_runs_numbers(homework):
+    workdir, parent_id, client = homework
+    html = (workdir / "reports" / parent_id / "report.html").read_text()
+    parent = client.get_run(parent_id)
+    for child in client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    ):
+        assert child.info.run_id in html
+        metrics = child.data.metrics
+        if child.info.run_name in PRESETS:
+            assert f"{metrics['test_categorical_accuracy']:.4f}" in html
+            assert f"{metrics['test_loss']:.4f}" in html
+        else:
+            assert str(metrics["L"]) in html and "0.1332476222330792" in html
+    assert "Total params: 109,386" in html and "Total params: 61,706" in html
+
+
+def test_hw4_report_rebuilds_from_the_store(homework):
+    workdir, parent_id, _ = homework
+    result = subprocess.run(
+        ["hw4-report", "out=rebuilt"], cwd=workdir, capture_output=True, text=True
+    )  # the latest hw4-homework parent, without training
+    assert result.returncode == 0, result.stderr[-3000:]
+    rebuilt = (workdir / "rebuilt" / parent_id / "report.md").read_text()
+    assert rebuilt == (workdir / "reports" / parent_id / "report.md").read_text()
