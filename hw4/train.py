@@ -103,7 +103,10 @@ def main(cfg: DictConfig) -> float:
         else:
             model = training.build_model(cfg.model, num_classes=len(class_names))
             training.compile_model(
-                model, training.build_optimizer(cfg.optimizer), cfg.trainer.jit_compile
+                model,
+                training.build_optimizer(cfg.optimizer),
+                cfg.trainer.jit_compile,
+                cfg.trainer.steps_per_execution,
             )
             state = checkpoints.CheckpointState()
             run.log_params(params)

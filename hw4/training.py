@@ -82,10 +82,19 @@ class EpochMetricsLogger(keras.callbacks.Callback):
 
 
 def compile_model(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, jit_compile: str = "auto"
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    jit_compile: str = "auto",
+    steps_per_execution: int = 1,
 ) -> None:
     jit = {"auto": "auto", "true": True, "false": False}[str(jit_compile).lower()]
-    model.compile(optimizer=optimizer, loss=LOSS, metrics=[METRIC], jit_compile=jit)
+    model.compile(
+        optimizer=optimizer,
+        loss=LOSS,
+        metrics=[METRIC],
+        jit_compile=jit,
+        steps_per_execution=steps_per_execution,
+    )
 
 
 def as_dataset(

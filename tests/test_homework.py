@@ -54,7 +54,7 @@ def test_report_has_every_section_and_valid_embedded_figures(homework):
     for section in SECTIONS:
         assert section in html, section
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) >= 12  # 2 sample grids, MLP curves/confusion/GT-P, 3x2 LeNet figures
+    assert len(images) == 11  # 2 sample grids, MLP curves/confusion/GT-P, 3x2 LeNet figures
     assert all(base64.b64decode(data)[:8] == PNG for data in images)
     # Self-contained: nothing fetched from the network when opened.
     assert not re.search(r'(src|href)="(https?:)?//', html)
