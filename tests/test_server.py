@@ -1,0 +1,130 @@
+"""A shared tracking server: `mlflow server` on a real PostgreSQL, artifacts served by the server.
+
+The PostgreSQL server is started by the test on loopback in a temporary folder; the test skips,
+with the reason, where PostgreSQL or its Python driver is not installed (.ci/run installs both).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def postgres_uri():
+    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdbs:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed")
+    bindir = initdbs[-1].parent
+    # PostgreSQL refuses to run as root: run it as the `postgres` user, in a folder it owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="hw4-pg-"))
+    folder.chmod(0o755)
+    if as_user:
+        shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", free_port()
+
+    def pg(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *args], capture_output=True, text=True, cwd=folder)
+
+    started = pg(str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+    if started.returncode == 0:
+        started = pg(
+            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
+            "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}", "start",
+        )  # fmt: skip
+    if started.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL could not be started here: {started.stderr.strip()[-300:]}")
+    try:
+        created = pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
+        assert created.returncode == 0, created.stderr
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres_uri, tmp_path_factory):
+    port = free_port()
+    artifacts = tmp_path_factory.mktemp("served-artifacts")
+    server = subprocess.Popen(
+        [
+            "mlflow", "server", "--backend-store-uri", postgres_uri, "--serve-artifacts",
+            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", server)
+    except (RuntimeError, TimeoutError) as exc:
+        server.kill()
+        raise AssertionError(f"mlflow server did not start ({exc}): {server.stderr.read().decode()[-2000:]}")
+    yield url, artifacts
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_a_full_run_goes_to_the_server_and_compare_reads_it_back(tracking_server, tiny_data_dir, tmp_path):
+    url, artifacts_root = tracking_server
+    result = subprocess.run(
+        ["hw4-train", "model=lenet", "trainer.epochs=2", "trainer.verbose=0",
+         f"data.dir={tiny_data_dir}", f"tracking.uri={url}", "tracking.experiment=shared"],  # fmt: skip
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("shared")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served, not local
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val_categorical_accuracy")) == 2
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"curves.png", "confusion_matrix.csv", "summary.txt"} <= logged
+    (model,) = client.search_logged_models([experiment.experiment_id])
+    assert model.source_run_id == run.info.run_id
+    assert any(artifacts_root.rglob("curves.png"))  # the server stored the files
+    assert not list(tmp_path.rglob("*.db"))  # nothing fell back to a local sqlite store
+
+    compare = subprocess.run(
+        ["hw4-compare", f"tracking.uri={url}", "tracking.experiment=shared", "out=figs"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert compare.returncode == 0, compare.stderr[-2000:]
+    assert "lenet-adam-lr0.001" in compare.stdout and run.info.run_id in compare.stdout
