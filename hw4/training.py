@@ -120,6 +120,8 @@ def fit(
     `past_history` holds the epochs before `initial_epoch` (a resumed run). Raises
     TrainingDiverged when the loss becomes NaN or infinite.
     """
+    # Copied before training: callbacks (the checkpoint's state) may extend the caller's lists.
+    history = {name: list(values) for name, values in (past_history or {}).items()}
     if trainer.pipeline == "tf_data":
         # The shuffle seed moves with the epoch, so a resumed run does not replay epoch 0's order.
         train = as_dataset(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed + initial_epoch)
@@ -141,7 +143,6 @@ def fit(
         verbose=trainer.verbose,
         callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
     ).history
-    history = {name: list(values) for name, values in (past_history or {}).items()}
     for name, values in new.items():
         history.setdefault(name, []).extend(float(v) for v in values)
     losses = history.get("loss", [])
