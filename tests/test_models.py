@@ -90,3 +90,12 @@ def test_optimizers_take_the_learning_rate(name):
     optimizer = training.build_optimizer(cfg.optimizer)
     assert type(optimizer).__name__.lower() == name
     assert float(optimizer.learning_rate) == pytest.approx(0.0123)
+
+
+def test_unknown_optimizer_name_is_a_clear_error():
+    from hw4.errors import ConfigError
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["optimizer.name=adamx"])
+    with pytest.raises(ConfigError, match="optimizer.name='adamx' .* is not a Keras optimizer"):
+        training.build_optimizer(cfg.optimizer)
