@@ -75,12 +75,16 @@ def job_tags(context: Optional[SweepContext]) -> dict[str, Any]:
     return {SWEEP_ID_TAG: context.sweep_id, JOB_TAG: HydraConfig.get().job.num}
 
 
-def parallel_jobs() -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher)."""
-    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+def jobs_at_once(n_jobs: Optional[int], cpus: int) -> int:
+    """joblib's n_jobs as a count: None or 0 -> 1, -1 -> every core, -2 -> all but one, ..."""
     if not n_jobs:
         return 1
-    return os.cpu_count() or 1 if n_jobs < 0 else int(n_jobs)
+    return max(1, cpus + 1 + n_jobs) if n_jobs < 0 else int(n_jobs)
+
+
+def parallel_jobs() -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher)."""
+    return jobs_at_once(HydraConfig.get().launcher.get("n_jobs"), os.cpu_count() or 1)
 
 
 def open_tracking(settings: DictConfig, launch_dir: str) -> tuple[Any, str, Optional[str], dict]:

@@ -139,3 +139,13 @@ def test_lr_sweep_preset_is_a_log_spaced_grid():
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert all(2 <= r <= 4 for r in ratios)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+@pytest.mark.parametrize(
+    "n_jobs, cpus, expected",
+    [(None, 16, 1), (0, 16, 1), (1, 16, 1), (4, 16, 4), (4, 2, 4), (-1, 16, 16), (-2, 16, 15), (-32, 16, 1)],
+)
+def test_jobs_at_once_follows_joblib(n_jobs, cpus, expected):
+    from hw4.sweep import jobs_at_once
+
+    assert jobs_at_once(n_jobs, cpus) == expected
