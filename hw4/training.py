@@ -126,7 +126,7 @@ def fit(
         # The shuffle seed moves with the epoch, so a resumed run does not replay epoch 0's order.
         train = as_dataset(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed + initial_epoch)
         val = as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size)
-        inputs = {"x": train, "validation_data": val}
+        inputs = {"x": train, "validation_data": val, "shuffle": False}  # the dataset shuffles
     else:
         inputs = {
             "x": splits.x_train,
