@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -81,6 +83,40 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             self.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
 
 
+class StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C or SIGTERM during training: finish the current epoch, then stop.
+
+    The epoch's checkpoint and metrics are then whole, and no store write is cut in half (an
+    interrupted sqlite write can leave the store locked for the run's own final status). A
+    second signal interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        self.received = signum
+        log.warning("signal %d: stopping after this epoch (again to stop at once)", signum)
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        if self.received is not None:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 def compile_model(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
@@ -136,15 +172,18 @@ def fit(
             "validation_batch_size": trainer.eval_batch_size,
             "shuffle": True,
         }
+    stopper = StopOnSignal()  # after the checkpoint and metric callbacks: the epoch is saved first
     new = model.fit(
         **inputs,
         epochs=trainer.epochs,
         initial_epoch=initial_epoch,
         verbose=trainer.verbose,
-        callbacks=[*callbacks, keras.callbacks.TerminateOnNaN()],
+        callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN()],
     ).history
     for name, values in new.items():
         history.setdefault(name, []).extend(float(v) for v in values)
+    if stopper.received is not None:
+        raise KeyboardInterrupt(f"signal {stopper.received} after epoch {len(history.get('loss', []))}")
     losses = history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(
