@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
-import mlflow
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
