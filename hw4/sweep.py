@@ -190,23 +190,23 @@ class MlflowSweepCallback(Callback):
             return
         error = job_return._return_value  # the exception; .return_value would re-raise it
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        tags = {
-            "overrides": " ".join(job_return.overrides or []),
-            SWEEP_ID_TAG: context.sweep_id,
-            JOB_TAG: job_num,
-        }
         try:
             params = tracking.flatten(OmegaConf.to_container(job_cfg, resolve=True))
         except Exception:  # the job may have failed because its config does not resolve
             params = {}
-        try:
-            with tracking.start_run(
-                client, context.experiment_id, f"job-{job_num}", tags, context.parent_run_id
-            ) as run:
-                run.log_params(params)
-                raise RuntimeError(f"{type(error).__name__}: {error}")
-        except RuntimeError:
-            pass  # recorded as the FAILED child run's error tag
+        tags = {
+            "overrides": " ".join(job_return.overrides or []),
+            SWEEP_ID_TAG: context.sweep_id,
+            JOB_TAG: job_num,
+            "mlflow.parentRunId": context.parent_run_id,
+            "error": f"{type(error).__name__}: {error}"[:5000],
+        }
+        run = tracking.retry(
+            lambda: client.create_run(context.experiment_id, run_name=f"job-{job_num}", tags=tags),
+            "record failed job",
+        )
+        tracking.RunLogger(client, run.info.run_id).log_params(params)
+        tracking.retry(lambda: client.set_terminated(run.info.run_id, "FAILED"), "end failed job")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish()
