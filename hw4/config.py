@@ -53,6 +53,12 @@ class ModelConfig:
 
 
 @dataclass
+class LenetConfig(ModelConfig):
+    # C5 as the Dense layer it equals (same weights and function, faster); false: a Conv2D.
+    c5_as_dense: bool = True
+
+
+@dataclass
 class OptimizerConfig:
     # A Keras optimizer identifier (adam, sgd, rmsprop, adamw, ...), see keras.optimizers.get.
     name: str = MISSING
@@ -151,6 +157,7 @@ class ReportConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="lenet_schema", node=LenetConfig)
     cs.store(name="scratch_schema", node=ScratchConfig)
     cs.store(name="compare_schema", node=CompareConfig)
     cs.store(name="report_schema", node=ReportConfig)

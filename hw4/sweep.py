@@ -6,6 +6,9 @@
   once (parallel jobs racing to create the experiment can log into the wrong one), and write
   their ids to `<sweep dir>/mlflow_sweep.json`, where every job finds them whatever process or
   launcher runs it.
+- on_job_start (the process that runs the job, just before it): launchers hand the job this
+  callback as it was after on_multirun_start, so a job on another machine (a Ray worker node
+  without the launcher's disk) writes the ids into its own sweep dir.
 - on_job_end (the process that ran the job): a job that failed before it could open its own run
   (a bad override, bad data) still gets a FAILED child run, so the sweep's record is complete.
 - on_multirun_end, or at exit when a failed job made Hydra skip that hook: summarise the
@@ -51,14 +54,23 @@ class SweepContext:
     parent_run_id: str
     sweep_id: str
 
-    def save(self, sweep_dir: Path) -> None:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / CONTEXT_FILE).write_text(json.dumps(asdict(self)))
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONTEXT_FILE).write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def load(cls, sweep_dir: Path) -> Optional["SweepContext"]:
-        path = sweep_dir / CONTEXT_FILE
+    def load(cls, folder: Path) -> Optional["SweepContext"]:
+        path = folder / CONTEXT_FILE
         return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def sweep_dir(hydra_cfg: DictConfig) -> Path:
+    """The sweep folder, a relative one taken from the folder the sweep was launched in.
+
+    Ray runs jobs in its workers' folder, not the launcher's: the sweep's own relative path would
+    point elsewhere there.
+    """
+    return Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)
 
 
 def current_context() -> Optional[SweepContext]:
@@ -66,7 +78,7 @@ def current_context() -> Optional[SweepContext]:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    return SweepContext.load(Path(hydra_cfg.sweep.dir))
+    return SweepContext.load(sweep_dir(hydra_cfg))
 
 
 def job_tags(context: Optional[SweepContext]) -> dict[str, Any]:
@@ -83,8 +95,17 @@ def jobs_at_once(n_jobs: Optional[int], cpus: int) -> int:
 
 
 def parallel_jobs() -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher)."""
-    return jobs_at_once(HydraConfig.get().launcher.get("n_jobs"), os.cpu_count() or 1)
+    """How many jobs share this machine's cores at once.
+
+    joblib: its n_jobs. Ray: cores // the CPUs Ray reserves per job (`ray.remote.num_cpus`, Ray's
+    default 1), so each job's TensorFlow uses the cores it was given. Otherwise 1.
+    """
+    launcher = HydraConfig.get().launcher
+    cpus = os.cpu_count() or 1
+    if "ray" in launcher:
+        cpus_per_job = (launcher.ray.get("remote") or {}).get("num_cpus") or 1
+        return max(1, int(cpus // cpus_per_job))
+    return jobs_at_once(launcher.get("n_jobs"), cpus)
 
 
 def open_tracking(settings: DictConfig, launch_dir: str) -> tuple[Any, str, Optional[str], dict]:
@@ -163,14 +184,21 @@ class MlflowSweepCallback(Callback):
         self.context = SweepContext(
             client.tracking_uri, experiment_id, parent.info.run_id, sweep_id
         )
-        self.context.save(Path(config.hydra.sweep.dir))
+        self.context.save(sweep_dir(config.hydra))
         atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.context is None or HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        folder = sweep_dir(config.hydra)
+        if SweepContext.load(folder) is None:  # a machine that does not share the launcher's disk
+            self.context.save(folder)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or HydraConfig.get().mode != RunMode.MULTIRUN:
             return
-        context = SweepContext.load(Path(config.hydra.sweep.dir))
+        context = SweepContext.load(sweep_dir(config.hydra))
         if context is None:
             return
         from mlflow.tracking import MlflowClient

@@ -27,7 +27,7 @@ def test_mlp_has_the_homework_parameter_count():
 
 
 def test_lenet_has_the_homework_shapes_and_parameter_count():
-    model = build("lenet")
+    model = build("lenet", "model.c5_as_dense=false")
     assert model.count_params() == 61_706
     shapes = [tuple(layer.output.shape[1:]) for layer in model.layers]
     assert shapes == [
@@ -35,10 +35,39 @@ def test_lenet_has_the_homework_shapes_and_parameter_count():
     ]  # fmt: skip
 
 
+def test_c5_as_dense_flattens_before_c5():
+    model = build("lenet")
+    assert model.count_params() == 61_706
+    shapes = [tuple(layer.output.shape[1:]) for layer in model.layers]
+    assert shapes == [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (400,), (120,), (84,), (10,)]
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "lenet_dropout", "lenet_bn"])
+def test_c5_as_dense_is_the_same_network_as_the_convolution(model_name):
+    """Same seed: the same initial weights (reshaped) and the same outputs, in every variant."""
+    keras.utils.set_random_seed(0)
+    conv = build(model_name, "model.c5_as_dense=false")
+    keras.utils.set_random_seed(0)
+    dense = build(model_name)
+    c5_conv = [layer for layer in conv.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    c5_dense = [layer for layer in dense.layers if isinstance(layer, keras.layers.Dense)][0]
+    assert c5_conv.kernel.shape == (5, 5, 16, 120) and c5_dense.kernel.shape == (400, 120)
+    np.testing.assert_array_equal(c5_conv.kernel.numpy().reshape(400, 120), c5_dense.kernel.numpy())
+    x = np.random.default_rng(1).random((8, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(dense.predict(x, verbose=0), conv.predict(x, verbose=0), atol=1e-6)
+
+
+def test_c5_as_dense_is_a_lenet_only_option():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="c5_as_dense"):
+        build("mlp", "model.c5_as_dense=false")
+
+
 def test_dropout_follows_every_hidden_layer():
     model = build("lenet_dropout")
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds.count("Dropout") == 4  # three convolutions and the 84-unit dense layer
+    assert kinds.count("Dropout") == 4  # C1, C3, C5 and the 84-unit dense layer
     for index, kind in enumerate(kinds):
         if kind == "Dropout":
             assert kinds[index - 1] in ("Conv2D", "Dense")
@@ -78,7 +107,7 @@ def test_outputs_are_probabilities(model_name):
 
 
 def test_summary_lists_layers_and_parameters():
-    text = models.summary_text(build("lenet"))
+    text = models.summary_text(build("lenet", "model.c5_as_dense=false"))
     assert "Total params: 61,706" in text
     assert "1x1x120" in text and "48120" in text
 

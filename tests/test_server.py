@@ -1,12 +1,17 @@
-"""A shared tracking server: `mlflow server` on a real PostgreSQL, artifacts served by the server.
+"""Beyond one machine: a shared tracking server and sweeps on a Ray cluster.
 
-The PostgreSQL server is started by the test on loopback in a temporary folder; the test skips,
-with the reason, where PostgreSQL or its Python driver is not installed (.ci/run installs both).
+- `mlflow server` on a real PostgreSQL, artifacts served by the server. The PostgreSQL server is
+  started by the test on loopback in a temporary folder; the tests skip, with the reason, where
+  PostgreSQL or its Python driver is not installed (.ci/run installs both).
+- A Ray cluster: a head started by the test on loopback, joined through Ray Client (`ray://`),
+  its sweep jobs logging to that server. Skips where the `ray` extra is not installed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -128,3 +133,84 @@ def test_a_full_run_goes_to_the_server_and_compare_reads_it_back(tracking_server
     )  # fmt: skip
     assert compare.returncode == 0, compare.stderr[-2000:]
     assert "lenet-adam-lr0.001" in compare.stdout and run.info.run_id in compare.stdout
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A one-node Ray cluster on loopback: (its Ray Client address, its dashboard, the env to use)."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the ray extra is not installed")
+    ray = shutil.which("ray")
+    if ray is None:
+        pytest.skip("the `ray` command is not installed (the ray extra)")
+    env = {
+        **os.environ,
+        # Ray swaps 127.0.0.1 for the machine's network address, where a loopback head does not
+        # listen (ray-project/ray#59110), unless it runs as a one-machine cluster.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    gcs, client, dashboard = free_port(), free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="hw4-ray-")  # short: Ray puts unix sockets in it
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         f"--ray-client-server-port={client}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],  # fmt: skip
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    status = [ray, "status", f"--address=127.0.0.1:{gcs}"]
+    deadline = time.monotonic() + 120
+    while subprocess.run(status, env=env, capture_output=True).returncode != 0:
+        if head.poll() is not None or time.monotonic() > deadline:
+            head.kill()
+            raise AssertionError(f"the Ray head did not start: {head.stderr.read().decode()[-2000:]}")
+        time.sleep(1)
+    try:
+        yield f"ray://127.0.0.1:{client}", f"http://127.0.0.1:{dashboard}", env
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_ray_sweep_logs_one_parent_and_three_children_to_the_server(
+    ray_head, tracking_server, tiny_data_dir, tmp_path
+):
+    address, dashboard, env = ray_head
+    url, _ = tracking_server
+    result = subprocess.run(
+        ["hw4-train", "-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={address}",
+         "optimizer.lr=1e-3,1e-2,1e-1", "model=mlp", "trainer.epochs=2", "trainer.verbose=0",
+         "tracking.log_model=false", f"data.dir={tiny_data_dir}", f"tracking.uri={url}",
+         "tracking.experiment=ray-sweep"],  # fmt: skip
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # The jobs ran as tasks on the cluster, not in the launching process.
+    listed = subprocess.run(
+        ["ray", "list", "tasks", f"--address={dashboard}", "--filter", "name=_run_job",
+         "--format", "json"],  # fmt: skip
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert sorted(task["state"] for task in json.loads(listed.stdout)) == ["FINISHED"] * 3
+
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("ray-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("sweep") == "parent"]
+    assert parent.info.status == "FINISHED"
+    assert "RayLauncher" in parent.data.tags["launcher"]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(float(run.data.params["optimizer.lr"]) for run in children) == [1e-3, 1e-2, 1e-1]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "val_categorical_accuracy")) == 2
+    assert parent.data.metrics["jobs_finished"] == 3
+    # Ray reserves one CPU per job (ray_cluster.yaml): each job's TensorFlow uses one thread.
+    assert {run.data.tags["tf_threads"] for run in children} == {"1"}
+    # Job outputs land beside the launch, although Ray runs jobs in its workers' own folder.
+    assert len(list(tmp_path.glob("multirun/*/*/*/.hydra"))) == 3
