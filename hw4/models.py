@@ -79,10 +79,11 @@ def lenet(
 ) -> keras.Model:
     """The homework's LeNet-5 (61,706 params without options).
 
-    Output shapes: 28x28x6, 14x14x6, 10x10x16, 5x5x16, 1x1x120 (120 with `c5_as_dense`), 120,
-    84, 10. C5, the 5x5 convolution over the 5x5x16 map, computes the same function as a Dense
-    layer over the flattened map (`conv_as_dense`); as a matrix product it trains about 20%
-    faster on CPU (BENCHMARKS.md).
+    Output shapes: 28x28x6, 14x14x6, 10x10x16, 5x5x16, then C5 and the flattening: 1x1x120 and
+    120, or with `c5_as_dense` 400 and 120; then 84, 10. C5, the 5x5 convolution over the 5x5x16
+    map, computes the same function as a Dense layer over the flattened map (`conv_as_dense`).
+    As a matrix product the layer costs a third of the convolution, and whole LeNet-5 epochs
+    about 20% less on CPU (BENCHMARKS.md).
     """
 
     def hidden(linear: Callable[..., layers.Layer]) -> list:

@@ -55,8 +55,11 @@ class SweepContext:
     sweep_id: str
 
     def save(self, folder: Path) -> None:
+        """Write atomically: jobs starting together on one node may save it at the same time."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONTEXT_FILE).write_text(json.dumps(asdict(self)))
+        partial = folder / f"{CONTEXT_FILE}.{uuid.uuid4().hex}"
+        partial.write_text(json.dumps(asdict(self)))
+        os.replace(partial, folder / CONTEXT_FILE)
 
     @classmethod
     def load(cls, folder: Path) -> Optional["SweepContext"]:

@@ -149,3 +149,35 @@ def test_jobs_at_once_follows_joblib(n_jobs, cpus, expected):
     from hw4.sweep import jobs_at_once
 
     assert jobs_at_once(n_jobs, cpus) == expected
+
+
+def test_a_job_without_the_launchers_disk_writes_the_sweep_context(tmp_path, monkeypatch):
+    """A Ray worker node has no <sweep dir>/mlflow_sweep.json: the shipped callback writes it.
+
+    The sweep dir is relative, as users may set it, and resolves against the launch folder
+    (hydra.runtime.cwd), not the job's working folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from hw4.sweep import MlflowSweepCallback, SweepContext, current_context
+
+    launch, worker = tmp_path / "launch", tmp_path / "worker"
+    launch.mkdir(), worker.mkdir()
+    monkeypatch.chdir(launch)
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "config", overrides=["hydra.sweep.dir=multirun/s", "hydra.mode=MULTIRUN"],
+            return_hydra_config=True,
+        )  # fmt: skip
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.chdir(worker)  # the job runs elsewhere
+    assert current_context() is None
+
+    callback = MlflowSweepCallback()
+    callback.context = SweepContext("http://tracking:5000", "7", "parent-id", "sweep-id")
+    callback.on_job_start(config=cfg)
+
+    assert current_context() == callback.context
+    assert (launch / "multirun" / "s" / "mlflow_sweep.json").is_file()
+    assert not (worker / "multirun").exists()
