@@ -10,17 +10,22 @@ Imports Keras: used only once training starts.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import keras
+import numpy as np
+
+from hw4.errors import TrackingError
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
+BEST_FILE = "best_weights.npz"  # the best validation epoch's weights (trainer.restore_best)
 LATEST = "LATEST"
 
 
@@ -45,19 +50,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     Each epoch goes to its own folder; the pointer file LATEST then switches to it with an
     atomic rename, so a kill at any moment leaves one complete, consistent checkpoint.
+    `best_weights()`, when given, returns the weights of the best epoch so far (a list of arrays,
+    or None), which the epoch's folder keeps too, so that restoring the best epoch survives a resume.
+
+    Not keras.callbacks.BackupAndRestore: that one keeps no history (MLflow needs it to fill
+    gaps), no best weights, and deletes its backup when training ends, before the test metrics
+    and the logged model are written.
     """
 
-    def __init__(self, folder: Path, state: Optional[CheckpointState] = None):
+    def __init__(
+        self,
+        folder: Path,
+        state: Optional[CheckpointState] = None,
+        best_weights: Optional[Callable[[], Optional[list]]] = None,
+    ):
         super().__init__()
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.state = state or CheckpointState()
+        self.best_weights = best_weights
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         self.state.append(epoch, logs or {})
         epoch_dir = self.folder / f"epoch-{epoch:04d}"
-        epoch_dir.mkdir(exist_ok=True)
+        epoch_dir.mkdir(parents=True, exist_ok=True)
         self.model.save(epoch_dir / MODEL_FILE)
+        best = self.best_weights() if self.best_weights else None
+        if best is not None:
+            np.savez(epoch_dir / BEST_FILE, *best)
         (epoch_dir / STATE_FILE).write_text(json.dumps(self.state.__dict__))
         previous = _latest_dir(self.folder)
         pointer_tmp = self.folder / f".{LATEST}.tmp"
@@ -76,13 +95,65 @@ def exists(folder: Path) -> bool:
     return _latest_dir(folder) is not None
 
 
-def load(folder: Path) -> tuple[keras.Model, CheckpointState]:
-    """The compiled model (optimizer state included) and the history of the latest checkpoint."""
+def load(folder: Path) -> tuple[keras.Model, CheckpointState, Optional[list]]:
+    """The compiled model (optimizer state included), the history, and the best epoch's weights
+    (None unless they were kept) of the latest checkpoint."""
     epoch_dir = _latest_dir(folder)
     if epoch_dir is None:
         raise FileNotFoundError(f"no checkpoint in {folder}")
     state = CheckpointState(**json.loads((epoch_dir / STATE_FILE).read_text()))
-    return keras.models.load_model(epoch_dir / MODEL_FILE), state
+    best = None
+    if (epoch_dir / BEST_FILE).is_file():
+        with np.load(epoch_dir / BEST_FILE) as arrays:
+            best = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return keras.models.load_model(epoch_dir / MODEL_FILE), state, best
+
+
+class RunLock:
+    """An exclusive lock on one run's checkpoint, held while a process trains the run.
+
+    flock: the kernel releases it when its process dies, however it dies, so a run left RUNNING
+    by a killed process can be resumed, and one still being trained cannot (two writers on one
+    run and one checkpoint folder). It guards one machine's disk: jobs on other machines do not
+    see each other's locks.
+    """
+
+    def __init__(self, path: Path, run_id: str):
+        self.path = Path(path)
+        self.run_id = run_id
+        self._file = None
+
+    def acquire(self) -> None:
+        run_id = self.run_id
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise TrackingError(
+                f"run {run_id} is being trained by a live process ({holder}); "
+                "wait for it or stop it before resuming"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def remove(folder: Path) -> None:

@@ -10,12 +10,13 @@ No TensorFlow here: `hw4-train --help` and `--cfg` go through this module only.
 from __future__ import annotations
 
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from hw4.errors import ConfigError
 
@@ -37,6 +38,9 @@ class DataConfig:
     # Stratified subset of the development and test sets, for quick runs; null means all.
     limit: Optional[int] = None
     val_fraction: float = 0.2
+    # Seed of the train/validation split (and of data.limit's subset), apart from trainer.seed:
+    # repeats over trainer.seed then vary initialisation and batch order, not the data.
+    split_seed: int = 0
     class_names: list[str] = field(default_factory=lambda: list(FASHION_MNIST_CLASSES))
 
 
@@ -84,7 +88,9 @@ class TrainerConfig:
     jit_compile: str = "auto"
     # Keras dtype policy: float32, or mixed_bfloat16 on CPUs with bf16 support.
     precision: str = "float32"
-    # Input pipeline: "numpy" (arrays into fit, measured fastest here) or "tf_data" (prefetched).
+    # Input pipeline: "numpy" (batches gathered from the arrays in memory, in a new order each
+    # epoch that depends on (seed, epoch) only; measured fastest here) or "tf_data"
+    # (tf.data's shuffle buffer, prefetched).
     pipeline: str = "numpy"
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
     threads: Optional[int] = None
@@ -93,6 +99,16 @@ class TrainerConfig:
     checkpoint_dir: str = "mlruns/checkpoints"
     # A run id to continue from its last completed epoch, in the same MLflow run.
     resume: Optional[str] = None
+    # Evaluate (test metrics, figures, logged model) the weights of the best validation epoch
+    # instead of the last one.
+    restore_best: bool = False
+    # Stop after this many epochs without a better validation accuracy; null: never.
+    early_stopping: Optional[int] = None
+    # Sweeps: "median" stops a job whose validation accuracy is below the median of its sibling
+    # runs at the same epoch (read from the store); null: never.
+    prune: Optional[str] = None
+    # Epochs every job runs before it may be pruned.
+    prune_after: int = 2
 
 
 @dataclass
@@ -104,6 +120,8 @@ class TrackingConfig:
     artifact_root: str = "mlruns/artifacts"
     run_name: Optional[str] = None
     log_model: bool = True
+    # MLflow's system metrics (CPU, memory, ...) sampled during each run.
+    system_metrics: bool = False
 
 
 @dataclass
@@ -132,8 +150,21 @@ class CompareConfig:
     """`hw4-compare`: which runs to tabulate, how to sort them, where figures go."""
 
     parent: Optional[str] = None  # a sweep's parent run id; null = the whole experiment
-    sort: str = "test_accuracy"
+    sort: Optional[str] = None  # a column; null = best validation accuracy (mean when grouped)
+    group: bool = True  # one row per configuration (repeats over seeds), or one per run
+    diff: Optional[list[str]] = None  # two run ids: print the config keys whose values differ
     out: str = "outputs/compare"
+    tracking: TrackingConfig = MISSING
+
+
+@dataclass
+class PromoteConfig:
+    """`hw4-promote`: register a sweep's best model in the Model Registry."""
+
+    parent: Optional[str] = None  # a sweep's parent run id; null = the latest sweep
+    metric: str = "best_val_categorical_accuracy"  # a child metric; higher is better
+    name: str = "fashion-mnist"  # registered model name
+    alias: str = "champion"
     tracking: TrackingConfig = MISSING
 
 
@@ -142,6 +173,7 @@ TRAINER_CHOICES = {
     "jit_compile": ("auto", "true", "false"),
     "precision": ("float32", "mixed_bfloat16"),
     "pipeline": ("tf_data", "numpy"),
+    "prune": ("none", "median"),
 }
 
 
@@ -157,10 +189,24 @@ class ReportConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="lenet_schema", node=LenetConfig)
+    # Not in the model group: a schema is not a model to choose (model=glob(*), --help).
+    cs.store(name="lenet_schema", node=LenetConfig, package="model")
     cs.store(name="scratch_schema", node=ScratchConfig)
     cs.store(name="compare_schema", node=CompareConfig)
     cs.store(name="report_schema", node=ReportConfig)
+    cs.store(name="promote_schema", node=PromoteConfig)
+    # A short random id, drawn once per launch (Hydra copies resolver caches into every job's
+    # config): sweep folders started in the same second stay apart.
+    OmegaConf.register_new_resolver("hw4.launch_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
+
+
+def run_app(config_name: str, task: Callable[[DictConfig], Any]) -> None:
+    """Run `task(cfg)` as a Hydra app composed from conf/<config_name>.yaml: the console scripts
+    besides hw4-train (hw4-compare, hw4-report, hw4-promote, hw4-scratch) start through here."""
+    import hydra
+
+    register_configs()
+    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)()
 
 
 def check(cfg: DictConfig) -> None:
@@ -186,6 +232,11 @@ def check(cfg: DictConfig) -> None:
             str(t[key]).lower() in allowed,
             f"trainer.{key} must be one of {', '.join(allowed)}, got {t[key]}",
         )
+    need(
+        t.early_stopping is None or t.early_stopping >= 1,
+        f"trainer.early_stopping must be >= 1 epochs or null, got {t.early_stopping}",
+    )
+    need(t.prune_after >= 1, f"trainer.prune_after must be >= 1, got {t.prune_after}")
     need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
     need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")

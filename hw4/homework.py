@@ -2,6 +2,7 @@
 
     hw4-homework data.dir=../shared/datasets/fashion-mnist
     hw4-homework data.dir=... trainer.epochs=1 data.limit=2000     # a quick version
+    hw4-homework data.dir=... repeats=3     # each preset over seeds 0, 1, 2: mean ± std
 
 1. The four presets (part3_mlp, part4_lenet, part4_lenet_dropout, part4_lenet_bn) run as one
    `hw4-train` sweep, so the sweep callback gives them one parent run; OVERRIDES go to every job.
@@ -17,18 +18,36 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from hw4.report import HOMEWORK_TAG, PRESETS
 
+REPEATS = "repeats"  # hw4-homework repeats=3: each preset over seeds 0, 1 and 2
+
+
+def split_repeats(arguments: list[str]) -> tuple[int, list[str]]:
+    """`repeats=N` (default 1) out of the command line; the rest are hw4-train overrides."""
+    counts = [a for a in arguments if a.startswith(f"{REPEATS}=")]
+    rest = [a for a in arguments if not a.startswith(f"{REPEATS}=")]
+    if not counts:
+        return 1, rest
+    value = counts[-1].split("=", 1)[1]
+    if not value.isdigit() or int(value) < 1:
+        print(f"{REPEATS} must be a whole number >= 1, got {value!r}", file=sys.stderr)
+        sys.exit(2)
+    return int(value), rest
+
 
 def main() -> None:
-    overrides = sys.argv[1:]
+    repeats, overrides = split_repeats(sys.argv[1:])
     started = time.perf_counter()
-    sweep_dir = Path("multirun") / f"homework-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    # The random suffix keeps two homework runs started in the same second apart.
+    sweep_dir = Path("multirun") / f"homework-{time.strftime('%Y-%m-%d_%H-%M-%S')}-{uuid.uuid4().hex[:6]}"
+    seeds = [f"trainer.seed={','.join(str(s) for s in range(repeats))}"] if repeats > 1 else []
     train = subprocess.run(
         [
-            "hw4-train", "-m", f"+experiment={','.join(PRESETS)}",
+            "hw4-train", "-m", f"+experiment={','.join(PRESETS)}", *seeds,
             f"hydra.sweep.dir={sweep_dir}", *overrides,
         ]  # fmt: skip
     )

@@ -12,12 +12,14 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from hw4 import names
+
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> Figure:
     """Two panels: train vs validation loss, train vs validation accuracy, per epoch."""
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, metric, label in zip(
-        fig.subplots(1, 2), ("loss", "categorical_accuracy"), ("loss", "accuracy")
+        fig.subplots(1, 2), (names.LOSS, names.ACCURACY), ("loss", "accuracy")
     ):
         for prefix, split in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric)
@@ -58,25 +60,32 @@ def image_grid(
     return fig
 
 
-def overlaid_curves(histories: Mapping[str, Sequence[float]], ylabel: str) -> Figure:
-    """One line per run: a metric against the epoch."""
+def overlaid_curves(curves: Mapping[str, tuple], ylabel: str) -> Figure:
+    """One line per label: a metric's mean against the epoch, with a ±1 std band where the
+    label stands for several runs (`curves[label] = (mean, std or None)`)."""
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots()
-    for label, values in sorted(histories.items()):
-        ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=label)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
+    for label, (mean, std) in sorted(curves.items()):
+        epochs = np.arange(1, len(mean) + 1)
+        (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        if std is not None:
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    banded = any(std is not None for _, std in curves.values())
+    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch" + (" (mean ± std over seeds)" if banded else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
 
 
 def metric_vs_lr(frame, metric: str, group: Sequence[str] = ("model", "optimizer")) -> Figure:
-    """`metric` against the learning rate on a log axis, one line per combination of `group`."""
+    """`metric` against the learning rate on a log axis, one line per combination of `group`:
+    the mean over the runs at each learning rate, with ±1 std error bars where there are repeats."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     for name, rows in frame.dropna(subset=[metric]).groupby(list(group)):
-        rows = rows.sort_values("lr")
-        ax.plot(rows["lr"], rows[metric], marker="o", label="/".join(map(str, name)))
+        stats = rows.groupby("lr")[metric].agg(["mean", "std"]).sort_index()
+        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
+                    label="/".join(map(str, name)))
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel=metric.replace("_", " "), title=f"{metric} vs learning rate")
     ax.grid(alpha=0.3, which="both")

@@ -22,15 +22,15 @@ from typing import Any, Optional
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from hw4 import artifacts
+from hw4 import artifacts, names
 from hw4.scratch import SCRATCH_RUN_NAME
 from hw4.errors import ConfigError
 
-PRESETS = {  # run name -> (part, title)
-    "part3_mlp": (3, "MLP 784-128-64-10"),
-    "part4_lenet": (4, "LeNet-5"),
-    "part4_lenet_dropout": (4, "LeNet-5 with dropout"),
-    "part4_lenet_bn": (4, "LeNet-5 with batch normalization"),
+PRESETS = {  # run name -> (part, title, the homework's own test accuracy)
+    "part3_mlp": (3, "MLP 784-128-64-10", 0.870),
+    "part4_lenet": (4, "LeNet-5", 0.883),
+    "part4_lenet_dropout": (4, "LeNet-5 with dropout", 0.856),
+    "part4_lenet_bn": (4, "LeNet-5 with batch normalization", 0.902),
 }
 SCRATCH_RUN = SCRATCH_RUN_NAME
 HOMEWORK_TAG = "homework"
@@ -65,19 +65,20 @@ def training_section(client: Any, run: Any, scratch_dir: Path, figures_dir: Path
         "run_id": run_id,
         "status": run.info.status,
         "params": run.data.params,
-        "test_loss": run.data.metrics.get("test_loss"),
-        "test_accuracy": run.data.metrics.get("test_categorical_accuracy"),
+        "homework_accuracy": PRESETS[name][2],
+        "test_loss": run.data.metrics.get(names.TEST_LOSS),
+        "test_accuracy": run.data.metrics.get(names.TEST_ACCURACY),
     }
-    curves = {m: history(client, run_id, m) for m in ("loss", "val_loss", "val_categorical_accuracy")}
-    if curves["val_categorical_accuracy"]:
-        val = curves["val_categorical_accuracy"]
+    curves = {m: history(client, run_id, m) for m in (names.LOSS, names.VAL_LOSS, names.VAL_ACCURACY)}
+    if curves[names.VAL_ACCURACY]:
+        val = curves[names.VAL_ACCURACY]
         section["best_val_epoch"] = 1 + val.index(max(val))
         section["best_val_accuracy"] = max(val)
         section["final_val_accuracy"] = val[-1]
-    if curves["loss"] and curves["val_loss"]:
-        section["final_loss"], section["final_val_loss"] = curves["loss"][-1], curves["val_loss"][-1]
-        section["loss_gap"] = curves["val_loss"][-1] - curves["loss"][-1]
-        section["epochs_run"] = len(curves["loss"])
+    if curves[names.LOSS] and curves[names.VAL_LOSS]:
+        section["final_loss"], section["final_val_loss"] = curves[names.LOSS][-1], curves[names.VAL_LOSS][-1]
+        section["loss_gap"] = curves[names.VAL_LOSS][-1] - curves[names.LOSS][-1]
+        section["epochs_run"] = len(curves[names.LOSS])
     local = _artifact(client, run_id, artifacts.SUMMARY, scratch_dir / run_id)
     section["summary"] = local.read_text() if local else None
     for key, path in (("data", artifacts.DATA_SUMMARY), ("first_sample", artifacts.FIRST_SAMPLE)):
@@ -104,7 +105,7 @@ def scratch_section(client: Any, run: Any, scratch_dir: Path) -> dict:
 def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
     """Per model, the best run of learning-rate sweeps in the experiment (other than this one)."""
     parents = client.search_runs(
-        [experiment_id], filter_string="tags.sweep = 'parent'", max_results=1000
+        [experiment_id], filter_string=f"tags.{names.SWEEP_ROLE} = 'parent'", max_results=1000
     )
     best: dict[str, dict] = {}
     for parent in parents:
@@ -112,7 +113,7 @@ def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict
         if parent.info.run_id == parent_run_id or HOMEWORK_TAG in tags or "best_model" not in tags:
             continue
         model = tags["best_model"]
-        value = metrics.get("best_val_categorical_accuracy")
+        value = metrics.get(names.BEST_VAL_ACCURACY)
         if value is not None and value > best.get(model, {}).get("val", -1):
             best[model] = {
                 "val": value,
@@ -124,23 +125,42 @@ def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict
     return best
 
 
+def repeats(runs: list) -> dict:
+    """Test and best validation accuracy over a preset's finished runs (its seeds): n, mean, std."""
+    import numpy as np
+
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    result: dict[str, Any] = {"n": len(finished), "run_ids": [r.info.run_id for r in finished]}
+    for key, metric in (("test", names.TEST_ACCURACY), ("best_val", names.BEST_VAL_ACCURACY)):
+        values = [r.data.metrics[metric] for r in finished if metric in r.data.metrics]
+        result[f"{key}_mean"] = float(np.mean(values)) if values else None
+        result[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return result
+
+
 def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -> dict:
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        filter_string=names.children_filter(parent_run_id),
         max_results=1000,
     )
-    by_name = {run.info.run_name: run for run in children}
-    sections = {
-        name: training_section(client, by_name[name], workdir, figures_dir)
-        for name in PRESETS
-        if name in by_name
-    }
+    by_name: dict[str, list] = {}
+    for run in children:
+        if names.SUPERSEDED_BY not in run.data.tags:
+            by_name.setdefault(run.info.run_name, []).append(run)
+    sections = {}
+    for name in PRESETS:
+        if name not in by_name:
+            continue
+        # With repeats, figures and texts come from the lowest seed; numbers cover every seed.
+        shown = min(by_name[name], key=lambda r: int(r.data.params.get(names.SEED, 0)))
+        sections[name] = training_section(client, shown, workdir, figures_dir)
+        sections[name]["repeats"] = repeats(by_name[name])
     sweeps = best_sweep_runs(client, parent.info.experiment_id, parent_run_id)
     for section in sections.values():
         section["sweep"] = sweeps.get(section["params"].get("model.name"))
-    scratch = by_name.get(SCRATCH_RUN)
+    scratch = by_name.get(SCRATCH_RUN, [None])[0]
     return {
         "parent_run_id": parent_run_id,
         "experiment_id": parent.info.experiment_id,
@@ -205,12 +225,9 @@ def latest_homework_parent(client: Any, experiment_id: str) -> str:
 
 def main() -> None:
     """`hw4-report [parent=RUN_ID] [out=DIR]`: the report from runs already in the store."""
-    import hydra
-
     from hw4 import config
 
-    config.register_configs()
-    hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="report")(_report_app)()
+    config.run_app("report", _report_app)
 
 
 def _report_app(cfg: Any) -> None:

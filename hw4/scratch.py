@@ -130,12 +130,9 @@ def format_results(loss: float, gradients: Weights) -> str:
 
 def main() -> None:
     """Console entry point `hw4-scratch` (a Hydra app sharing hw4-train's tracking settings)."""
-    import hydra
-
     from hw4 import config
 
-    config.register_configs()
-    hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="scratch")(run)()
+    config.run_app("scratch", run)
 
 
 def run(cfg) -> float:

@@ -5,7 +5,10 @@
 - on_multirun_start (launcher process, before any job): create the experiment and the parent run
   once (parallel jobs racing to create the experiment can log into the wrong one), and write
   their ids to `<sweep dir>/mlflow_sweep.json`, where every job finds them whatever process or
-  launcher runs it.
+  launcher runs it. A sweep folder that already holds that file is an earlier sweep being
+  continued: its parent run is reopened, and each job (`open_job`) looks for an earlier attempt
+  at its configuration and seed: FINISHED is skipped, KILLED or dead RUNNING resumes, FAILED
+  trains again in a new child.
 - on_job_start (the process that runs the job, just before it): launchers hand the job this
   callback as it was after on_multirun_start, so a job on another machine (a Ray worker node
   without the launcher's disk) writes the ids into its own sweep dir.
@@ -26,7 +29,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,13 +39,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hw4 import names
+
 log = logging.getLogger(__name__)
 
 CONTEXT_FILE = "mlflow_sweep.json"
-OBJECTIVE = "val_categorical_accuracy"
-TEST_METRIC = "test_categorical_accuracy"
-SWEEP_ID_TAG = "sweep_id"
-JOB_TAG = "hydra_job_num"
+SUMMARY_FILE = "sweep_summary.json"
+CONFIGS_FILE = "sweep_configurations.csv"
+SWEEP_ID_TAG = names.SWEEP_ID
+JOB_TAG = names.JOB_NUM
 
 
 @dataclass
@@ -53,6 +58,8 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     sweep_id: str
+    # When this launch started (ms since the epoch): runs older than that are earlier attempts.
+    launched_at: int = 0
 
     def save(self, folder: Path) -> None:
         """Write atomically: jobs starting together on one node may save it at the same time."""
@@ -111,8 +118,22 @@ def parallel_jobs() -> int:
     return jobs_at_once(launcher.get("n_jobs"), cpus)
 
 
-def open_tracking(settings: DictConfig, launch_dir: str) -> tuple[Any, str, Optional[str], dict]:
-    """(client, experiment id, parent run id, extra tags) for this job's run.
+@dataclass
+class Job:
+    """Where this job's run goes, and what an earlier attempt at it (a continued sweep) left."""
+
+    client: Any
+    experiment_id: str
+    parent_run_id: Optional[str] = None
+    tags: dict = field(default_factory=dict)
+    context: Optional[SweepContext] = None
+    finished: Any = None  # a FINISHED earlier attempt: nothing to train
+    resume_run_id: Optional[str] = None  # a KILLED (or dead RUNNING) attempt to continue
+    supersedes: Optional[str] = None  # a FAILED attempt that the new run replaces
+
+
+def open_job(settings: DictConfig, launch_dir: str, params: dict) -> Job:
+    """The tracking store, experiment and parent run of this job, checked before data loads.
 
     In a sweep the callback already chose the store, the experiment and the parent run.
     """
@@ -121,37 +142,99 @@ def open_tracking(settings: DictConfig, launch_dir: str) -> tuple[Any, str, Opti
     context = current_context()
     if context is None:
         client, experiment_id = tracking.open_experiment(settings, launch_dir)
-        return client, experiment_id, None, {}
+        return Job(client, experiment_id)
     client = tracking.connect(context.tracking_uri)
-    return client, context.experiment_id, context.parent_run_id, job_tags(context)
+    job = Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
+    previous = latest_attempt(client, context, names.job_key(params))
+    if previous is not None:
+        status = previous.info.status
+        if status == "FINISHED":
+            job.finished = previous
+        elif status in ("KILLED", "RUNNING"):  # RUNNING: the run lock tells a dead process
+            job.resume_run_id = previous.info.run_id
+        else:
+            job.supersedes = previous.info.run_id
+    return job
 
 
-def summarize(client: Any, context: SweepContext) -> dict[str, Any]:
-    """Counts by status and the best finished child by final validation accuracy."""
-    children = client.search_runs(
+def latest_attempt(client: Any, context: SweepContext, job_key: str) -> Any:
+    """The newest child run with this job key from an earlier launch of the sweep that no later
+    attempt replaced, or None. Runs of this launch do not count: jobs that differ only in
+    bookkeeping (say tracking.run_name=a,b) are meant to run each."""
+    runs = client.search_runs(
         [context.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{context.parent_run_id}'",
-        max_results=10_000,
+        filter_string=(
+            f"{names.children_filter(context.parent_run_id)} and tags.{names.JOB_KEY} = '{job_key}' "
+            f"and attributes.start_time < {context.launched_at}"
+        ),
+        order_by=["attributes.start_time DESC"],
     )
+    current = [r for r in runs if names.SUPERSEDED_BY not in r.data.tags]
+    return current[0] if current else None
+
+
+def sibling_values(client: Any, job: Job, run_id: str) -> Any:
+    """For pruning: `values(epoch)` gives the validation accuracy at that epoch of every other
+    child of the sweep (failed and replaced runs left out). Finished runs are read once."""
+    finished: dict[str, dict[int, float]] = {}
+
+    def values(epoch: int) -> list[float]:
+        found = []
+        for run in client.search_runs(
+            [job.experiment_id], filter_string=names.children_filter(job.parent_run_id), max_results=10_000
+        ):
+            other = run.info.run_id
+            if other == run_id or run.info.status == "FAILED" or names.SUPERSEDED_BY in run.data.tags:
+                continue
+            history = finished.get(other)
+            if history is None:
+                history = {m.step: m.value for m in client.get_metric_history(other, names.VAL_ACCURACY)}
+                if run.info.status == "FINISHED":
+                    finished[other] = history
+            if epoch in history:
+                found.append(history[epoch])
+        return found
+
+    return values
+
+
+def summarize(client: Any, context: SweepContext) -> tuple[dict[str, Any], Any]:
+    """Counts by status, the best configuration by its mean over seeds and its best seed, and
+    the per-configuration table. Ranked by best-epoch validation accuracy (names.OBJECTIVE);
+    runs replaced by a later attempt are left out."""
+    from hw4 import runs
+
+    children = runs.training_runs(client, context.experiment_id, context.parent_run_id)
     statuses = [run.info.status for run in children]
+    frame = runs.table(children)
     summary: dict[str, Any] = {
         "jobs": len(children),
         "jobs_finished": statuses.count("FINISHED"),
         "jobs_failed": statuses.count("FAILED"),
         "jobs_killed": statuses.count("KILLED"),
+        "jobs_pruned": int(frame["pruned"].sum()) if not frame.empty else 0,
+        "ranked_by": names.OBJECTIVE,
     }
-    finished = [r for r in children if r.info.status == "FINISHED" and OBJECTIVE in r.data.metrics]
-    if finished:
-        best = max(finished, key=lambda run: run.data.metrics[OBJECTIVE])
+    configurations = runs.group(frame)
+    best = runs.best_run(frame, names.OBJECTIVE)
+    if best is not None:
         summary.update(
-            best_run_id=best.info.run_id,
-            best_run_name=best.info.run_name,
-            best_lr=float(best.data.params.get("optimizer.lr", "nan")),
-            best_model=best.data.params.get("model.name", ""),
-            best_val_categorical_accuracy=best.data.metrics[OBJECTIVE],
-            best_test_categorical_accuracy=best.data.metrics.get(TEST_METRIC, float("nan")),
+            best_run_id=best["run_id"],
+            best_run_name=best["run"],
+            best_lr=float(best["lr"]),
+            best_model=best["model"],
+            best_config_key=best["config_key"],
+            best_config_runs=int(configurations.loc[best["config_key"], "n"]),
+            best_config_mean_val_categorical_accuracy=float(
+                configurations.loc[best["config_key"], "best_val_accuracy_mean"]
+            ),
+            best_config_mean_test_categorical_accuracy=float(
+                configurations.loc[best["config_key"], "test_accuracy_mean"]
+            ),
+            best_val_categorical_accuracy=float(best["best_val_accuracy"]),
+            best_test_categorical_accuracy=float(best["test_accuracy"]),
         )
-    return summary
+    return summary, configurations
 
 
 class MlflowSweepCallback(Callback):
@@ -160,6 +243,18 @@ class MlflowSweepCallback(Callback):
         self._finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+
+        folder = sweep_dir(config.hydra)
+        earlier = SweepContext.load(folder)
+        if earlier is not None:
+            self.context = self._reopen(earlier)
+        if self.context is None:
+            self.context = self._create_parent(config)
+        self.context.launched_at = int(time.time() * 1000)
+        self.context.save(folder)
+        atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
+
+    def _create_parent(self, config: DictConfig) -> SweepContext:
         from hw4 import tracking
 
         # Hydra has not changed directory yet: this is the folder the user launched from.
@@ -176,7 +271,7 @@ class MlflowSweepCallback(Callback):
                 run_name=f"sweep-{sweep_id}",
                 tags={
                     SWEEP_ID_TAG: sweep_id,
-                    "sweep": "parent",
+                    names.SWEEP_ROLE: "parent",
                     "overrides": " ".join(config.hydra.overrides.task),
                     "launcher": str(config.hydra.launcher.get("_target_", "")),
                 },
@@ -184,12 +279,24 @@ class MlflowSweepCallback(Callback):
             "create parent run",
         )
         tracking.retry(lambda: client.log_dict(parent.info.run_id, definition, "sweep.json"), "sweep.json")
-        self.context = SweepContext(
-            client.tracking_uri, experiment_id, parent.info.run_id, sweep_id
-        )
-        self.context.save(sweep_dir(config.hydra))
-        atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
+        return SweepContext(client.tracking_uri, experiment_id, parent.info.run_id, sweep_id)
+
+    @staticmethod
+    def _reopen(earlier: SweepContext) -> Optional[SweepContext]:
+        """Continue the sweep of an existing folder under its parent run, if the store has it."""
+        from hw4 import tracking
+
+        client = tracking.connect(earlier.tracking_uri)
+        try:
+            parent = client.get_run(earlier.parent_run_id)
+        except Exception:
+            log.warning("sweep folder names parent run %s, which %s does not hold: new parent",
+                        earlier.parent_run_id, earlier.tracking_uri)
+            return None
+        tracking.retry(lambda: client.update_run(parent.info.run_id, status="RUNNING"), "reopen parent")
+        log.info("continuing sweep %s under parent run %s", earlier.sweep_id, earlier.parent_run_id)
+        return earlier
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.context is None or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -213,8 +320,8 @@ class MlflowSweepCallback(Callback):
         existing = client.search_runs(
             [context.experiment_id],
             filter_string=(
-                f"tags.mlflow.parentRunId = '{context.parent_run_id}' "
-                f"and tags.{JOB_TAG} = '{job_num}'"
+                f"{names.children_filter(context.parent_run_id)} and tags.{JOB_TAG} = '{job_num}' "
+                f"and attributes.start_time >= {context.launched_at}"
             ),
         )
         if existing:  # the job's own run already ended FAILED with its error
@@ -229,13 +336,20 @@ class MlflowSweepCallback(Callback):
             "overrides": " ".join(job_return.overrides or []),
             SWEEP_ID_TAG: context.sweep_id,
             JOB_TAG: job_num,
-            "mlflow.parentRunId": context.parent_run_id,
-            "error": f"{type(error).__name__}: {error}"[:5000],
+            names.PARENT_RUN: context.parent_run_id,
+            names.ERROR: f"{type(error).__name__}: {error}"[:5000],
         }
+        if params:
+            tags.update({names.CONFIG_KEY: names.config_key(params), names.JOB_KEY: names.job_key(params)})
+            earlier = latest_attempt(client, context, tags[names.JOB_KEY])
+        else:
+            earlier = None
         run = tracking.retry(
             lambda: client.create_run(context.experiment_id, run_name=f"job-{job_num}", tags=tags),
             "record failed job",
         )
+        if earlier is not None:
+            client.set_tag(earlier.info.run_id, names.SUPERSEDED_BY, run.info.run_id)
         tracking.RunLogger(client, run.info.run_id).log_params(params)
         tracking.retry(lambda: client.set_terminated(run.info.run_id, "FAILED"), "end failed job")
 
@@ -253,11 +367,13 @@ class MlflowSweepCallback(Callback):
 
         client = MlflowClient(self.context.tracking_uri)
         parent_id = self.context.parent_run_id
-        summary = summarize(client, self.context)
+        summary, configurations = summarize(client, self.context)
         logger = tracking.RunLogger(client, parent_id)
         logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         logger.set_tags({k: v for k, v in summary.items() if isinstance(v, str)})
-        logger.log_dict(summary, "sweep_summary.json")
+        logger.log_dict(summary, SUMMARY_FILE)
+        if not configurations.empty:
+            logger.log_text(configurations.to_csv(), CONFIGS_FILE)
         status = RunStatus.FINISHED if summary["jobs_finished"] else RunStatus.FAILED
         tracking.retry(
             lambda: client.set_terminated(parent_id, RunStatus.to_string(status)), "end parent"

@@ -10,6 +10,7 @@ No TensorFlow here; `log_keras_model` imports MLflow's Keras flavour only when c
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
@@ -22,8 +23,8 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from hw4 import names
 from hw4.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ DB_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 KNOWN_SCHEMES = DB_SCHEMES | {"http", "https", "file", "databricks"}
 RETRIES = 5
 HEALTH_TIMEOUT_S = 5
+SYSTEM_METRICS_INTERVAL_S = 2
 
 
 def resolve_uri(uri: str, base_dir: str | Path) -> str:
@@ -140,11 +142,10 @@ def check_resumable(client: MlflowClient, run_id: str, params: Mapping[str, Any]
         raise TrackingError(f"trainer.resume={run_id}: no such run in {client.tracking_uri}") from None
     if run.info.status == "FINISHED":
         raise TrackingError(f"trainer.resume={run_id}: the run already finished")
-    ignored = {"trainer.resume", "trainer.verbose", "trainer.threads"}
     differences = [
         f"{key}={value} (run has {run.data.params.get(key)})"
         for key, value in params.items()
-        if key not in ignored and key in run.data.params and run.data.params[key] != str(value)
+        if not names.is_bookkeeping(key) and key in run.data.params and run.data.params[key] != str(value)
     ]
     if differences:
         raise TrackingError(
@@ -209,6 +210,21 @@ class RunLogger:
             f"artifacts {local_dir}",
         )
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
+        """The data this run saw, as an MLflow run input (shown in the UI's Datasets column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        dataset = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(dict(profile)),
+        )
+        inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+        retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs), "log dataset")
+
     def log_keras_model(self, model: Any, example: Any, name: str = "model") -> None:
         """The model in MLflow's Keras flavour, with an input/output signature, linked to this run."""
         import keras
@@ -240,6 +256,24 @@ class RunLogger:
 
 
 @contextmanager
+def system_metrics(client: MlflowClient, run_id: str, enabled: bool) -> Iterator[None]:
+    """MLflow's system metrics (CPU, memory, disk, network) sampled while the block runs."""
+    if not enabled:
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=client.tracking_uri
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+@contextmanager
 def start_run(
     client: MlflowClient,
     experiment_id: str,
@@ -256,12 +290,12 @@ def start_run(
     """
     run_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
-        run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run_tags[names.PARENT_RUN] = parent_run_id
     if run_id:
         retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen run")
         logger = RunLogger(client, run_id)
-        if "error" in client.get_run(run_id).data.tags:
-            client.delete_tag(run_id, "error")  # the error of the interrupted attempt
+        if names.ERROR in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, names.ERROR)  # the error of the interrupted attempt
         logger.set_tags(run_tags)
     else:
         run = retry(
@@ -278,7 +312,7 @@ def start_run(
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"[:5000]
         try:
-            logger.set_tags({"error": message})
+            logger.set_tags({names.ERROR: message})
         except Exception:  # the run still has to end even if the store is gone
             log.exception("could not record the error on run %s", logger.run_id)
         raise

@@ -9,17 +9,19 @@ and `--cfg job` stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from hw4 import config
+from hw4 import config, names, quiet
 from hw4.errors import ConfigError
 
 config.register_configs()
@@ -27,6 +29,10 @@ config.register_configs()
 
 def checkpoint_folder(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
     return Path(launch_dir) / cfg.trainer.checkpoint_dir / run_id
+
+
+def lock_file(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
+    return Path(launch_dir) / cfg.trainer.checkpoint_dir / f"{run_id}.lock"
 
 
 def stop_on_sigterm() -> None:
@@ -43,110 +49,183 @@ def run_name(cfg: DictConfig) -> str:
     return cfg.tracking.run_name or f"{cfg.model.name}-{cfg.optimizer.name}-lr{cfg.optimizer.lr:g}"
 
 
-@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Train, evaluate and track one configuration; returns the final validation accuracy."""
-    config.check(cfg)
-    stop_on_sigterm()
-    # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
-    from hw4 import data, sweep, tracking
+def load_data(cfg: DictConfig) -> tuple[Any, Any]:
+    """The raw arrays and the prepared splits; the split follows data.split_seed only."""
+    from hw4 import data
 
-    launch_dir = get_original_cwd()
-    hydra_cfg = HydraConfig.get()
-    if cfg.data.dir:
-        cfg.data.dir = to_absolute_path(cfg.data.dir)
-
-    # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
-    client, experiment_id, parent_run_id, sweep_tags = sweep.open_tracking(cfg.tracking, launch_dir)
-
-    class_names = list(cfg.data.class_names)
-    raw = data.load(cfg.data.dir, n_classes=len(class_names))
+    n_classes = len(cfg.data.class_names)
+    raw = data.load(cfg.data.dir, n_classes=n_classes)
     splits = data.prepare(
         raw,
         input_shape=cfg.model.input_shape,
-        n_classes=len(class_names),
+        n_classes=n_classes,
         val_fraction=cfg.data.val_fraction,
-        seed=cfg.trainer.seed,
+        seed=cfg.data.split_seed,
         limit=cfg.data.limit,
     )
+    return raw, splits
 
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
-    resume_id = cfg.trainer.resume
-    if resume_id:
-        tracking.check_resumable(client, resume_id, params)
-        if not checkpoint_folder(cfg, launch_dir, resume_id).is_dir():
-            raise ConfigError(f"trainer.resume={resume_id}: no checkpoint was kept for that run")
 
-    from hw4 import artifacts, checkpoints, models, training  # TensorFlow loads here
+def run_tags(cfg: DictConfig, launch_dir: str, params: dict, threads: int, extra: dict) -> dict:
+    from hw4 import tracking
 
-    threads = training.configure_runtime(cfg.trainer, parallel_jobs=sweep.parallel_jobs())
-    tags = {
+    return {
         "model": cfg.model.name,
         "optimizer": cfg.optimizer.name,
-        "overrides": " ".join(hydra_cfg.overrides.task),
+        "overrides": " ".join(HydraConfig.get().overrides.task),
         "git_commit": tracking.git_commit(launch_dir) or "none",
         "tf_threads": threads,
-        **sweep_tags,
+        names.CONFIG_KEY: names.config_key(params),
+        names.JOB_KEY: names.job_key(params),
+        **extra,
     }
-    with tracking.start_run(
-        client, experiment_id, run_name(cfg), tags, parent_run_id, run_id=resume_id
-    ) as run:
-        folder = checkpoint_folder(cfg, launch_dir, run.run_id)
-        if resume_id:
-            model, state = checkpoints.load(folder)
-            # Epochs the checkpoint holds but MLflow missed (killed between the two writes).
-            logged = {m.step for m in client.get_metric_history(run.run_id, "loss")}
-            for epoch in range(state.epoch + 1):
-                if epoch not in logged:
-                    run.log_metrics(state.epoch_logs(epoch), step=epoch)
-            print(f"resuming run {run.run_id} after epoch {state.epoch + 1}")
-        else:
-            model = training.build_model(cfg.model, num_classes=len(class_names))
-            training.compile_model(
-                model,
-                training.build_optimizer(cfg.optimizer),
-                cfg.trainer.jit_compile,
-                cfg.trainer.steps_per_execution,
-            )
-            state = checkpoints.CheckpointState()
-            run.log_params(params)
-            if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
-                run.log_artifacts(
-                    os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config"
-                )
-            run.log_text(models.summary_text(model), artifacts.SUMMARY)
-            run.log_dict(artifacts.data_summary(raw, splits), artifacts.DATA_SUMMARY)
-            artifacts.log_sample_grids(run, raw, class_names)
 
-        # The checkpoint is written before the metrics (see hw4/checkpoints.py).
-        callbacks = [training.EpochMetricsLogger(run.log_metrics)]
-        if cfg.trainer.checkpoint:
-            run.set_tags({"checkpoint_dir": folder})
-            callbacks.insert(0, checkpoints.EpochCheckpoint(folder, state))
-        history = training.fit(
-            model, splits, cfg.trainer, callbacks, state.epoch + 1, past_history=state.history
+
+def log_run_inputs(cfg: DictConfig, run: Any, params: dict, model: Any, raw: Any, splits: Any) -> None:
+    """What a new run records before training: config, model summary, data, sample grids."""
+    from hw4 import artifacts, data, models
+
+    hydra_cfg = HydraConfig.get()
+    run.log_params(params)
+    if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
+        run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
+    run.log_text(models.summary_text(model), artifacts.SUMMARY)
+    summary = artifacts.data_summary(raw, splits)
+    run.log_dict(summary, artifacts.DATA_SUMMARY)
+    run.log_dataset(
+        cfg.data.name, data.digest(raw), cfg.data.dir or "keras.datasets", summary["prepared_shapes"]
+    )
+    artifacts.log_sample_grids(run, raw, list(cfg.data.class_names))
+
+
+def restore_or_build(cfg: DictConfig, run: Any, folder: Path, resumed: bool, params: dict, raw: Any, splits: Any):
+    """(model, checkpoint state, best weights or None): from the checkpoint of a resumed run,
+    else a new compiled model whose run gets its inputs logged."""
+    from hw4 import checkpoints, training
+
+    logged = {m.step for m in run.client.get_metric_history(run.run_id, names.LOSS)} if resumed else set()
+    if resumed and checkpoints.exists(folder):
+        model, state, best_weights = checkpoints.load(folder)
+        for epoch in range(state.epoch + 1):  # epochs the checkpoint holds but MLflow missed
+            if epoch not in logged:
+                run.log_metrics(state.epoch_logs(epoch), step=epoch)
+        print(f"resuming run {run.run_id} after epoch {state.epoch + 1}")
+        return model, state, best_weights
+    if logged:
+        raise ConfigError(f"trainer.resume={run.run_id}: no checkpoint was kept for that run")
+    if resumed:
+        print(f"run {run.run_id} ended before its first epoch: training it from the start")
+    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
+    optimizer = training.build_optimizer(cfg.optimizer)
+    training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
+    log_run_inputs(cfg, run, params, model, raw, splits)  # a resumed run: the same values again
+    return model, checkpoints.CheckpointState(), None
+
+
+def train(cfg: DictConfig, job: Any, run: Any, model: Any, splits: Any, folder: Path, state: Any, best_weights: Any):
+    """Fit with checkpoints, per-epoch metrics, early stopping, best weights and pruning as
+    configured. Returns the full history, tags saying why training stopped, and the epoch
+    whose weights the model now holds."""
+    from hw4 import checkpoints, sweep, training
+
+    trainer = cfg.trainer
+    best = None
+    if trainer.early_stopping or trainer.restore_best:
+        best = training.BestEpoch(trainer.early_stopping, trainer.restore_best, state.history, best_weights)
+    callbacks = [best] if best else []  # first: the checkpoint saves the best weights it holds
+    if trainer.checkpoint:
+        run.set_tags({"checkpoint_dir": folder})
+        kept = (lambda: best.best_weights) if trainer.restore_best else None
+        callbacks.append(checkpoints.EpochCheckpoint(folder, state, kept))
+    callbacks.append(training.EpochMetricsLogger(run.log_metrics))
+    pruner = None
+    if trainer.prune == "median" and job.parent_run_id:
+        pruner = training.MedianPruner(sweep.sibling_values(job.client, job, run.run_id), trainer.prune_after)
+        callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
+    history = training.fit(model, splits, trainer, callbacks, state.epoch + 1, past_history=state.history)
+    tags: dict[str, Any] = {}
+    if pruner and pruner.pruned_at is not None:
+        tags.update({names.PRUNED: "true", names.PRUNED_AT: pruner.pruned_at})
+    if best and best.stopped_epoch:
+        tags[names.EARLY_STOPPED_AT] = best.stopped_epoch
+    restored = best is not None and trainer.restore_best and best.best_weights is not None
+    evaluated = best.best_epoch if restored else len(history[names.LOSS]) - 1
+    return history, tags, evaluated
+
+
+def evaluate_and_log(cfg: DictConfig, run: Any, model: Any, splits: Any, history: dict, tags: dict, evaluated: int) -> float:
+    """Test metrics, best-epoch metrics, figures and the model; returns the sweep objective."""
+    from hw4 import artifacts, training
+
+    evaluation = training.evaluate(model, splits, cfg.trainer.eval_batch_size)
+    best = training.best_epoch(history)
+    run.log_metrics({**evaluation.metrics(), **best, names.EVALUATED_EPOCH: evaluated})
+    run.set_tags(tags)
+    run.log_dict(artifacts.first_sample_output(model, splits), artifacts.FIRST_SAMPLE)
+    print(
+        f"test loss {evaluation.test_loss:.4f}, test accuracy {evaluation.test_accuracy:.4f} "
+        f"(weights of epoch {evaluated + 1}; best validation accuracy "
+        f"{best.get(names.BEST_VAL_ACCURACY, float('nan')):.4f} at epoch "
+        f"{int(best.get(names.BEST_EPOCH, -1)) + 1}; run {run.run_id})"
+    )
+    class_names = list(cfg.data.class_names)
+    artifacts.log_evaluation(
+        run, history, splits.x_test, splits.test_labels, evaluation.predicted,
+        evaluation.confusion, class_names, title=run_name(cfg),
+    )  # fmt: skip
+    if cfg.tracking.log_model:
+        run.log_keras_model(model, splits.x_test[:5])
+    return float(best.get(names.OBJECTIVE, float("nan")))
+
+
+@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Train, evaluate and track one configuration; returns the best validation accuracy."""
+    config.check(cfg)
+    stop_on_sigterm()
+    # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
+    from hw4 import sweep, tracking
+
+    launch_dir = get_original_cwd()
+    if cfg.data.dir:
+        cfg.data.dir = to_absolute_path(cfg.data.dir)
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+
+    # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
+    job = sweep.open_job(cfg.tracking, launch_dir, params)
+    if job.finished is not None:  # a continued sweep: this configuration and seed are done
+        value = job.finished.data.metrics.get(names.OBJECTIVE, float("nan"))
+        print(f"already finished as run {job.finished.info.run_id}: not trained again")
+        return value
+    resume_id = cfg.trainer.resume or job.resume_run_id
+    if resume_id:
+        tracking.check_resumable(job.client, resume_id, params)
+    raw, splits = load_data(cfg)
+
+    quiet.load_tensorflow()  # TensorFlow loads here, without its start-up lines
+    from hw4 import checkpoints, training
+
+    threads = training.configure_runtime(cfg.trainer, parallel_jobs=sweep.parallel_jobs())
+    if cfg.trainer.verbose == 1 and sweep.parallel_jobs() > 1:
+        cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
+    tags = run_tags(cfg, launch_dir, params, threads, job.tags)
+    with contextlib.ExitStack() as stack:
+        if resume_id:  # locked before the run is reopened: a live process's run stays untouched
+            stack.enter_context(checkpoints.RunLock(lock_file(cfg, launch_dir, resume_id), resume_id))
+        run = stack.enter_context(
+            tracking.start_run(job.client, job.experiment_id, run_name(cfg), tags, job.parent_run_id, resume_id)
         )
-        evaluation = training.evaluate(model, splits, cfg.trainer.eval_batch_size)
-        run.log_dict(artifacts.first_sample_output(model, splits), artifacts.FIRST_SAMPLE)
-        run.log_metrics(evaluation.metrics())
-        print(
-            f"test loss {evaluation.test_loss:.4f}, "
-            f"test accuracy {evaluation.test_accuracy:.4f} (run {run.run_id})"
-        )
-        artifacts.log_evaluation(
-            run,
-            history,
-            splits.x_test,
-            splits.test_labels,
-            evaluation.predicted,
-            evaluation.confusion,
-            class_names,
-            title=run_name(cfg),
-        )
-        if cfg.tracking.log_model:
-            run.log_keras_model(model, splits.x_test[:5])
+        if not resume_id:
+            stack.enter_context(checkpoints.RunLock(lock_file(cfg, launch_dir, run.run_id), run.run_id))
+        if job.supersedes:
+            run.client.set_tag(job.supersedes, names.SUPERSEDED_BY, run.run_id)
+        stack.enter_context(tracking.system_metrics(job.client, run.run_id, cfg.tracking.system_metrics))
+        folder = checkpoint_folder(cfg, launch_dir, run.run_id)
+        model, state, best_weights = restore_or_build(cfg, run, folder, bool(resume_id), params, raw, splits)
+        history, stop_tags, evaluated = train(cfg, job, run, model, splits, folder, state, best_weights)
+        objective = evaluate_and_log(cfg, run, model, splits, history, stop_tags, evaluated)
     checkpoints.remove(folder)  # finished: the logged model replaces it
-    return float(history[f"val_{training.METRIC}"][-1])
+    return objective
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ Imports TensorFlow/Keras: hw4.train imports this module only once training reall
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -19,12 +20,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import confusion_matrix
 
+from hw4 import names
 from hw4.data import Splits
 from hw4.errors import ConfigError, Hw4Error
 
 log = logging.getLogger(__name__)
 LOSS = "categorical_crossentropy"
-METRIC = "categorical_accuracy"
+METRIC = names.ACCURACY
 
 
 class TrainingDiverged(Hw4Error):
@@ -83,6 +85,131 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             self.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
 
 
+def best_epoch(history: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The best-epoch metrics of a history: highest validation accuracy (its first epoch on a
+    tie, as EarlyStopping counts), its 0-based epoch, and the lowest validation loss."""
+    accuracy = history.get(names.VAL_ACCURACY) or []
+    if not accuracy:
+        return {}
+    best = int(np.argmax(accuracy))
+    return {
+        names.BEST_VAL_ACCURACY: float(accuracy[best]),
+        names.BEST_EPOCH: best,
+        names.BEST_VAL_LOSS: float(np.min(history[names.VAL_LOSS])),
+    }
+
+
+class BestEpoch(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping on validation accuracy, able to continue a resumed run.
+
+    `patience=None` never stops; `restore_best=True` keeps the best epoch's weights and puts them
+    back into the model when training ends. EarlyStopping forgets everything in on_train_begin,
+    so a resumed run hands in what it had: the history so far and the best weights its
+    checkpoint kept.
+    """
+
+    def __init__(
+        self,
+        patience: int | None,
+        restore_best: bool,
+        past_history: Mapping[str, Sequence[float]] | None = None,
+        past_best_weights: list | None = None,
+    ):
+        super().__init__(
+            monitor=names.VAL_ACCURACY,
+            mode="max",
+            patience=patience if patience is not None else np.inf,
+            restore_best_weights=restore_best,
+        )
+        self.past = best_epoch(past_history or {})
+        self.past_epochs = len((past_history or {}).get(names.VAL_ACCURACY, []))
+        self.past_best_weights = past_best_weights
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.past:
+            self.best = self.past[names.BEST_VAL_ACCURACY]
+            self.best_epoch = int(self.past[names.BEST_EPOCH])
+            self.wait = self.past_epochs - 1 - self.best_epoch
+            self.best_weights = self.past_best_weights if self.restore_best_weights else None
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        if self.stopped_epoch:
+            log.info("early stopping after epoch %d: no better validation accuracy for %s epochs",
+                     epoch + 1, self.patience)
+
+
+class MedianPruner(keras.callbacks.Callback):
+    """Stops a sweep job whose validation accuracy falls below its siblings' median.
+
+    `sibling_values(epoch)` returns the other jobs' validation accuracies at that epoch (read
+    from the tracking store, so parallel jobs in other processes count). No decision during
+    the first `after` epochs, nor with fewer than MIN_SIBLINGS values to compare with.
+    """
+
+    MIN_SIBLINGS = 2
+
+    def __init__(self, sibling_values: Callable[[int], list[float]], after: int):
+        super().__init__()
+        self.sibling_values = sibling_values
+        self.after = after
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        if epoch + 1 < self.after or not logs or names.VAL_ACCURACY not in logs:
+            return
+        values = self.sibling_values(epoch)
+        if len(values) < self.MIN_SIBLINGS:
+            return
+        median = float(np.median(values))
+        if logs[names.VAL_ACCURACY] < median:
+            self.pruned_at = epoch
+            self.model.stop_training = True
+            log.warning(
+                "pruned after epoch %d: validation accuracy %.4f is below the median %.4f of %d "
+                "sibling runs", epoch + 1, logs[names.VAL_ACCURACY], median, len(values),
+            )  # fmt: skip
+
+
+class StepProgbar(keras.utils.Progbar):
+    """Keras' progress bar, timing steps rather than compiled calls.
+
+    Keras leaves the first update out of its time per step (it includes tracing) but assumes
+    that update came after one step; with steps_per_execution=16 it came after 16, so the time
+    per step was divided by 15 steps too many. Here the time since the first update is divided
+    by the steps since the first update."""
+
+    def _estimate_step_duration(self, current: int, now: float) -> float:
+        if not current:
+            return 0
+        if getattr(self, "_first_update", None) is None:
+            self._first_update = (current, now)
+        first_step, first_time = self._first_update
+        if current > first_step:
+            return (now - first_time) / (current - first_step)
+        return (now - self._start) / current
+
+
+class StepProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar with honest counts under steps_per_execution.
+
+    Keras reports each compiled call as its last step, call start + steps_per_execution - 1, also
+    for the epoch's last call, which runs fewer steps: the bar read 384/375, then 375/375. The
+    count is capped at the epoch's steps, and time per step is per step (StepProgbar)."""
+
+    def _maybe_init_progbar(self) -> None:
+        if self.progbar is None:
+            self.progbar = StepProgbar(
+                target=self.target, verbose=self.verbose, unit_name="step", stateless_metrics=set()
+            )
+
+    def _update_progbar(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        super()._update_progbar(batch, logs)
+
+
 class StopOnSignal(keras.callbacks.Callback):
     """Ctrl-C or SIGTERM during training: finish the current epoch, then stop.
 
@@ -133,6 +260,50 @@ def compile_model(
     )
 
 
+class EpochOrder(keras.callbacks.Callback):
+    """In-memory training batches in an order that is a function of (seed, epoch) alone.
+
+    Keras' own shuffle of NumPy inputs draws its permutation inside a tf.data function from
+    TensorFlow's global seed: once a seed is set (trainer.seed), every epoch sees the same batch
+    order, and a resumed run replays epoch 0's order (tests/test_training.py shows both). Here
+    each epoch draws a stateless permutation of (seed, epoch): a new order every epoch, and the
+    same order for epoch k whether or not the run was interrupted before it. The batches are
+    gathered from the arrays in memory, as Keras' own adapter does. As a callback it tells the
+    dataset which epoch begins; fit makes a new iterator, and so a new permutation, per epoch.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        n = len(x)
+        seed_value = tf.constant(seed, dtype=tf.int64)
+
+        def permutation(_: tf.Tensor) -> tf.Tensor:
+            order_seed = tf.stack([seed_value, self.epoch.read_value()])
+            return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=order_seed)
+
+        indices = (
+            tf.data.Dataset.range(1)
+            .map(permutation)
+            .flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+            .apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+        )
+        arrays = tf.data.Dataset.from_tensors((tf.convert_to_tensor(x), tf.convert_to_tensor(y))).repeat()
+        batches = tf.data.Dataset.zip((indices, arrays)).map(
+            lambda index, data: (tf.gather(data[0], index), tf.gather(data[1], index)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        options = tf.data.Options()
+        # As Keras does for arrays: no graph rewrites (serialising the arrays would copy them),
+        # and the epoch variable is state the pipeline may read.
+        options.experimental_optimization.apply_default_optimizations = False
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+        self.dataset = batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        self.epoch.assign(epoch)
+
+
 def as_dataset(
     x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None
 ) -> tf.data.Dataset:
@@ -164,27 +335,28 @@ def fit(
         val = as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size)
         inputs = {"x": train, "validation_data": val, "shuffle": False}  # the dataset shuffles
     else:
+        order = EpochOrder(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed)
         inputs = {
-            "x": splits.x_train,
-            "y": splits.y_train,
+            "x": order.dataset,
             "validation_data": (splits.x_val, splits.y_val),
-            "batch_size": trainer.batch_size,
             "validation_batch_size": trainer.eval_batch_size,
-            "shuffle": True,
+            "shuffle": False,  # the dataset orders itself
         }
+        callbacks = [order, *callbacks]  # first: the epoch is set before its batches are drawn
     stopper = StopOnSignal()  # after the checkpoint and metric callbacks: the epoch is saved first
+    progress = [StepProgress()] if trainer.verbose else []  # verbose 2 is one line per epoch
     new = model.fit(
         **inputs,
         epochs=trainer.epochs,
         initial_epoch=initial_epoch,
         verbose=trainer.verbose,
-        callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN()],
+        callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN(), *progress],
     ).history
     for name, values in new.items():
         history.setdefault(name, []).extend(float(v) for v in values)
     if stopper.received is not None:
         raise KeyboardInterrupt(f"signal {stopper.received} after epoch {len(history.get('loss', []))}")
-    losses = history.get("loss", [])
+    losses = history.get(names.LOSS, [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(
             f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "
@@ -202,7 +374,7 @@ class Evaluation:
     confusion: np.ndarray
 
     def metrics(self) -> dict[str, float]:
-        return {"test_loss": self.test_loss, f"test_{METRIC}": self.test_accuracy}
+        return {names.TEST_LOSS: self.test_loss, names.TEST_ACCURACY: self.test_accuracy}
 
 
 def evaluate(model: keras.Model, splits: Splits, batch_size: int) -> Evaluation:

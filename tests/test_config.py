@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from hw4 import config
+from hw4.config import CONFIG_DIR, register_configs
 from hw4.errors import ConfigError
 
 config.register_configs()
@@ -104,3 +105,24 @@ def test_help_and_cfg_do_not_import_tensorflow_or_mlflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "name: lenet_bn" in result.stdout
+
+
+def test_schemas_are_not_selectable_models():
+    """model=glob(*) and --help list the group's options: a schema must not be one of them."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        options = GlobalHydra.instance().config_loader().get_group_options("model")
+    assert options == ["lenet", "lenet_bn", "lenet_dropout", "mlp"]
+    help_text = subprocess.run(["hw4-train", "--help"], capture_output=True, text=True).stdout
+    assert "model: lenet, lenet_bn, lenet_dropout, mlp" in help_text and "schema" not in help_text
+
+
+@pytest.mark.parametrize("command", ["hw4-train", "hw4-compare", "hw4-promote", "hw4-report", "hw4-scratch"])
+def test_each_command_has_a_help_page_of_its_own(command):
+    result = subprocess.run([command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"{command}: ") and "powered by Hydra" not in result.stdout
+    assert "== Examples ==" in result.stdout and f"\n{command}" in result.stdout
+    assert "schema" not in result.stdout and "Traceback" not in result.stderr

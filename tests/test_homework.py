@@ -23,8 +23,8 @@ def homework(tiny_data_dir, _migrated_store, tmp_path_factory):
     (workdir / "mlruns").mkdir()
     shutil.copy(_migrated_store, workdir / "mlruns" / "mlflow.db")
     result = subprocess.run(
-        ["hw4-homework", f"data.dir={tiny_data_dir}", "trainer.epochs=2", "trainer.verbose=0",
-         "tracking.log_model=false"],  # fmt: skip
+        ["hw4-homework", f"data.dir={tiny_data_dir}", "trainer.epochs=1", "trainer.verbose=0",
+         "tracking.log_model=false", "repeats=2"],  # fmt: skip
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -40,7 +40,9 @@ def test_one_parent_holds_part1_and_the_four_presets(homework):
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
     )
-    assert sorted(c.info.run_name for c in children) == sorted([*PRESETS, "scratch-2-3-1"])
+    assert sorted(c.info.run_name for c in children) == sorted([*PRESETS, *PRESETS, "scratch-2-3-1"])
+    seeds = {(c.info.run_name, c.data.params.get("trainer.seed")) for c in children if c.info.run_name in PRESETS}
+    assert seeds == {(name, seed) for name in PRESETS for seed in ("0", "1")}  # repeats=2
     assert all(c.info.status == "FINISHED" for c in children)
     assert parent.data.tags["homework"] == "true"
     logged = {a.path for a in client.list_artifacts(parent_id, "report")}
@@ -76,11 +78,25 @@ def test_report_numbers_are_the_runs_numbers(homework):
         assert child.info.run_id in html
         metrics = child.data.metrics
         if child.info.run_name in PRESETS:
-            assert f"{metrics['test_categorical_accuracy']:.4f}" in html
-            assert f"{metrics['test_loss']:.4f}" in html
+            if child.data.params["trainer.seed"] == "0":  # the run whose sections are shown
+                assert f"{metrics['test_categorical_accuracy']:.4f}" in html
+                assert f"{metrics['test_loss']:.4f}" in html
         else:
             assert str(metrics["L"]) in html and "0.1332476222330792" in html
     assert "Total params: 109,386" in html and "Total params: 61,706" in html
+
+
+def test_report_shows_mean_and_std_over_the_repeats_beside_the_homework(homework):
+    import numpy as np
+
+    workdir, parent_id, client = homework
+    markdown = (workdir / "reports" / parent_id / "report.md").read_text()
+    parent = client.get_run(parent_id)
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    for name, (_, title, homework_accuracy) in PRESETS.items():
+        values = [c.data.metrics["test_categorical_accuracy"] for c in children if c.info.run_name == name]
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {title} | {homework_accuracy:.3f}"))
+        assert f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" in row and "| 2 |" in row
 
 
 def test_hw4_report_rebuilds_from_the_store(homework):

@@ -30,18 +30,29 @@ def only_run(uri: str):
     return client, (runs[0] if runs else None)
 
 
-def start_and_wait_for_epochs(args: list[str], cwd: Path, uri: str, epochs: int) -> subprocess.Popen:
-    """Start hw4-train and return once MLflow holds `epochs` epochs of its run."""
+def start_and_wait_for(args: list[str], cwd: Path, uri: str, ready) -> subprocess.Popen:
+    """Start hw4-train and return once `ready(client, runs)` holds for the store's runs."""
     process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        client, run = only_run(uri)
-        if run and len(client.get_metric_history(run.info.run_id, "loss")) >= epochs:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("hw4")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if ready(client, runs):
             return process
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
     process.kill()
-    raise AssertionError("training did not reach the wanted epoch in time")
+    raise AssertionError("training did not reach the wanted point in time")
+
+
+def start_and_wait_for_epochs(args: list[str], cwd: Path, uri: str, epochs: int) -> subprocess.Popen:
+    """Start hw4-train and return once MLflow holds `epochs` epochs of its run."""
+
+    def enough(client, runs):
+        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs
+
+    return start_and_wait_for(args, cwd, uri, enough)
 
 
 def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
@@ -179,3 +190,70 @@ def test_a_deleted_experiment_is_a_clear_error(tracking_uri, tmp_path):
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 1 and "MLflow experiment 'gone' is deleted" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_dir, tracking_uri, tmp_path):
+    client = tracking.connect(tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, "hw4", None)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start_run(client, experiment_id, "early") as run:
+            run.log_params({"trainer.epochs": 3})
+            raise KeyboardInterrupt  # no epoch ended: no checkpoint, no metrics
+    (tmp_path / "mlruns" / "checkpoints" / run.run_id).mkdir(parents=True)  # an empty folder
+    result = subprocess.run(
+        train_args(tiny_data_dir, tracking_uri, "trainer.epochs=3", f"trainer.resume={run.run_id}"),
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ended before its first epoch" in result.stdout
+    finished = client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.params["model.name"] == "mlp"
+    assert steps(client, run.run_id, "val_loss") == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
+    from conftest import write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
+    args = train_args(data_dir, tracking_uri, "trainer.epochs=300")
+    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=1)
+    try:
+        _, run = only_run(tracking_uri)
+        result = subprocess.run([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 1
+        assert f"run {run.info.run_id} is being trained by a live process (pid {process.pid}" in result.stderr
+        assert process.poll() is None  # the first process trains on, its run untouched
+        client, run = only_run(tracking_uri)
+        assert run.info.status == "RUNNING"
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracking_uri):
+    """trainer.deterministic=true: SIGKILL after epoch 2, resume, and the validation loss of
+    every epoch equals that of the same run left alone (batch order included)."""
+    from conftest import write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
+    epochs = 8
+    args = train_args(data_dir, tracking_uri, f"trainer.epochs={epochs}", "trainer.deterministic=true")
+    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    client, run = only_run(tracking_uri)
+    assert len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
+    resumed = subprocess.run([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    alone = subprocess.run([*args, "tracking.experiment=alone"], cwd=tmp_path, capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    def val_loss(run_id):
+        return [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
+
+    (uninterrupted,) = client.search_runs([client.get_experiment_by_name("alone").experiment_id])
+    assert len(val_loss(run.info.run_id)) == epochs
+    assert val_loss(run.info.run_id) == val_loss(uninterrupted.info.run_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -55,12 +56,16 @@ def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, trackin
     assert sorted(float(c.data.params["optimizer.lr"]) for c in children) == [1e-3, 3e-3, 1e-2]
     assert sorted(c.data.tags[JOB_TAG] for c in children) == ["0", "1", "2"]
 
-    best = max(children, key=lambda c: c.data.metrics["val_categorical_accuracy"])
+    for child in children:  # best-epoch metrics, from the run's own history
+        history = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "val_categorical_accuracy"), key=lambda m: m.step)]
+        assert child.data.metrics["best_val_categorical_accuracy"] == max(history)
+        assert child.data.metrics["best_epoch"] == history.index(max(history))
+    best = max(children, key=lambda c: (c.data.metrics["best_val_categorical_accuracy"], -c.info.start_time))
     summary = parent.data.metrics
     assert parent.info.status == "FINISHED"
     assert (summary["jobs_finished"], summary["jobs_failed"]) == (3, 0)
     assert summary["best_lr"] == float(best.data.params["optimizer.lr"])
-    assert summary["best_val_categorical_accuracy"] == best.data.metrics["val_categorical_accuracy"]
+    assert summary["best_val_categorical_accuracy"] == best.data.metrics["best_val_categorical_accuracy"]
     assert summary["best_test_categorical_accuracy"] == best.data.metrics["test_categorical_accuracy"]
     assert parent.data.tags["best_run_id"] == best.info.run_id
 
@@ -181,3 +186,132 @@ def test_a_job_without_the_launchers_disk_writes_the_sweep_context(tmp_path, mon
     assert current_context() == callback.context
     assert (launch / "multirun" / "s" / "mlflow_sweep.json").is_file()
     assert not (worker / "multirun").exists()
+
+
+def runs_by_status(client: MlflowClient, parent_id: str) -> dict[str, list]:
+    experiment = client.get_experiment_by_name("hw4")
+    found: dict[str, list] = {}
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"):
+        found.setdefault(run.info.status, []).append(run)
+    return found
+
+
+def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracking_uri):
+    """SIGKILL the launcher while job 2 trains; the same command with the same sweep folder then
+    finishes the sweep: job 1 is not trained again, job 2 resumes in its run, job 3 runs."""
+    from conftest import write_dataset
+    from test_reliability import start_and_wait_for, steps
+
+    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)  # epochs long enough to catch
+    epochs, lrs = 12, ["0.001", "0.003", "0.01"]
+    args = [
+        "hw4-train", "-m", "model=mlp", f"trainer.epochs={epochs}", "trainer.verbose=0",
+        "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}", f"optimizer.lr={','.join(lrs)}",
+    ]  # fmt: skip
+
+    def job_2_has_epochs(client, runs):
+        second = [r for r in runs if r.data.params.get("optimizer.lr") == lrs[1]]
+        return bool(second) and len(client.get_metric_history(second[0].info.run_id, "loss")) >= 2
+
+    process = start_and_wait_for(args, tmp_path, tracking_uri, job_2_has_epochs)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, parent, children = parent_and_children(tracking_uri)
+    statuses = {c.data.params["optimizer.lr"]: c.info.status for c in children}
+    assert statuses == {lrs[0]: "FINISHED", lrs[1]: "RUNNING"}  # killed during job 2
+
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "continuing sweep" in result.stderr + result.stdout
+    assert "not trained again" in result.stdout and "resuming run" in result.stdout
+    client, parent_again, children = parent_and_children(tracking_uri)  # still one parent
+    assert parent_again.info.run_id == parent.info.run_id
+    assert parent_again.info.status == "FINISHED" and parent_again.data.metrics["jobs_finished"] == 3
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == lrs  # no configuration twice
+    assert len({c.data.tags["job_key"] for c in children}) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for name in EPOCH_METRICS:
+            assert steps(client, child.info.run_id, name) == list(range(epochs)), (child.info.run_name, name)
+
+
+def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(data_copy, tracking_uri, tmp_path):
+    labels = data_copy / "t10k-labels-idx1-ubyte.gz"
+    good = labels.read_bytes()
+    labels.write_bytes(b"garbage")  # every job fails while loading data
+    first = sweep(tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")
+    assert first.returncode == 1
+    _, parent, _ = parent_and_children(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    assert len(runs_by_status(client, parent.info.run_id)["FAILED"]) == 2
+
+    labels.write_bytes(good)  # repaired: data.dir is bookkeeping, so these are the same jobs
+    second = sweep(tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    by_status = runs_by_status(client, parent.info.run_id)
+    finished = {r.info.run_id: r for r in by_status["FINISHED"]}
+    assert len(finished) == 2 and len(by_status["FAILED"]) == 2
+    for failed in by_status["FAILED"]:
+        replacement = finished[failed.data.tags["superseded_by"]]
+        assert replacement.data.tags["job_key"] == failed.data.tags["job_key"]
+    summary = client.get_run(parent.info.run_id).data.metrics
+    assert (summary["jobs_finished"], summary["jobs_failed"]) == (2, 0)  # replaced runs left out
+
+
+def test_median_pruning_stops_a_hopeless_job_and_lets_the_others_finish(tiny_data_dir, tracking_uri, tmp_path):
+    result = sweep(
+        tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", "optimizer.lr=1e-2,3e-2,1e-6",
+        "trainer.epochs=6", "trainer.prune=median", "trainer.prune_after=2", "data.limit=200",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = parent_and_children(tracking_uri)
+    by_lr = {c.data.params["optimizer.lr"]: c for c in children}
+    hopeless = by_lr.pop("1e-06")
+    assert hopeless.info.status == "FINISHED"
+    assert hopeless.data.tags["pruned"] == "true" and hopeless.data.tags["pruned_at_epoch"] == "1"
+    assert len(client.get_metric_history(hopeless.info.run_id, "loss")) == 2
+    assert "test_categorical_accuracy" in hopeless.data.metrics  # still evaluated
+    for child in by_lr.values():
+        assert "pruned" not in child.data.tags
+        assert len(client.get_metric_history(child.info.run_id, "loss")) == 6
+    assert parent.data.metrics["jobs_pruned"] == 1 and parent.data.metrics["jobs_finished"] == 3
+
+
+def test_repeats_are_grouped_on_the_parent(tiny_data_dir, tracking_uri, tmp_path):
+    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "optimizer.lr=1e-3,1e-2", "trainer.seed=0,1", "trainer.epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = parent_and_children(tracking_uri)
+    keys = {}
+    for child in children:
+        keys.setdefault(child.data.params["optimizer.lr"], set()).add(child.data.tags["config_key"])
+    assert [len(k) for k in keys.values()] == [1, 1] and keys["0.001"] != keys["0.01"]
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep_configurations.csv", str(tmp_path)))
+    import pandas as pd
+
+    frame = pd.read_csv(table, index_col=0)
+    assert sorted(frame["n"]) == [2, 2]
+    for lr, rows in frame.groupby("optimizer.lr"):
+        values = [c.data.metrics["test_categorical_accuracy"] for c in children if float(c.data.params["optimizer.lr"]) == lr]
+        assert rows["test_accuracy_mean"].iloc[0] == pytest.approx(sum(values) / 2)
+    assert parent.data.metrics["best_config_runs"] == 2
+
+
+def test_lr_seeds_preset_repeats_the_grid_over_three_seeds():
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        lr = compose("config", overrides=["+sweep=lr"], return_hydra_config=True)
+        seeds = compose("config", overrides=["+sweep=lr_seeds"], return_hydra_config=True)
+    assert seeds.hydra.sweeper.params["optimizer.lr"] == lr.hydra.sweeper.params["optimizer.lr"]
+    assert seeds.hydra.sweeper.params["trainer.seed"] == "0,1,2"
+
+
+def test_two_sweeps_started_in_the_same_second_get_their_own_folders():
+    register_configs()
+    folders = []
+    for _ in range(2):  # two launches: each composes its own config (its own resolver cache)
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", return_hydra_config=True)
+        cfg.hydra.runtime.cwd = "/launch"
+        folders.append(str(cfg.hydra.sweep.dir))
+    assert folders[0] != folders[1]

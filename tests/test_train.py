@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -54,6 +58,7 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
         "tracking.uri=sqlite:///mlruns/mlflow.db",
         "tracking.experiment=e2e",
         "hydra.job.chdir=true",
+        "trainer.restore_best=true",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout
@@ -73,18 +78,30 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
     assert (tags["model"], tags["optimizer"]) == ("lenet_bn", "adam")
     assert "model=lenet_bn" in tags["overrides"] and "git_commit" in tags
 
+    assert tags["config_key"] and tags["job_key"] and tags["config_key"] != tags["job_key"]
     for name in EPOCH_METRICS:
         history = client.get_metric_history(run_id, name)
         assert sorted(m.step for m in history) == [0, 1], name
-    assert 0.0 <= run.data.metrics["test_categorical_accuracy"] <= 1.0
-    assert run.data.metrics["test_loss"] > 0
+    metrics = run.data.metrics
+    val = [m.value for m in sorted(client.get_metric_history(run_id, "val_categorical_accuracy"), key=lambda m: m.step)]
+    val_loss = [m.value for m in client.get_metric_history(run_id, "val_loss")]
+    assert metrics["best_val_categorical_accuracy"] == max(val)
+    assert metrics["best_epoch"] == val.index(max(val)) == metrics["evaluated_epoch"]  # restore_best
+    assert metrics["best_val_loss"] == min(val_loss)
+    assert 0.0 <= metrics["test_categorical_accuracy"] <= 1.0
+    assert metrics["test_loss"] > 0
+    (dataset,) = run.inputs.dataset_inputs  # the data the run saw, as an MLflow input
+    assert dataset.dataset.name == "fashion_mnist" and len(dataset.dataset.digest) == 16
+    assert '"x_train": [320, 28, 28, 1]' in dataset.dataset.profile
 
     assert EXPECTED_ARTIFACTS <= all_artifacts(client, run_id)
     summary = Path(client.download_artifacts(run_id, "summary.txt", str(tmp_path)))
     assert "BatchNormalization" in summary.read_text()
     csv = Path(client.download_artifacts(run_id, "confusion_matrix.csv", str(tmp_path))).read_text()
-    rows = csv.strip().splitlines()[1:]
-    assert len(rows) == 10 and sum(int(v) for row in rows for v in row.split(",")[1:]) == 100
+    rows = [[int(v) for v in row.split(",")[1:]] for row in csv.strip().splitlines()[1:]]
+    assert len(rows) == 10 and sum(map(sum, rows)) == 100
+    # The confusion matrix and the logged model come from the weights the test metrics measured.
+    assert sum(rows[i][i] for i in range(10)) / 100 == pytest.approx(metrics["test_categorical_accuracy"])
 
     (logged,) = client.search_logged_models([experiment.experiment_id])
     assert logged.source_run_id == run_id
@@ -92,6 +109,27 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
 
     model = mlflow.pyfunc.load_model(logged.artifact_location)
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 28, 28, 1)
+    from hw4 import data
+
+    raw = data.load(tmp_path / "data", n_classes=10)
+    predicted = np.asarray(model.predict(data.to_model_input(raw.x_test, [28, 28, 1]))).argmax(axis=1)
+    assert (predicted == raw.y_test).mean() == pytest.approx(metrics["test_categorical_accuracy"])
+
+
+def test_the_split_follows_data_split_seed_not_trainer_seed(tiny_data_dir):
+    from hydra import compose, initialize_config_dir
+
+    from hw4.config import CONFIG_DIR, register_configs
+    from hw4.train import load_data
+
+    register_configs()
+    validation = {}
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for overrides in (["trainer.seed=0"], ["trainer.seed=5"], ["data.split_seed=1"]):
+            cfg = compose("config", overrides=[f"data.dir={tiny_data_dir}", *overrides])
+            validation[overrides[0]] = load_data(cfg)[1].x_val
+    assert np.array_equal(validation["trainer.seed=0"], validation["trainer.seed=5"])
+    assert not np.array_equal(validation["trainer.seed=0"], validation["data.split_seed=1"])
 
 
 def test_bad_data_fails_fast_with_one_line_and_no_run(data_copy, tracking_uri, tmp_path):
@@ -102,3 +140,40 @@ def test_bad_data_fails_fast_with_one_line_and_no_run(data_copy, tracking_uri, t
     assert "Traceback" not in result.stderr
     client = MlflowClient(tracking_uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+START_UP_NOISE = re.compile(r"^[IWE]\d{4} |oneDNN|cuInit|cuda|absl|CPU instructions|rebuild TensorFlow")
+
+
+def test_a_run_prints_no_start_up_noise_and_an_honest_progress_bar(tiny_data_dir, tracking_uri, tmp_path):
+    # 320 training images in batches of 16: 20 steps an epoch, the last compiled call (16 steps
+    # at a time by default) runs only 4.
+    result = subprocess.run(
+        ["hw4-train", "trainer.verbose=1", "trainer.epochs=2", "trainer.batch_size=16",
+         f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}", "tracking.log_model=false"],  # fmt: skip
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    lines = [line for line in re.split(r"[\r\n\x08]+", plain) if line.strip()]
+    assert not [line for line in lines if START_UP_NOISE.search(line)]
+    assert "Warning" not in plain and "retracing" not in plain
+    for epoch_text in plain.split("Epoch ")[1:]:
+        counts = [(int(a), int(b)) for a, b in re.findall(r"\b(\d+)/(\d+) ━", epoch_text)]
+        assert counts and all(done <= total for done, total in counts), counts
+        assert counts[-1] == (20, 20)
+
+
+def test_tensorflow_start_up_lines_show_with_the_switch_and_real_errors_always():
+    from hw4 import quiet
+
+    assert not quiet.keep("I0000 00:00:1 port.cc:153] oneDNN custom operations are on. You may see")
+    assert not quiet.keep("E0000 00:00:1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error")
+    assert quiet.keep("E0000 00:00:1 some_kernel.cc:10] Out of memory while allocating a tensor")
+    load = [sys.executable, "-c", "from hw4 import quiet; quiet.load_tensorflow()"]
+    silent = subprocess.run(load, capture_output=True, text=True)
+    shown = subprocess.run(load, capture_output=True, text=True, env={**os.environ, "HW4_TF_LOGS": "1"})
+    assert silent.returncode == shown.returncode == 0
+    assert silent.stderr == ""
+    if not any(START_UP_NOISE.search(line) for line in shown.stderr.splitlines()):
+        pytest.skip("this TensorFlow printed no start-up lines to hide")

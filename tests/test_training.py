@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from hw4 import data
+from hw4 import data, names
 from hw4.config import CONFIG_DIR
 
 keras = pytest.importorskip("keras")
@@ -43,7 +43,7 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     training.fit(compiled_mlp(), splits, first, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
     assert [p.name for p in folder.iterdir() if p.is_dir()] == ["epoch-0001"]  # older ones pruned
 
-    model, restored = checkpoints.load(folder)
+    model, restored, _ = checkpoints.load(folder)
     assert restored.epoch == 1 and len(restored.history["loss"]) == 2
     assert int(model.optimizer.iterations) > 0  # the optimizer state came back too
     full = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
@@ -64,3 +64,141 @@ def test_numpy_and_tf_data_pipelines_train_alike(splits):
     for history in results.values():
         assert history["loss"][-1] < history["loss"][0]
         assert np.isfinite(history["val_loss"]).all()
+
+
+class RecordWeights(keras.callbacks.Callback):
+    """The model's weights at the end of every epoch, by epoch."""
+
+    def __init__(self, store: dict):
+        super().__init__()
+        self.store = store
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.store[epoch] = self.model.get_weights()
+
+
+def assert_same_weights(a, b):
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_restore_best_keeps_the_best_epoch_across_a_resume(splits, tmp_path):
+    """Best epoch before the kill, worse epochs after it: the restored weights come from the
+    checkpoint's copy of the best weights, and equal what the best epoch ended with."""
+    folder, weights = tmp_path / "ckpt", {}
+    first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0, "restore_best": True})
+    best = training.BestEpoch(None, True)
+    state = checkpoints.CheckpointState()
+    callbacks = [best, checkpoints.EpochCheckpoint(folder, state, lambda: best.best_weights), RecordWeights(weights)]
+    training.fit(compiled_mlp(), splits, first, callbacks, 0, state.history)
+
+    model, restored, kept = checkpoints.load(folder)
+    assert kept is not None
+    model.optimizer.learning_rate.assign(50.0)  # ruin the epochs after the resume
+    resumed = training.BestEpoch(None, True, restored.history, kept)
+    full = OmegaConf.merge(first, {"epochs": 4})
+    history = training.fit(model, splits, full, [resumed, RecordWeights(weights)], restored.epoch + 1, restored.history)
+    best_epoch = training.best_epoch(history)[names.BEST_EPOCH]
+    assert best_epoch < 2 and resumed.best_epoch == best_epoch
+    assert_same_weights(model.get_weights(), weights[best_epoch])
+    assert not np.array_equal(model.get_weights()[0], weights[3][0])
+
+
+def logs(value: float) -> dict:
+    return {names.VAL_ACCURACY: value, names.VAL_LOSS: 1 - value}
+
+
+@pytest.mark.parametrize("resume_after", [None, 3])
+def test_early_stopping_counts_epochs_without_improvement_across_a_resume(resume_after):
+    accuracies = [0.5, 0.6, 0.55, 0.54, 0.7]  # patience 2: stop at epoch 3 (0-based)
+    callback = training.BestEpoch(2, False)
+    model = compiled_mlp()
+    start = 0
+    if resume_after:
+        past = {names.VAL_ACCURACY: accuracies[:resume_after], names.VAL_LOSS: [1 - a for a in accuracies[:resume_after]]}
+        callback = training.BestEpoch(2, False, past)
+        start = resume_after
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch in range(start, len(accuracies)):
+        callback.on_epoch_end(epoch, logs(accuracies[epoch]))
+        if model.stop_training:
+            break
+    assert callback.stopped_epoch == 3 and callback.best_epoch == 1
+
+
+def test_median_pruner_stops_below_the_siblings_median_after_the_warm_up():
+    siblings = {0: [0.9, 0.95], 1: [0.5, 0.7, 0.9], 2: [0.9]}
+    for epoch, value, pruned in [(0, 0.1, None), (1, 0.8, None), (1, 0.6, 1), (2, 0.1, None)]:
+        pruner = training.MedianPruner(lambda e: siblings[e], after=2)
+        model = compiled_mlp()
+        pruner.set_model(model)
+        pruner.on_epoch_end(epoch, logs(value))
+        assert pruner.pruned_at == pruned, (epoch, value)  # epoch 0: warm-up; epoch 2: one sibling only
+        assert model.stop_training == (pruned is not None)
+
+
+def epoch_order(order, epoch: int) -> list[int]:
+    """The sample order of one epoch, read back from the first feature of each gathered row."""
+    order.on_epoch_begin(epoch)
+    return [int(v) for x, _ in order.dataset for v in x[:, 0].numpy()]
+
+
+def test_numpy_pipeline_reshuffles_every_epoch_and_replays_any_epoch_alike():
+    x = np.arange(50, dtype=np.float32).reshape(50, 1)
+    y = np.zeros((50, 10), dtype=np.float32)
+    keras.utils.set_random_seed(0)  # with Keras' own shuffle this made every epoch alike
+    order = training.EpochOrder(x, y, batch_size=8, seed=3)
+    epochs = [epoch_order(order, e) for e in range(3)]
+    assert all(sorted(e) == list(range(50)) for e in epochs)  # each sample once per epoch
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+    resumed = training.EpochOrder(x, y, batch_size=8, seed=3)  # a new process resuming at epoch 2
+    assert epoch_order(resumed, 2) == epochs[2]
+    assert epoch_order(training.EpochOrder(x, y, batch_size=8, seed=4), 0) != epochs[0]
+
+
+class BatchRecorder(keras.Model):
+    """Records the first feature of every training row it is given, epoch by epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(10, activation="softmax")
+        self.epochs: list[list[int]] = []
+
+    def call(self, x):
+        return self.dense(x)
+
+    def train_step(self, data):
+        x = data[0]
+        self.epochs[-1].extend(int(v) for v in x[:, 0].numpy())
+        return {"loss": keras.ops.convert_to_tensor(0.5)}
+
+
+class NewEpoch(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.epochs.append([])
+
+
+def test_fit_shows_every_epoch_a_new_batch_order_with_the_default_pipeline():
+    rows = np.arange(40, dtype=np.float32)[:, None] * np.ones((1, 4), dtype=np.float32)
+    labels = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
+    splits = data.Splits(rows, labels, rows[:10], labels[:10], rows[:10], labels[:10])
+    model = BatchRecorder()
+    model.compile(loss="categorical_crossentropy", run_eagerly=True)
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0, "batch_size": 8, "seed": 1})
+    keras.utils.set_random_seed(1)  # as hw4 seeds every run
+    training.fit(model, splits, trainer, [NewEpoch()])
+    assert [sorted(e) for e in model.epochs] == [list(range(40))] * 3
+    assert model.epochs[0] != model.epochs[1] != model.epochs[2]
+
+
+def test_progress_never_counts_past_the_epoch_and_times_single_steps():
+    progress = training.StepProgress()
+    progress.set_params({"verbose": 1, "epochs": 1, "steps": 20})
+    progress.on_epoch_begin(0)
+    progress.on_train_batch_end(15)  # a compiled call of 16 steps
+    progress.on_train_batch_end(31)  # the last call: Keras names step 32 of 20
+    assert progress.seen == 20
+    bar = training.StepProgbar(target=375)
+    bar._start = 0.0
+    assert bar._estimate_step_duration(16, 1.6) == pytest.approx(0.1)  # first call: 16 steps
+    assert bar._estimate_step_duration(32, 3.2) == pytest.approx(0.1)  # not 1.6 s / 31 steps

@@ -1,0 +1,78 @@
+"""The tracking schema: metric, tag and artifact names other commands rely on, in one place.
+
+hw4-train writes these names; hw4-compare, hw4-report, hw4-promote and the sweep callback read
+them. Also the run identities: `config_key` (a configuration, whatever its seed) and `job_key`
+(one seed of it), hashed from the resolved config without its bookkeeping fields.
+
+No TensorFlow, no MLflow: plain names and hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+# Per-epoch metrics (step = 0-based epoch), as Keras names them.
+LOSS, ACCURACY = "loss", "categorical_accuracy"
+VAL_LOSS, VAL_ACCURACY = "val_loss", "val_categorical_accuracy"
+EPOCH_METRICS = (LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY)
+
+# Metrics each run logs when it ends.
+TEST_LOSS, TEST_ACCURACY = "test_loss", "test_categorical_accuracy"
+# Best epoch = the epoch of the highest validation accuracy (the first one on a tie);
+# best_val_loss is the lowest validation loss of any epoch.
+BEST_VAL_ACCURACY, BEST_VAL_LOSS, BEST_EPOCH = "best_val_categorical_accuracy", "best_val_loss", "best_epoch"
+# The epoch whose weights produced the test metrics and the logged model (0-based).
+EVALUATED_EPOCH = "evaluated_epoch"
+# What sweeps rank by: the best epoch's validation accuracy, not the last epoch's.
+OBJECTIVE = BEST_VAL_ACCURACY
+
+# Tags.
+PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)
+CONFIG_KEY = "config_key"
+JOB_KEY = "job_key"
+SWEEP_ID = "sweep_id"
+SWEEP_ROLE = "sweep"  # "parent" on a sweep's parent run
+JOB_NUM = "hydra_job_num"
+SUPERSEDED_BY = "superseded_by"
+PRUNED, PRUNED_AT = "pruned", "pruned_at_epoch"
+EARLY_STOPPED_AT = "early_stopped_at_epoch"
+ERROR = "error"
+
+# Config keys that say how or where a run happens, not what it trains: a run's identity leaves
+# them out, so a resumed or relocated run is the same configuration.
+BOOKKEEPING = (
+    "data.dir",
+    "trainer.verbose",
+    "trainer.resume",
+    "trainer.threads",
+    "trainer.checkpoint",
+    "trainer.checkpoint_dir",
+    "tracking.",  # every tracking setting
+)
+SEED = "trainer.seed"
+
+
+def children_filter(parent_run_id: str) -> str:
+    """MLflow search filter for the child runs of one parent."""
+    return f"tags.{PARENT_RUN} = '{parent_run_id}'"
+
+
+def is_bookkeeping(key: str) -> bool:
+    return any(key == b or (b.endswith(".") and key.startswith(b)) for b in BOOKKEEPING)
+
+
+def _digest(params: Mapping[str, Any]) -> str:
+    text = json.dumps({k: str(v) for k, v in sorted(params.items())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def config_key(params: Mapping[str, Any]) -> str:
+    """A short hash of the flattened config without the seed and bookkeeping: repeats share it."""
+    return _digest({k: v for k, v in params.items() if k != SEED and not is_bookkeeping(k)})
+
+
+def job_key(params: Mapping[str, Any]) -> str:
+    """A short hash of the flattened config without bookkeeping: one seed of one configuration."""
+    return _digest({k: v for k, v in params.items() if not is_bookkeeping(k)})
