@@ -11,6 +11,7 @@
    the parent run. `hw4-report parent=<id>` rebuilds it later without training.
 
 The steps are separate processes, as a user would run them; this module only sequences them.
+They run with this interpreter (`python -m hw4.train`), not whatever `hw4-train` is first on PATH.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main() -> None:
     seeds = [f"trainer.seed={','.join(str(s) for s in range(repeats))}"] if repeats > 1 else []
     train = subprocess.run(
         [
-            "hw4-train", "-m", f"+experiment={','.join(PRESETS)}", *seeds,
+            sys.executable, "-m", "hw4.train", "-m", f"+experiment={','.join(PRESETS)}", *seeds,
             f"hydra.sweep.dir={sweep_dir}", *overrides,
         ]  # fmt: skip
     )
@@ -60,7 +61,7 @@ def main() -> None:
 
     tracking_overrides = [o for o in overrides if o.lstrip("+~").startswith("tracking.")]
     scratch = subprocess.run(
-        ["hw4-scratch", f"parent_run_id={context.parent_run_id}", *tracking_overrides,
+        [sys.executable, "-m", "hw4.scratch", f"parent_run_id={context.parent_run_id}", *tracking_overrides,
          f"hydra.run.dir={sweep_dir / 'scratch'}"]  # fmt: skip
     )
 

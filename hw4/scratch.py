@@ -167,3 +167,7 @@ def run(cfg) -> float:
         )
         run.log_text(format_results(loss, gradients), "summary.txt")
     return loss
+
+
+if __name__ == "__main__":
+    main()

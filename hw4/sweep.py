@@ -270,6 +270,7 @@ class MlflowSweepCallback(Callback):
                 experiment_id,
                 run_name=f"sweep-{sweep_id}",
                 tags={
+                    **tracking.source_tags("hw4-train -m", os.getcwd()),
                     SWEEP_ID_TAG: sweep_id,
                     names.SWEEP_ROLE: "parent",
                     "overrides": " ".join(config.hydra.overrides.task),
@@ -379,3 +380,6 @@ class MlflowSweepCallback(Callback):
             lambda: client.set_terminated(parent_id, RunStatus.to_string(status)), "end parent"
         )
         log.info("sweep %s: %s", self.context.sweep_id, summary)
+        print(f"sweep {self.context.sweep_id}: " + tracking.where_to_see(
+            self.context.tracking_uri, self.context.experiment_id, parent_id
+        ) + f" (expand the parent run, or: hw4-compare parent={parent_id})")

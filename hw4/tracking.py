@@ -35,6 +35,9 @@ DB_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 KNOWN_SCHEMES = DB_SCHEMES | {"http", "https", "file", "databricks"}
 RETRIES = 5
 HEALTH_TIMEOUT_S = 5
+# MLflow 3's UI opens an experiment in its training view (not the GenAI one) with this tag.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_PORT = 5000
 SYSTEM_METRICS_INTERVAL_S = 2
 
 
@@ -116,9 +119,11 @@ def get_or_create_experiment(client: MlflowClient, name: str, location: Optional
             "or set tracking.experiment to another name"
         )
     if experiment is not None:
+        if EXPERIMENT_KIND[0] not in experiment.tags:  # made before hw4 set it
+            retry(lambda: client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND), "experiment kind")
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except MlflowException as exc:
         experiment = client.get_experiment_by_name(name)  # another process won the race
         if experiment is None:
@@ -163,6 +168,34 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def source_tags(entrypoint: str, directory: str | Path) -> dict[str, str]:
+    """MLflow's standard system tags, which its UI shows (Source, Version, User columns)."""
+    import getpass
+
+    from mlflow.utils import mlflow_tags
+
+    tags = {
+        mlflow_tags.MLFLOW_SOURCE_NAME: entrypoint,
+        mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
+        mlflow_tags.MLFLOW_USER: getpass.getuser(),
+    }
+    commit = git_commit(directory)
+    if commit:
+        tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def where_to_see(uri: str, experiment_id: str, run_id: str) -> str:
+    """How to open a run in MLflow's UI: the command for a local store, and the run's page."""
+    run_path = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"see it at {uri.rstrip('/')}/{run_path}"
+    return (
+        f"see it: mlflow ui --backend-store-uri {uri} --port {UI_PORT}, "
+        f"then http://127.0.0.1:{UI_PORT}/{run_path}"
+    )
 
 
 def git_commit(directory: str | Path) -> Optional[str]:

@@ -69,11 +69,13 @@ def load_data(cfg: DictConfig) -> tuple[Any, Any]:
 def run_tags(cfg: DictConfig, launch_dir: str, params: dict, threads: int, extra: dict) -> dict:
     from hw4 import tracking
 
+    source = tracking.source_tags("hw4-train", launch_dir)
     return {
+        **source,
         "model": cfg.model.name,
         "optimizer": cfg.optimizer.name,
         "overrides": " ".join(HydraConfig.get().overrides.task),
-        "git_commit": tracking.git_commit(launch_dir) or "none",
+        "git_commit": source.get("mlflow.source.git.commit", "none"),
         "tf_threads": threads,
         names.CONFIG_KEY: names.config_key(params),
         names.JOB_KEY: names.job_key(params),
@@ -225,6 +227,8 @@ def main(cfg: DictConfig) -> float:
         history, stop_tags, evaluated = train(cfg, job, run, model, splits, folder, state, best_weights)
         objective = evaluate_and_log(cfg, run, model, splits, history, stop_tags, evaluated)
     checkpoints.remove(folder)  # finished: the logged model replaces it
+    if job.parent_run_id is None:  # a sweep's jobs: the sweep prints where to see them all
+        print(tracking.where_to_see(job.client.tracking_uri, job.experiment_id, run.run_id))
     return objective
 
 

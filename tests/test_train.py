@@ -62,6 +62,7 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout
+    assert "see it: mlflow ui --backend-store-uri sqlite:///" in result.stdout
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("e2e")
@@ -79,6 +80,9 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
     assert "model=lenet_bn" in tags["overrides"] and "git_commit" in tags
 
     assert tags["config_key"] and tags["job_key"] and tags["config_key"] != tags["job_key"]
+    # MLflow's own tags, which its UI shows; the experiment opens in the UI's training view.
+    assert tags["mlflow.source.name"] == "hw4-train" and tags["mlflow.user"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for name in EPOCH_METRICS:
         history = client.get_metric_history(run_id, name)
         assert sorted(m.step for m in history) == [0, 1], name
