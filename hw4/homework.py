@@ -75,3 +75,7 @@ def main() -> None:
     print(f"report: {html} and {html.with_name(report.REPORT_MD)}")
     print(f"parent run {context.parent_run_id}; total wall time {time.perf_counter() - started:.0f} s")
     sys.exit(train.returncode or scratch.returncode)
+
+
+if __name__ == "__main__":
+    main()
