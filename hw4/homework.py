@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hw4.report import HOMEWORK_TAG, PRESETS
 
+COMMAND_TAG = "command"  # the parent records the command line, for the report's results
 REPEATS = "repeats"  # hw4-homework repeats=3: each preset over seeds 0, 1 and 2
 
 
@@ -71,6 +72,7 @@ def main() -> None:
 
     client = MlflowClient(context.tracking_uri)
     client.set_tag(context.parent_run_id, HOMEWORK_TAG, "true")
+    client.set_tag(context.parent_run_id, COMMAND_TAG, " ".join(["hw4-homework", *sys.argv[1:]]))
     html = report.build(client, context.parent_run_id, Path("reports") / context.parent_run_id)
     print(f"report: {html} and {html.with_name(report.REPORT_MD)}")
     print(f"parent run {context.parent_run_id}; total wall time {time.perf_counter() - started:.0f} s")

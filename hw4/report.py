@@ -41,7 +41,7 @@ FIGURES = {
     "samples_dev": artifacts.SAMPLES_DEV,
     "samples_test": artifacts.SAMPLES_TEST,
 }
-REPORT_HTML, REPORT_MD = "report.html", "report.md"
+REPORT_HTML, REPORT_MD, RESULTS_MD = "report.html", "report.md", "results.md"
 SAMPLES_FROM = "part3_mlp"
 
 
@@ -161,6 +161,12 @@ def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -
     for section in sections.values():
         section["sweep"] = sweeps.get(section["params"].get("model.name"))
     scratch = by_name.get(SCRATCH_RUN, [None])[0]
+    trained = [r for name in PRESETS for r in by_name.get(name, [])]
+    provenance = {
+        "command": parent.data.tags.get("command") or f"hw4-train -m {parent.data.tags.get('overrides', '')}",
+        "commits": sorted({r.data.tags.get("mlflow.source.git.commit") or r.data.tags.get("git_commit", "none") for r in trained}),
+        "machines": sorted({r.data.tags["machine"] for r in trained if "machine" in r.data.tags}),
+    }
     return {
         "parent_run_id": parent_run_id,
         "experiment_id": parent.info.experiment_id,
@@ -168,6 +174,7 @@ def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -
         "scratch": scratch_section(client, scratch, workdir) if scratch else None,
         "runs": sections,
         "missing": [name for name in PRESETS if name not in sections],
+        "provenance": provenance,
     }
 
 
@@ -190,6 +197,8 @@ def render(context: dict, out_dir: Path) -> tuple[Path, Path]:
     markdown = env.get_template("report.md.j2").render(**context, image=lambda name: name)
     (out_dir / REPORT_HTML).write_text(html)
     (out_dir / REPORT_MD).write_text(markdown)
+    # The results table alone, as the README quotes it.
+    (out_dir / RESULTS_MD).write_text(env.get_template("results.md.j2").render(**context))
     return out_dir / REPORT_HTML, out_dir / REPORT_MD
 
 

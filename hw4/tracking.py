@@ -38,6 +38,8 @@ HEALTH_TIMEOUT_S = 5
 # MLflow 3's UI opens an experiment in its training view (not the GenAI one) with this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_PORT = 5000
+MACHINE_TAG = "machine"
+CODE_DIR = Path(__file__).resolve().parent  # hw4's own folder, in its repository
 SYSTEM_METRICS_INTERVAL_S = 2
 
 
@@ -170,8 +172,26 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def machine() -> str:
+    """This machine in one line: CPU model, the cores this process may use, OS and architecture."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores, {platform.system()} {platform.machine()}"
+
+
 def source_tags(entrypoint: str, directory: str | Path) -> dict[str, str]:
-    """MLflow's standard system tags, which its UI shows (Source, Version, User columns)."""
+    """MLflow's standard system tags, which its UI shows (Source, Version, User columns), and the
+    machine the run ran on."""
     import getpass
 
     from mlflow.utils import mlflow_tags
@@ -180,8 +200,9 @@ def source_tags(entrypoint: str, directory: str | Path) -> dict[str, str]:
         mlflow_tags.MLFLOW_SOURCE_NAME: entrypoint,
         mlflow_tags.MLFLOW_SOURCE_TYPE: "LOCAL",
         mlflow_tags.MLFLOW_USER: getpass.getuser(),
+        MACHINE_TAG: machine(),
     }
-    commit = git_commit(directory)
+    commit = git_commit(CODE_DIR) or git_commit(directory)  # the code's commit, wherever it ran
     if commit:
         tags[mlflow_tags.MLFLOW_GIT_COMMIT] = commit
     return tags

@@ -59,6 +59,7 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
         "tracking.experiment=e2e",
         "hydra.job.chdir=true",
         "trainer.restore_best=true",
+        "tracking.system_metrics=true",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy" in result.stdout
@@ -94,6 +95,7 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
     assert metrics["best_val_loss"] == min(val_loss)
     assert 0.0 <= metrics["test_categorical_accuracy"] <= 1.0
     assert metrics["test_loss"] > 0
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
     (dataset,) = run.inputs.dataset_inputs  # the data the run saw, as an MLflow input
     assert dataset.dataset.name == "fashion_mnist" and len(dataset.dataset.digest) == 16
     assert '"x_train": [320, 28, 28, 1]' in dataset.dataset.profile
