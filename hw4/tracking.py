@@ -95,6 +95,8 @@ def retry(call: Callable[[], T], what: str, attempts: int = RETRIES) -> T:
 
 def connect(uri: str) -> MlflowClient:
     """A client for `uri`, once the store has answered (checked before any data is loaded)."""
+    # "Creating initial MLflow database tables..." on a new sqlite store: nothing to act on.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if urlparse(uri).scheme in ("http", "https"):
         # MLflow's client retries a dead server for minutes; ask the server's health endpoint once.
         try:

@@ -107,3 +107,17 @@ def test_hw4_report_rebuilds_from_the_store(homework):
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = (workdir / "rebuilt" / parent_id / "report.md").read_text()
     assert rebuilt == (workdir / "reports" / parent_id / "report.md").read_text()
+
+
+def test_results_file_names_the_command_commit_and_machine(homework):
+    workdir, parent_id, client = homework
+    results = (workdir / "reports" / parent_id / "results.md").read_text()
+    assert "| MLP 784-128-64-10 | 0.870 |" in results
+    assert "Command: `hw4-homework data.dir=" in results and "repeats=2" in results
+    commit = client.get_run(parent_id).data.tags.get("mlflow.source.git.commit")
+    children = client.search_runs([client.get_run(parent_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    commits = {c.data.tags.get("mlflow.source.git.commit") for c in children if c.info.run_name in PRESETS}
+    assert commits == {commit} and commit  # the code's own commit, though it ran elsewhere
+    assert f"Commit: `{commit}`" in results
+    machine = next(c.data.tags["machine"] for c in children if c.info.run_name in PRESETS)
+    assert "cores" in machine and f"Machine: {machine}" in results
