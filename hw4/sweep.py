@@ -380,6 +380,6 @@ class MlflowSweepCallback(Callback):
             lambda: client.set_terminated(parent_id, RunStatus.to_string(status)), "end parent"
         )
         log.info("sweep %s: %s", self.context.sweep_id, summary)
-        print(f"sweep {self.context.sweep_id}: " + tracking.where_to_see(
-            self.context.tracking_uri, self.context.experiment_id, parent_id
-        ) + f" (expand the parent run, or: hw4-compare parent={parent_id})")
+        print(f"sweep {self.context.sweep_id} (parent run {parent_id}): " + tracking.where_to_see(
+            self.context.tracking_uri, self.context.experiment_id
+        ) + f" and expand the parent run; or: hw4-compare parent={parent_id}")

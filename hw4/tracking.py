@@ -210,14 +210,17 @@ def source_tags(entrypoint: str, directory: str | Path) -> dict[str, str]:
     return tags
 
 
-def where_to_see(uri: str, experiment_id: str, run_id: str) -> str:
-    """How to open a run in MLflow's UI: the command for a local store, and the run's page."""
-    run_path = f"#/experiments/{experiment_id}/runs/{run_id}"
+def where_to_see(uri: str, experiment_id: str, run_id: Optional[str] = None) -> str:
+    """How to open a run (or an experiment's runs) in MLflow's UI: the command for a local
+    store, and the page. MLflow 3's UI opens experiments in its GenAI view unless told
+    otherwise (a per-browser switch): the link asks for the model-training view."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    page += "?workflowType=machine_learning"
     if urlparse(uri).scheme in ("http", "https"):
-        return f"see it at {uri.rstrip('/')}/{run_path}"
+        return f"see it at {uri.rstrip('/')}/{page}"
     return (
         f"see it: mlflow ui --backend-store-uri {uri} --port {UI_PORT}, "
-        f"then http://127.0.0.1:{UI_PORT}/{run_path}"
+        f"then http://127.0.0.1:{UI_PORT}/{page}"
     )
 
 

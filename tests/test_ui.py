@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,6 +44,7 @@ def sweep_server(tiny_data_dir, _migrated_store, tmp_path_factory):
         cwd=workdir, capture_output=True, text=True,
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr[-3000:]
+    (link,) = re.findall(r"http://127\.0\.0\.1:\d+/(#/experiments/\S+)", sweep.stdout)  # the sweep's "see it" line
     port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
@@ -51,7 +53,7 @@ def sweep_server(tiny_data_dir, _migrated_store, tmp_path_factory):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_for(f"{url}/health", server)
-    yield url, MlflowClient(f"sqlite:///{db}")
+    yield url, MlflowClient(f"sqlite:///{db}"), link
     server.terminate()
     server.wait(timeout=30)
 
@@ -76,7 +78,7 @@ def screenshot(page, tmp_path: Path, name: str) -> None:
 
 
 def test_sweep_runs_lr_accuracy_and_chart_render(sweep_server, page, tmp_path):
-    url, client = sweep_server
+    url, client, _ = sweep_server
     experiment = client.get_experiment_by_name("hw4")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]
@@ -110,3 +112,18 @@ def test_sweep_runs_lr_accuracy_and_chart_render(sweep_server, page, tmp_path):
     assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= len(children)
     page.wait_for_timeout(1000)  # let plotly finish drawing before the screenshot
     screenshot(page, tmp_path, "val_accuracy_chart.png")
+
+
+def test_the_link_a_sweep_prints_opens_its_runs_in_the_training_view(sweep_server, page, tmp_path):
+    """The first page a new user lands on from hw4's output: the runs table with the sweep's
+    parent, not MLflow 3's GenAI overview (its default for an experiment)."""
+    url, client, link = sweep_server
+    experiment = client.get_experiment_by_name("hw4")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'parent'")
+    page.goto(f"{url}/{link}")
+    page.get_by_text(parent.info.run_name).wait_for()
+    assert "workflowType=machine_learning" in page.url and "/overview" not in page.url
+    assert page.get_by_role("heading", name="Runs").is_visible()
+    assert page.get_by_text("Model registry").is_visible()  # the training view's navigation
+    assert not page.get_by_text("Latency").is_visible()  # the GenAI overview's panels
+    screenshot(page, tmp_path, "landing_runs.png")
