@@ -119,3 +119,26 @@ def test_mlflow_models_serve_answers_invocations(promoted, tiny_data_dir, tmp_pa
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_the_sweep_parent_groups_the_repeats_by_configuration(promoted, tmp_path):
+    """The same 2 lr x 2 seed sweep: one config_key per learning rate, aggregates on the parent."""
+    import pandas as pd
+
+    uri, _ = promoted
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hw4")
+    (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'parent'")
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    keys: dict[str, set] = {}
+    for child in children:
+        keys.setdefault(child.data.params["optimizer.lr"], set()).add(child.data.tags["config_key"])
+    assert sorted(len(k) for k in keys.values()) == [1, 1] and keys["0.0001"] != keys["0.01"]
+    table = client.download_artifacts(parent.info.run_id, "sweep_configurations.csv", str(tmp_path))
+    frame = pd.read_csv(table, index_col=0)
+    assert sorted(frame["n"]) == [2, 2]
+    for lr, rows in frame.groupby("optimizer.lr"):
+        values = [c.data.metrics["test_categorical_accuracy"] for c in children if float(c.data.params["optimizer.lr"]) == lr]
+        assert rows["test_accuracy_mean"].iloc[0] == pytest.approx(np.mean(values))
+        assert rows["test_accuracy_std"].iloc[0] == pytest.approx(np.std(values, ddof=1), nan_ok=True)
+    assert parent.data.metrics["best_config_runs"] == 2

@@ -128,7 +128,7 @@ def test_a_full_run_goes_to_the_server_and_compare_reads_it_back(tracking_server
     assert not list(tmp_path.rglob("*.db"))  # nothing fell back to a local sqlite store
 
     compare = subprocess.run(
-        ["hw4-compare", f"tracking.uri={url}", "tracking.experiment=shared", "out=figs"],
+        ["hw4-compare", f"tracking.uri={url}", "tracking.experiment=shared", "out=figs", "group=false"],
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert compare.returncode == 0, compare.stderr[-2000:]

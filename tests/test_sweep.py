@@ -278,25 +278,6 @@ def test_median_pruning_stops_a_hopeless_job_and_lets_the_others_finish(tiny_dat
     assert parent.data.metrics["jobs_pruned"] == 1 and parent.data.metrics["jobs_finished"] == 3
 
 
-def test_repeats_are_grouped_on_the_parent(tiny_data_dir, tracking_uri, tmp_path):
-    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "optimizer.lr=1e-3,1e-2", "trainer.seed=0,1", "trainer.epochs=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    client, parent, children = parent_and_children(tracking_uri)
-    keys = {}
-    for child in children:
-        keys.setdefault(child.data.params["optimizer.lr"], set()).add(child.data.tags["config_key"])
-    assert [len(k) for k in keys.values()] == [1, 1] and keys["0.001"] != keys["0.01"]
-    table = Path(client.download_artifacts(parent.info.run_id, "sweep_configurations.csv", str(tmp_path)))
-    import pandas as pd
-
-    frame = pd.read_csv(table, index_col=0)
-    assert sorted(frame["n"]) == [2, 2]
-    for lr, rows in frame.groupby("optimizer.lr"):
-        values = [c.data.metrics["test_categorical_accuracy"] for c in children if float(c.data.params["optimizer.lr"]) == lr]
-        assert rows["test_accuracy_mean"].iloc[0] == pytest.approx(sum(values) / 2)
-    assert parent.data.metrics["best_config_runs"] == 2
-
-
 def test_lr_seeds_preset_repeats_the_grid_over_three_seeds():
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
