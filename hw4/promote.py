@@ -24,15 +24,12 @@ from hw4.errors import ConfigError
 
 
 def latest_sweep(client: Any, experiment_id: str) -> str:
-    parents = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{names.SWEEP_ROLE} = 'parent'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not parents:
-        raise ConfigError("no sweep in this experiment: run hw4-train -m ... first, or pass parent=")
-    return parents[0].info.run_id
+    from hw4 import runs
+
+    return runs.latest_run_id(
+        client, experiment_id, f"tags.{names.SWEEP_ROLE} = 'parent'",
+        "no sweep in this experiment: run hw4-train -m ... first, or pass parent=",
+    )  # fmt: skip
 
 
 def logged_model(client: Any, experiment_id: str, run_id: str) -> Any:

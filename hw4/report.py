@@ -221,15 +221,12 @@ def build(client: Any, parent_run_id: str, out_dir: Path, log_to_parent: bool = 
 
 
 def latest_homework_parent(client: Any, experiment_id: str) -> str:
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{HOMEWORK_TAG} = 'true'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs:
-        raise ConfigError("no hw4-homework run in this experiment; run hw4-homework or pass parent=")
-    return runs[0].info.run_id
+    from hw4 import runs
+
+    return runs.latest_run_id(
+        client, experiment_id, f"tags.{HOMEWORK_TAG} = 'true'",
+        "no hw4-homework run in this experiment; run hw4-homework or pass parent=",
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -38,6 +38,18 @@ def training_runs(client: Any, experiment_id: str, parent_run_id: Optional[str] 
     ]
 
 
+def latest_run_id(client: Any, experiment_id: str, filter_string: str, missing: str) -> str:
+    """The id of the newest run matching `filter_string`; ConfigError(`missing`) if none does."""
+    from hw4.errors import ConfigError
+
+    found = client.search_runs(
+        [experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not found:
+        raise ConfigError(missing)
+    return found[0].info.run_id
+
+
 def _number(value: Any, cast: type = float) -> Any:
     try:
         return cast(value)
