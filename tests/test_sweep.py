@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -43,8 +44,13 @@ def parent_and_children(uri: str):
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
 def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path):
-    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "optimizer.lr=1e-3,3e-3,1e-2", *launcher)
+    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "optimizer.lr=1e-3,3e-3,1e-2", "trainer.verbose=1", *launcher)
     assert result.returncode == 0, result.stderr[-3000:]
+    epoch_lines = [line for line in result.stdout.splitlines() if re.match(r"\s*\d+/\d+ ", line)]
+    if launcher:  # parallel jobs: one plain line per epoch each, no progress bars to interleave
+        assert len(epoch_lines) == 3 * 2 and "━" not in result.stdout
+    else:
+        assert "━" in result.stdout  # one job at a time keeps Keras' progress bar
     client, parent, children = parent_and_children(tracking_uri)
 
     assert len(children) == 3
