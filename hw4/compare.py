@@ -97,7 +97,7 @@ def curve_bands(frame: pd.DataFrame, curves: dict[str, list[float]], grouped: bo
     """label -> (mean per epoch, std per epoch or None): one line per configuration or per run."""
     from hw4 import runs
 
-    varying = [c for c in runs.varying_params(frame, ignore_seed=grouped)]
+    varying = runs.varying_params(frame, ignore_seed=grouped)
 
     def label(row: pd.Series) -> str:
         text = ", ".join(f"{short(c)}={row[c]}" for c in varying) or row["run"]

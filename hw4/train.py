@@ -207,8 +207,9 @@ def main(cfg: DictConfig) -> float:
     quiet.load_tensorflow()  # TensorFlow loads here, without its start-up lines
     from hw4 import checkpoints, training
 
-    threads = training.configure_runtime(cfg.trainer, parallel_jobs=sweep.parallel_jobs())
-    if cfg.trainer.verbose == 1 and sweep.parallel_jobs() > 1:
+    parallel_jobs = sweep.parallel_jobs()
+    threads = training.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
+    if cfg.trainer.verbose == 1 and parallel_jobs > 1:
         cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
     tags = run_tags(cfg, launch_dir, params, threads, job.tags)
     with contextlib.ExitStack() as stack:

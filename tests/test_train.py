@@ -154,10 +154,9 @@ START_UP_NOISE = re.compile(r"^[IWE]\d{4} |oneDNN|cuInit|cuda|absl|CPU instructi
 def test_a_run_prints_no_start_up_noise_and_an_honest_progress_bar(tiny_data_dir, tracking_uri, tmp_path):
     # 320 training images in batches of 16: 20 steps an epoch, the last compiled call (16 steps
     # at a time by default) runs only 4.
-    result = subprocess.run(
-        ["hw4-train", "trainer.verbose=1", "trainer.epochs=2", "trainer.batch_size=16",
-         f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}", "tracking.log_model=false"],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True,
+    result = hw4_train(
+        tmp_path, "trainer.verbose=1", "trainer.epochs=2", "trainer.batch_size=16",
+        f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}", "tracking.log_model=false",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
