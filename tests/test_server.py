@@ -160,13 +160,19 @@ def ray_head():
          f"--temp-dir={temp_dir}"],  # fmt: skip
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    status = [ray, "status", f"--address=127.0.0.1:{gcs}"]
+    # Ready means the GCS answers and so does the dashboard, whose agents Ray Client needs to
+    # start its per-client server (on a loaded machine the dashboard comes up seconds later).
+    checks = [
+        [ray, "status", f"--address=127.0.0.1:{gcs}"],
+        [ray, "list", "nodes", f"--address=http://127.0.0.1:{dashboard}"],
+    ]
     deadline = time.monotonic() + 120
-    while subprocess.run(status, env=env, capture_output=True).returncode != 0:
-        if head.poll() is not None or time.monotonic() > deadline:
-            head.kill()
-            raise AssertionError(f"the Ray head did not start: {head.stderr.read().decode()[-2000:]}")
-        time.sleep(1)
+    for check in checks:
+        while subprocess.run(check, env=env, capture_output=True).returncode != 0:
+            if head.poll() is not None or time.monotonic() > deadline:
+                head.kill()
+                raise AssertionError(f"the Ray head did not start: {head.stderr.read().decode()[-2000:]}")
+            time.sleep(1)
     try:
         yield f"ray://127.0.0.1:{client}", f"http://127.0.0.1:{dashboard}", env
     finally:

@@ -65,7 +65,7 @@ def page(tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(60_000)  # a loaded 2-core machine renders slowly
         yield page
         browser.close()
 
