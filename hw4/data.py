@@ -9,6 +9,7 @@ TensorFlow is imported only by `load_keras`, the online default source.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import math
@@ -213,3 +214,43 @@ def prepare(
         x_test=to_model_input(x_test, input_shape),
         y_test=one_hot(y_test, n_classes),
     )
+
+
+def files_stamp(data_dir: Optional[str | Path]) -> tuple:
+    """Size and modification time of each IDX file: what says the files did not change."""
+    if not data_dir:
+        return ()
+    stamps = []
+    for name in IDX_FILES.values():
+        try:
+            stat = (Path(data_dir) / name).stat()
+            stamps.append((name, stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            stamps.append((name, None, None))  # load() reports it
+    return tuple(stamps)
+
+
+def load_prepared(
+    data_dir: Optional[str | Path],
+    input_shape: Sequence[int],
+    n_classes: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    limit: Optional[int] = None,
+) -> tuple[RawData, Splits]:
+    """`load` then `prepare`, kept for the next call with the same files and settings: the jobs
+    of a sweep in one process read and prepare the data once. The arrays are read-only, since
+    every later job shares them."""
+    return _load_prepared(
+        str(data_dir) if data_dir else None, files_stamp(data_dir), tuple(input_shape), n_classes,
+        val_fraction, seed, limit,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _load_prepared(data_dir, _stamp, input_shape, n_classes, val_fraction, seed, limit) -> tuple[RawData, Splits]:
+    raw = load(data_dir, n_classes)
+    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit)
+    for array in [*vars(raw).values(), *vars(splits).values()]:
+        array.setflags(write=False)
+    return raw, splits

@@ -6,6 +6,7 @@ be closed and no display backend is needed.
 
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -14,10 +15,21 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from hw4 import names
 
+IMAGE_SIDE = 28  # Fashion-MNIST images are 28x28
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG, as MLflow's log_figure would save it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> Figure:
     """Two panels: train vs validation loss, train vs validation accuracy, per epoch."""
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    # Fixed margins: figures every run draws skip the constrained layout's cost (half the time).
+    fig = Figure(figsize=(11, 4))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.84 if title else 0.9, wspace=0.2)
     for ax, metric, label in zip(
         fig.subplots(1, 2), (names.LOSS, names.ACCURACY), ("loss", "accuracy")
     ):
@@ -36,7 +48,8 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> 
 
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
     """Counts with class names on the true (rows) and predicted (columns) axes."""
-    fig = Figure(figsize=(9, 8), layout="constrained")
+    fig = Figure(figsize=(9, 8))
+    fig.subplots_adjust(left=0.17, bottom=0.17, right=0.97, top=0.94)  # room for the class names
     ax = fig.subplots()
     display = ConfusionMatrixDisplay(matrix, display_labels=list(class_names))
     display.plot(ax=ax, cmap="Blues", xticks_rotation=45, colorbar=True, values_format="d")
@@ -47,14 +60,29 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
 def image_grid(
     images: np.ndarray, titles: Sequence[str], rows: int = 5, cols: int = 5, title: str = ""
 ) -> Figure:
-    """The first rows*cols images (28x28, any scale) in a grid, each with its title."""
+    """The first rows*cols images (28x28, any scale) in a grid, each with its title below it.
+
+    One image (a mosaic with white gaps for the titles) on one axes: drawing 25 subplots, each
+    with its own title and layout, cost about 1 s per figure.
+    """
     n = min(rows * cols, len(images))
-    fig = Figure(figsize=(2 * cols, 2.2 * rows), layout="constrained")
-    for ax, image, label in zip(fig.subplots(rows, cols).flat, images[:n], titles[:n]):
-        ax.imshow(np.asarray(image).reshape(28, 28), cmap="gray_r")
-        ax.set_title(label, fontsize=9)
-    for ax in fig.axes:
-        ax.set_axis_off()
+    lines = max((str(t).count("\n") + 1 for t in titles[:n]), default=1)
+    side, gap = IMAGE_SIDE, 2  # in image pixels
+    cell_w, cell_h = side + 2 * gap, side + gap + 4 * lines  # 4 pixels per title line
+    mosaic = np.zeros((rows * cell_h, cols * cell_w), dtype=np.float32)
+    tiles = np.asarray(images[:n], dtype=np.float32).reshape(n, side, side)
+    if n and tiles.max() > 1:  # uint8 pixels: the same scale as prepared ones
+        tiles = tiles / 255.0
+    top_margin = 0.5 if title else 0.0  # inches for the title
+    width = 2 * cols
+    fig = Figure(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + top_margin))
+    ax = fig.add_axes((0, 0, 1, 1 - top_margin / fig.get_figheight()))
+    for i, (tile, text) in enumerate(zip(tiles, titles[:n])):
+        top, left = (i // cols) * cell_h, (i % cols) * cell_w + gap
+        mosaic[top : top + side, left : left + side] = tile
+        ax.text(left + side / 2, top + side + gap / 2, text, ha="center", va="top", fontsize=9)
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
     if title:
         fig.suptitle(title)
     return fig

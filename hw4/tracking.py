@@ -257,6 +257,19 @@ class RunLogger:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         retry(lambda: self.client.log_figure(self.run_id, figure, artifact_file), artifact_file)
 
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """`data` as the artifact `artifact_file` (e.g. a PNG drawn once and logged by many runs)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            folder = str(Path(artifact_file).parent)
+            retry(
+                lambda: self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder),
+                artifact_file,
+            )
+
     def log_text(self, text: str, artifact_file: str) -> None:
         retry(lambda: self.client.log_text(self.run_id, text, artifact_file), artifact_file)
 
@@ -284,14 +297,13 @@ class RunLogger:
         inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
         retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs), "log dataset")
 
-    def log_keras_model(self, model: Any, example: Any, name: str = "model") -> None:
-        """The model in MLflow's Keras flavour, with an input/output signature, linked to this run."""
-        import keras
+    def log_keras_model(self, model: Any, example: Any, prediction: Any, name: str = "model") -> None:
+        """The model in MLflow's Keras flavour, linked to this run, with the signature of
+        `example` -> `prediction` (the model's output on it, already computed by the caller)."""
         import mlflow.keras
-        import tensorflow as tf
         from mlflow.models import Model, infer_signature
 
-        signature = infer_signature(example, model.predict(example, verbose=0))
+        signature = infer_signature(example, prediction)
         mlflow.set_tracking_uri(self.client.tracking_uri)  # Model.log writes through the global URI
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         # Created here so it lands in the run's experiment without a fluent "active run".
@@ -307,11 +319,29 @@ class RunLogger:
                 model_id=logged.model_id,
                 model=model,
                 signature=signature,
-                # Stated, not inferred: inference reloads the model in a subprocess (slow).
-                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"],
+                pip_requirements=model_requirements(),
             ),
             "log model",
         )
+
+
+def model_requirements() -> list[str]:
+    """Stated, not inferred: inference reloads the model in a subprocess (slow)."""
+    import keras
+    import tensorflow as tf
+
+    return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"]
+
+
+def prepare_model_logging() -> None:
+    """Do the slow once-per-process parts of logging a model ahead of time (a background thread
+    runs it during training): MLflow's Keras flavour imports, and MLflow's check of the stated
+    requirements against the installed packages, which first maps every installed package
+    (about 0.6 s) and caches that map for the process."""
+    import mlflow.keras  # noqa: F401
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+    warn_dependency_requirement_mismatches(model_requirements())
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from hw4 import config, names, quiet
+from hw4 import config, names, quiet, timing
 from hw4.errors import ConfigError
 
 config.register_configs()
@@ -50,20 +50,18 @@ def run_name(cfg: DictConfig) -> str:
 
 
 def load_data(cfg: DictConfig) -> tuple[Any, Any]:
-    """The raw arrays and the prepared splits; the split follows data.split_seed only."""
+    """The raw arrays and the prepared splits; the split follows data.split_seed only. Kept for
+    the next job of a sweep in this process (see data.load_prepared)."""
     from hw4 import data
 
-    n_classes = len(cfg.data.class_names)
-    raw = data.load(cfg.data.dir, n_classes=n_classes)
-    splits = data.prepare(
-        raw,
+    return data.load_prepared(
+        cfg.data.dir,
         input_shape=cfg.model.input_shape,
-        n_classes=n_classes,
+        n_classes=len(cfg.data.class_names),
         val_fraction=cfg.data.val_fraction,
         seed=cfg.data.split_seed,
         limit=cfg.data.limit,
     )
-    return raw, splits
 
 
 def run_tags(cfg: DictConfig, launch_dir: str, params: dict, threads: int, extra: dict) -> dict:
@@ -83,8 +81,9 @@ def run_tags(cfg: DictConfig, launch_dir: str, params: dict, threads: int, extra
     }
 
 
-def log_run_inputs(cfg: DictConfig, run: Any, params: dict, model: Any, raw: Any, splits: Any) -> None:
-    """What a new run records before training: config, model summary, data, sample grids."""
+def log_run_inputs(cfg: DictConfig, run: Any, params: dict, model: Any, raw: Any, splits: Any, background: Any) -> None:
+    """What a new run records before training: config, model summary, data, sample grids (drawn
+    in the background)."""
     from hw4 import artifacts, data, models
 
     hydra_cfg = HydraConfig.get()
@@ -94,13 +93,12 @@ def log_run_inputs(cfg: DictConfig, run: Any, params: dict, model: Any, raw: Any
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
     summary = artifacts.data_summary(raw, splits)
     run.log_dict(summary, artifacts.DATA_SUMMARY)
-    run.log_dataset(
-        cfg.data.name, data.digest(raw), cfg.data.dir or "keras.datasets", summary["prepared_shapes"]
-    )
-    artifacts.log_sample_grids(run, raw, list(cfg.data.class_names))
+    digest = data.digest(raw)
+    run.log_dataset(cfg.data.name, digest, cfg.data.dir or "keras.datasets", summary["prepared_shapes"])
+    background.submit("sample_grids", artifacts.log_sample_grids, run, raw, digest, list(cfg.data.class_names))
 
 
-def restore_or_build(cfg: DictConfig, run: Any, folder: Path, resumed: bool, params: dict, raw: Any, splits: Any):
+def restore_or_build(cfg: DictConfig, run: Any, folder: Path, resumed: bool, params: dict, raw: Any, splits: Any, background: Any):
     """(model, checkpoint state, best weights or None): from the checkpoint of a resumed run,
     else a new compiled model whose run gets its inputs logged."""
     from hw4 import checkpoints, training
@@ -120,11 +118,11 @@ def restore_or_build(cfg: DictConfig, run: Any, folder: Path, resumed: bool, par
     model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
     optimizer = training.build_optimizer(cfg.optimizer)
     training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
-    log_run_inputs(cfg, run, params, model, raw, splits)  # a resumed run: the same values again
+    log_run_inputs(cfg, run, params, model, raw, splits, background)  # resumed: the same values again
     return model, checkpoints.CheckpointState(), None
 
 
-def train(cfg: DictConfig, job: Any, run: Any, model: Any, splits: Any, folder: Path, state: Any, best_weights: Any):
+def train(cfg: DictConfig, job: Any, run: Any, splits: Any, folder: Path, model: Any, state: Any, best_weights: Any):
     """Fit with checkpoints, per-epoch metrics, early stopping, best weights and pruning as
     configured. Returns the full history, tags saying why training stopped, and the epoch
     whose weights the model now holds."""
@@ -155,14 +153,23 @@ def train(cfg: DictConfig, job: Any, run: Any, model: Any, splits: Any, folder: 
     return history, tags, evaluated
 
 
-def evaluate_and_log(cfg: DictConfig, run: Any, model: Any, splits: Any, history: dict, tags: dict, evaluated: int) -> float:
-    """Test metrics, best-epoch metrics, figures and the model; returns the sweep objective."""
+def evaluate_and_log(
+    cfg: DictConfig, run: Any, model: Any, splits: Any, history: dict, tags: dict, evaluated: int, background: Any
+) -> float:
+    """Test metrics, best-epoch metrics, figures (in the background) and the model; returns the
+    sweep objective."""
     from hw4 import artifacts, training
 
-    evaluation = training.evaluate(model, splits, cfg.trainer.eval_batch_size)
+    clock = background.timings
+    evaluation = clock.call("evaluate", training.evaluate, model, splits, cfg.trainer.eval_batch_size)
     best = training.best_epoch(history)
     run.log_metrics({**evaluation.metrics(), **best, names.EVALUATED_EPOCH: evaluated})
     run.set_tags(tags)
+    class_names = list(cfg.data.class_names)
+    background.submit(
+        "evaluation_figures", artifacts.log_evaluation, run, history, splits.x_test, splits.test_labels,
+        evaluation.predicted, evaluation.confusion, class_names, title=run_name(cfg),
+    )  # fmt: skip
     run.log_dict(artifacts.first_sample_output(model, splits), artifacts.FIRST_SAMPLE)
     print(
         f"test loss {evaluation.test_loss:.4f}, test accuracy {evaluation.test_accuracy:.4f} "
@@ -170,23 +177,22 @@ def evaluate_and_log(cfg: DictConfig, run: Any, model: Any, splits: Any, history
         f"{best.get(names.BEST_VAL_ACCURACY, float('nan')):.4f} at epoch "
         f"{int(best.get(names.BEST_EPOCH, -1)) + 1}; run {run.run_id})"
     )
-    class_names = list(cfg.data.class_names)
-    artifacts.log_evaluation(
-        run, history, splits.x_test, splits.test_labels, evaluation.predicted,
-        evaluation.confusion, class_names, title=run_name(cfg),
-    )  # fmt: skip
     if cfg.tracking.log_model:
-        run.log_keras_model(model, splits.x_test[:5])
+        example = slice(0, artifacts.MODEL_EXAMPLES)
+        clock.call("log_model", run.log_keras_model, model, splits.x_test[example], evaluation.probabilities[example])
+    clock.call("wait_background", background.wait)
     return float(best.get(names.OBJECTIVE, float("nan")))
 
 
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one configuration; returns the best validation accuracy."""
+    clock = timing.Timings()  # every step below is timed; the run logs the timings at its end
     config.check(cfg)
     stop_on_sigterm()
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
-    from hw4 import sweep, tracking
+    with clock.step("imports"):
+        from hw4 import artifacts, sweep, tracking
 
     launch_dir = get_original_cwd()
     if cfg.data.dir:
@@ -194,17 +200,15 @@ def main(cfg: DictConfig) -> float:
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
 
     # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
-    job = sweep.open_job(cfg.tracking, launch_dir, params)
+    job = clock.call("store", sweep.open_job, cfg.tracking, launch_dir, params)
     if job.finished is not None:  # a continued sweep: this configuration and seed are done
-        value = job.finished.data.metrics.get(names.OBJECTIVE, float("nan"))
         print(f"already finished as run {job.finished.info.run_id}: not trained again")
-        return value
+        return job.finished.data.metrics.get(names.OBJECTIVE, float("nan"))
     resume_id = cfg.trainer.resume or job.resume_run_id
     if resume_id:
         tracking.check_resumable(job.client, resume_id, params)
-    raw, splits = load_data(cfg)
-
-    quiet.load_tensorflow()  # TensorFlow loads here, without its start-up lines
+    raw, splits = clock.call("data", load_data, cfg)
+    clock.call("imports", quiet.load_tensorflow)  # TensorFlow loads here, without its start-up lines
     from hw4 import checkpoints, training
 
     parallel_jobs = sweep.parallel_jobs()
@@ -223,10 +227,16 @@ def main(cfg: DictConfig) -> float:
         if job.supersedes:
             run.client.set_tag(job.supersedes, names.SUPERSEDED_BY, run.run_id)
         stack.enter_context(tracking.system_metrics(job.client, run.run_id, cfg.tracking.system_metrics))
+        background = stack.enter_context(artifacts.Background(clock))  # ends before the run does
         folder = checkpoint_folder(cfg, launch_dir, run.run_id)
-        model, state, best_weights = restore_or_build(cfg, run, folder, bool(resume_id), params, raw, splits)
-        history, stop_tags, evaluated = train(cfg, job, run, model, splits, folder, state, best_weights)
-        objective = evaluate_and_log(cfg, run, model, splits, history, stop_tags, evaluated)
+        built = clock.call("build", restore_or_build, cfg, run, folder, bool(resume_id), params, raw, splits, background)
+        if cfg.tracking.log_model:
+            background.submit("prepare_model_logging", tracking.prepare_model_logging)
+        history, stop_tags, evaluated = clock.call("fit", train, cfg, job, run, splits, folder, *built)
+        objective = evaluate_and_log(cfg, run, built[0], splits, history, stop_tags, evaluated, background)
+        timings = clock.report()
+        run.log_metrics(timing.as_metrics(timings))
+        run.log_dict(timings, timing.ARTIFACT)
     checkpoints.remove(folder)  # finished: the logged model replaces it
     if job.parent_run_id is None:  # a sweep's jobs: the sweep prints where to see them all
         print(tracking.where_to_see(job.client.tracking_uri, job.experiment_id, run.run_id))

@@ -142,3 +142,19 @@ def test_real_fashion_mnist(real_data_dir):
     splits = data.prepare(raw, [28, 28, 1], n_classes=10)
     assert (len(splits.x_train), len(splits.x_val)) == (48000, 12000)
     assert math.isclose(float(splits.x_train.max()), 1.0)
+
+
+def test_prepared_data_is_kept_for_the_next_job_until_the_files_change(data_copy):
+    data._load_prepared.cache_clear()
+    raw, splits = data.load_prepared(data_copy, [784], n_classes=10)
+    again_raw, again = data.load_prepared(data_copy, [784], n_classes=10)
+    assert again is splits and again_raw is raw  # the same arrays, not read again
+    assert not splits.x_train.flags.writeable and not raw.x_dev.flags.writeable  # shared: read-only
+    other = data.load_prepared(data_copy, [28, 28, 1], n_classes=10)[1]  # other settings: prepared anew
+    assert other.x_train.shape[1:] == (28, 28, 1)
+
+    # A rewritten file (here: a different test set) is read again.
+    write_idx(data_copy / IDX_FILES["y_test"], np.roll(raw.y_test, 1), IDX_LABELS_MAGIC)
+    _, changed = data.load_prepared(data_copy, [28, 28, 1], n_classes=10)
+    assert changed is not other
+    assert (changed.test_labels == np.roll(raw.y_test, 1)).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ EXPECTED_ARTIFACTS = {
     "samples_dev.png",
     "samples_test.png",
     "predictions_test.png",
+    "timing.json",
 }
 EPOCH_METRICS = ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy")
 
@@ -101,6 +103,14 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
     assert '"x_train": [320, 28, 28, 1]' in dataset.dataset.profile
 
     assert EXPECTED_ARTIFACTS <= all_artifacts(client, run_id)
+    # Where the run's time went: a fresh process, so the startup counts; the steps and the rest
+    # add up to the total, and the figures were drawn in the background.
+    timings = json.loads(Path(client.download_artifacts(run_id, "timing.json", str(tmp_path))).read_text())
+    steps = timings["steps_s"]
+    assert {"startup", "imports", "store", "data", "build", "fit", "evaluate", "log_model", "wait_background"} <= set(steps)
+    assert sum(steps.values()) + timings["other_s"] == pytest.approx(timings["total_s"], abs=0.01)
+    assert {"sample_grids", "evaluation_figures"} <= set(timings["background_s"])
+    assert metrics["time_total_s"] == timings["total_s"] and metrics["time_fit_s"] == steps["fit"]
     summary = Path(client.download_artifacts(run_id, "summary.txt", str(tmp_path)))
     assert "BatchNormalization" in summary.read_text()
     csv = Path(client.download_artifacts(run_id, "confusion_matrix.csv", str(tmp_path))).read_text()

@@ -202,3 +202,14 @@ def test_progress_never_counts_past_the_epoch_and_times_single_steps():
     bar._start = 0.0
     assert bar._estimate_step_duration(16, 1.6) == pytest.approx(0.1)  # first call: 16 steps
     assert bar._estimate_step_duration(32, 3.2) == pytest.approx(0.1)  # not 1.6 s / 31 steps
+
+
+def test_evaluate_gives_keras_evaluate_numbers_from_one_pass_of_predictions(splits):
+    model = compiled_mlp()
+    training.fit(model, splits, OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0}), [])
+    evaluation = training.evaluate(model, splits, batch_size=64)
+    expected = model.evaluate(splits.x_test, splits.y_test, batch_size=64, verbose=0, return_dict=True)
+    assert evaluation.test_loss == pytest.approx(expected["loss"], rel=1e-5)
+    assert evaluation.test_accuracy == pytest.approx(expected[names.ACCURACY], abs=1e-7)
+    assert np.trace(evaluation.confusion) / len(splits.x_test) == evaluation.test_accuracy
+    assert (evaluation.predicted == evaluation.probabilities.argmax(axis=1)).all()
