@@ -39,7 +39,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hw4 import names
+from hw4 import names, system
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def parallel_jobs() -> int:
     default 1), so each job's TensorFlow uses the cores it was given. Otherwise 1.
     """
     launcher = HydraConfig.get().launcher
-    cpus = os.cpu_count() or 1
+    cpus = system.usable_cores()
     if "ray" in launcher:
         cpus_per_job = (launcher.ray.get("remote") or {}).get("num_cpus") or 1
         return max(1, int(cpus // cpus_per_job))

@@ -14,7 +14,6 @@ import json
 import logging
 import subprocess
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
@@ -24,7 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hw4 import names
+from hw4 import names, system
 from hw4.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -98,12 +97,7 @@ def connect(uri: str) -> MlflowClient:
     # "Creating initial MLflow database tables..." on a new sqlite store: nothing to act on.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     if urlparse(uri).scheme in ("http", "https"):
-        # MLflow's client retries a dead server for minutes; ask the server's health endpoint once.
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
-                pass
-        except (OSError, ValueError) as exc:
-            raise TrackingError(f"tracking store {uri} cannot be used: {exc}") from None
+        check_server(uri)
     client = MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)
@@ -111,6 +105,31 @@ def connect(uri: str) -> MlflowClient:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
     return client
+
+
+def check_server(uri: str) -> None:
+    """Ask the server's health endpoint once: MLflow's client would retry a dead server for
+    minutes. Through MLflow's own request helper, so its auth and TLS settings apply
+    (MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME/PASSWORD, MLFLOW_TRACKING_INSECURE_TLS,
+    MLFLOW_TRACKING_SERVER_CERT_PATH, ...)."""
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(
+            get_default_host_creds(uri), "/health", "GET",
+            max_retries=0, timeout=HEALTH_TIMEOUT_S, raise_on_status=False,
+        )  # fmt: skip
+    except Exception as exc:  # connection refused, TLS, timeout: MLflow wraps them variously
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
+    if response.status_code in (401, 403):
+        raise TrackingError(
+            f"tracking store {uri} refused the request ({response.status_code}): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
+    if response.status_code != 200:
+        raise TrackingError(f"tracking store {uri} cannot be used: /health answered {response.status_code}")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, location: Optional[str]) -> str:
@@ -176,7 +195,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def machine() -> str:
     """This machine in one line: CPU model, the cores this process may use, OS and architecture."""
-    import os
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -187,7 +205,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = system.usable_cores()
     return f"{cpu}, {cores} cores, {platform.system()} {platform.machine()}"
 
 

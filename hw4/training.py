@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import confusion_matrix
 
-from hw4 import names
+from hw4 import names, system
 from hw4.data import Splits
 from hw4.errors import ConfigError, Hw4Error
 
@@ -48,16 +47,15 @@ def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
     keras.mixed_precision.set_global_policy(trainer.precision)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
-    threads = trainer.threads
-    if threads is None and parallel_jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
-    if threads:
+    # TensorFlow's default counts the machine's cores, not the ones this process may use.
+    threads = trainer.threads or max(1, system.usable_cores() // parallel_jobs)
+    if threads != tf.config.threading.get_intra_op_parallelism_threads():
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:  # a reused worker process: TensorFlow already started its pools
             log.debug("thread pools already initialised; keeping them")
-    return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count() or 1
+    return tf.config.threading.get_intra_op_parallelism_threads() or system.usable_cores()
 
 
 def build_model(model: DictConfig, num_classes: int) -> keras.Model:

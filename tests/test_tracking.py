@@ -117,3 +117,48 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
 
     with pytest.raises(RuntimeError, match="down"):
         tracking.retry(broken, "broken", attempts=2)
+
+
+@pytest.fixture
+def basic_auth_server():
+    """A stand-in tracking server that answers only requests with user:secret (HTTP basic auth)."""
+    import base64
+    import json as json_
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    expected = "Basic " + base64.b64encode(b"user:secret").decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+                self.end_headers()
+                return
+            body = b"OK" if self.path == "/health" else json_.dumps({"experiments": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_the_server_check_uses_mlflows_credentials(basic_auth_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with pytest.raises(TrackingError, match="refused the request .401.: set MLFLOW_TRACKING_USERNAME"):
+        tracking.connect(basic_auth_server)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    assert tracking.connect(basic_auth_server).tracking_uri == basic_auth_server
