@@ -39,6 +39,7 @@ SUPERSEDED_BY = "superseded_by"
 PRUNED, PRUNED_AT = "pruned", "pruned_at_epoch"
 EARLY_STOPPED_AT = "early_stopped_at_epoch"
 ERROR = "error"
+CREATION_TOKEN = "hw4.creation_token"  # makes creating a run safe to retry (tracking.create_run)
 
 # Config keys that say how or where a run happens, not what it trains: a run's identity leaves
 # them out, so a resumed or relocated run is the same configuration.

@@ -265,19 +265,17 @@ class MlflowSweepCallback(Callback):
             "sweeper": OmegaConf.to_container(config.hydra.sweeper, resolve=False),
             "launcher": OmegaConf.to_container(config.hydra.launcher, resolve=False),
         }
-        parent = tracking.retry(
-            lambda: client.create_run(
-                experiment_id,
-                run_name=f"sweep-{sweep_id}",
-                tags={
-                    **tracking.source_tags("hw4-train -m", os.getcwd()),
-                    SWEEP_ID_TAG: sweep_id,
-                    names.SWEEP_ROLE: "parent",
-                    "overrides": " ".join(config.hydra.overrides.task),
-                    "launcher": str(config.hydra.launcher.get("_target_", "")),
-                },
-            ),
-            "create parent run",
+        parent = tracking.create_run(
+            client,
+            experiment_id,
+            f"sweep-{sweep_id}",
+            {
+                **tracking.source_tags("hw4-train -m", os.getcwd()),
+                SWEEP_ID_TAG: sweep_id,
+                names.SWEEP_ROLE: "parent",
+                "overrides": " ".join(config.hydra.overrides.task),
+                "launcher": str(config.hydra.launcher.get("_target_", "")),
+            },
         )
         tracking.retry(lambda: client.log_dict(parent.info.run_id, definition, "sweep.json"), "sweep.json")
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
@@ -345,10 +343,7 @@ class MlflowSweepCallback(Callback):
             earlier = latest_attempt(client, context, tags[names.JOB_KEY])
         else:
             earlier = None
-        run = tracking.retry(
-            lambda: client.create_run(context.experiment_id, run_name=f"job-{job_num}", tags=tags),
-            "record failed job",
-        )
+        run = tracking.create_run(client, context.experiment_id, f"job-{job_num}", tags)
         if earlier is not None:
             client.set_tag(earlier.info.run_id, names.SUPERSEDED_BY, run.info.run_id)
         tracking.RunLogger(client, run.info.run_id).log_params(params)

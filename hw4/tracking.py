@@ -14,6 +14,7 @@ import json
 import logging
 import subprocess
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
@@ -78,18 +79,64 @@ def artifact_location(uri: str, artifact_root: str, base_dir: str | Path) -> Opt
     return root.resolve().as_uri()
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Errors that a second try may not meet: a locked or busy database, a dropped connection,
+    a server that is overloaded or restarting. Not: a missing run, a bad value, a permission."""
+    import requests
+    import sqlalchemy.exc
+
+    from mlflow.protos.databricks_pb2 import REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE, ErrorCode
+
+    while exc is not None:
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, requests.ConnectionError, requests.Timeout,
+                            ConnectionError, TimeoutError)):  # fmt: skip
+            return True
+        if isinstance(exc, MlflowException) and exc.error_code in (
+            ErrorCode.Name(TEMPORARILY_UNAVAILABLE), ErrorCode.Name(REQUEST_LIMIT_EXCEEDED)
+        ):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = RETRIES) -> T:
-    """Run `call`, retrying transient store errors (a locked sqlite file, a dropped connection)."""
+    """Run `call`, retrying transient store errors (`is_transient`); any other error at once.
+
+    Only for calls that are safe to repeat: hw4's metric writes carry their own timestamps (a
+    repeated point is the same row, which MLflow's stores keep once), tags and params are set to
+    the same values, artifacts overwrite themselves. Creating a run is not: see `create_run`.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return call()
-        except Exception as exc:  # sqlite raises OperationalError, servers MlflowException
-            if attempt == attempts:
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
                 raise
             delay = 0.2 * 2**attempt
             log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Any:
+    """`client.create_run`, safe to retry: a first attempt that the store committed but whose
+    answer was lost (a timeout) is found again by its creation token, not created twice."""
+    token = uuid.uuid4().hex
+    tags = {**{k: str(v) for k, v in tags.items()}, names.CREATION_TOKEN: token}
+    attempts = 0
+
+    def attempt() -> Any:
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1:
+            found = client.search_runs(
+                [experiment_id], filter_string=f"tags.`{names.CREATION_TOKEN}` = '{token}'", max_results=1
+            )
+            if found:
+                return found[0]
+        return client.create_run(experiment_id, run_name=run_name, tags=tags)
+
+    return retry(attempt, f"create run {run_name}")
 
 
 def connect(uri: str) -> MlflowClient:
@@ -405,9 +452,7 @@ def start_run(
             client.delete_tag(run_id, names.ERROR)  # the error of the interrupted attempt
         logger.set_tags(run_tags)
     else:
-        run = retry(
-            lambda: client.create_run(experiment_id, run_name=run_name, tags=run_tags), "start run"
-        )
+        run = create_run(client, experiment_id, run_name, run_tags)
         logger = RunLogger(client, run.info.run_id)
     status = RunStatus.FAILED
     try:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hw4 import config, names, quiet, timing
 from hw4.errors import ConfigError
+from hw4.signals import RunSignals
 
 config.register_configs()
 
@@ -33,16 +32,6 @@ def checkpoint_folder(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
 
 def lock_file(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
     return Path(launch_dir) / cfg.trainer.checkpoint_dir / f"{run_id}.lock"
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM ends the run like Ctrl-C does (status KILLED, epochs so far kept)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is threading.main_thread():  # signals need the main thread
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -122,7 +111,7 @@ def restore_or_build(cfg: DictConfig, run: Any, folder: Path, resumed: bool, par
     return model, checkpoints.CheckpointState(), None
 
 
-def train(cfg: DictConfig, job: Any, run: Any, splits: Any, folder: Path, model: Any, state: Any, best_weights: Any):
+def train(cfg: DictConfig, job: Any, run: Any, splits: Any, folder: Path, signals: RunSignals, model: Any, state: Any, best_weights: Any):
     """Fit with checkpoints, per-epoch metrics, early stopping, best weights and pruning as
     configured. Returns the full history, tags saying why training stopped, and the epoch
     whose weights the model now holds."""
@@ -142,7 +131,8 @@ def train(cfg: DictConfig, job: Any, run: Any, splits: Any, folder: Path, model:
     if trainer.prune == "median" and job.parent_run_id:
         pruner = training.MedianPruner(sweep.sibling_values(job.client, job, run.run_id), trainer.prune_after)
         callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
-    history = training.fit(model, splits, trainer, callbacks, state.epoch + 1, past_history=state.history)
+    signals.check()  # a signal before training: stop before the first epoch
+    history = training.fit(model, splits, trainer, callbacks, state.epoch + 1, state.history, signals)
     tags: dict[str, Any] = {}
     if pruner and pruner.pruned_at is not None:
         tags.update({names.PRUNED: "true", names.PRUNED_AT: pruner.pruned_at})
@@ -189,7 +179,6 @@ def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one configuration; returns the best validation accuracy."""
     clock = timing.Timings()  # every step below is timed; the run logs the timings at its end
     config.check(cfg)
-    stop_on_sigterm()
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
     with clock.step("imports"):
         from hw4 import artifacts, sweep, tracking
@@ -217,6 +206,7 @@ def main(cfg: DictConfig) -> float:
         cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
     tags = run_tags(cfg, launch_dir, params, threads, job.tags)
     with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(RunSignals())  # first in, last out: the run ends unhurried
         if resume_id:  # locked before the run is reopened: a live process's run stays untouched
             stack.enter_context(checkpoints.RunLock(lock_file(cfg, launch_dir, resume_id), resume_id))
         run = stack.enter_context(
@@ -232,12 +222,13 @@ def main(cfg: DictConfig) -> float:
         built = clock.call("build", restore_or_build, cfg, run, folder, bool(resume_id), params, raw, splits, background)
         if cfg.tracking.log_model:
             background.submit("prepare_model_logging", tracking.prepare_model_logging)
-        history, stop_tags, evaluated = clock.call("fit", train, cfg, job, run, splits, folder, *built)
+        history, stop_tags, evaluated = clock.call("fit", train, cfg, job, run, splits, folder, signals, *built)
         objective = evaluate_and_log(cfg, run, built[0], splits, history, stop_tags, evaluated, background)
         timings = clock.report()
         run.log_metrics(timing.as_metrics(timings))
         run.log_dict(timings, timing.ARTIFACT)
     checkpoints.remove(folder)  # finished: the logged model replaces it
+    signals.check()  # a signal came after the last epoch began: the run is FINISHED; now stop
     if job.parent_run_id is None:  # a sweep's jobs: the sweep prints where to see them all
         print(tracking.where_to_see(job.client.tracking_uri, job.experiment_id, run.run_id))
     return objective

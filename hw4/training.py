@@ -5,10 +5,9 @@ Imports TensorFlow/Keras: hw4.train imports this module only once training reall
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import signal
-import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import confusion_matrix
 
 from hw4 import names, system
+from hw4.signals import RunSignals
 from hw4.data import Splits
 from hw4.errors import ConfigError, Hw4Error
 
@@ -212,37 +212,19 @@ class StepProgress(keras.callbacks.ProgbarLogger):
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """Ctrl-C or SIGTERM during training: finish the current epoch, then stop.
+    """After a first Ctrl-C or SIGTERM (recorded by `signals`), stop at the end of the current
+    epoch, so that its checkpoint and metrics are whole. In the last epoch there is nothing to
+    stop: training completes, and `stopped_after` stays None."""
 
-    The epoch's checkpoint and metrics are then whole, and no store write is cut in half (an
-    interrupted sqlite write can leave the store locked for the run's own final status). A
-    second signal interrupts at once.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, signals: RunSignals) -> None:
         super().__init__()
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt(f"signal {signum}")
-        self.received = signum
-        log.warning("signal %d: stopping after this epoch (again to stop at once)", signum)
-
-    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
-        if threading.current_thread() is threading.main_thread():  # signals need the main thread
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self.signals = signals
+        self.stopped_after: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        if self.received is not None:
+        if self.signals.received is not None and epoch + 1 < self.params.get("epochs", epoch + 1):
             self.model.stop_training = True
-
-    def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
+            self.stopped_after = epoch
 
 
 def compile_model(
@@ -322,6 +304,7 @@ def fit(
     callbacks: list[keras.callbacks.Callback],
     initial_epoch: int = 0,
     past_history: Mapping[str, list[float]] | None = None,
+    signals: RunSignals | None = None,
 ) -> dict[str, list[float]]:
     """Train the compiled model from `initial_epoch`; returns the history of every epoch.
 
@@ -344,19 +327,22 @@ def fit(
             "shuffle": False,  # the dataset orders itself
         }
         callbacks = [order, *callbacks]  # first: the epoch is set before its batches are drawn
-    stopper = StopOnSignal()  # after the checkpoint and metric callbacks: the epoch is saved first
-    progress = [StepProgress()] if trainer.verbose else []  # verbose 2 is one line per epoch
-    new = model.fit(
-        **inputs,
-        epochs=trainer.epochs,
-        initial_epoch=initial_epoch,
-        verbose=trainer.verbose,
-        callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN(), *progress],
-    ).history
+    with contextlib.ExitStack() as stack:
+        if signals is None:  # no run around this fit (a benchmark, a test): handle them here
+            signals = stack.enter_context(RunSignals())
+        stopper = StopOnSignal(signals)  # after the checkpoint and metric callbacks: the epoch is saved first
+        progress = [StepProgress()] if trainer.verbose else []  # verbose 2 is one line per epoch
+        new = model.fit(
+            **inputs,
+            epochs=trainer.epochs,
+            initial_epoch=initial_epoch,
+            verbose=trainer.verbose,
+            callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN(), *progress],
+        ).history
     for name, values in new.items():
         history.setdefault(name, []).extend(float(v) for v in values)
-    if stopper.received is not None:
-        raise KeyboardInterrupt(f"signal {stopper.received} after epoch {len(history.get('loss', []))}")
+    if stopper.stopped_after is not None:
+        raise KeyboardInterrupt(f"signal {signals.received} after epoch {stopper.stopped_after + 1}")
     losses = history.get(names.LOSS, [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(

@@ -100,6 +100,20 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri):
     assert MlflowClient(tracking_uri).get_run(captured["id"]).info.status == "KILLED"
 
 
+def locked() -> Exception:
+    """What MLflow's SQL store raises for a locked sqlite file."""
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    try:
+        raise sqlalchemy.exc.OperationalError("INSERT ...", {}, Exception("database is locked"))
+    except sqlalchemy.exc.OperationalError as cause:
+        try:
+            raise MlflowException(str(cause), error_code="TEMPORARILY_UNAVAILABLE") from cause
+        except MlflowException as exc:
+            return exc
+
+
 def test_retry_recovers_from_transient_errors(monkeypatch):
     monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
     calls = []
@@ -107,16 +121,73 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
     def flaky():
         calls.append(1)
         if len(calls) < 3:
-            raise RuntimeError("database is locked")
+            raise locked()
         return "ok"
 
     assert tracking.retry(flaky, "flaky") == "ok" and len(calls) == 3
+    calls.clear()
+
+    def dropped():
+        calls.append(1)
+        raise ConnectionResetError("connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):
+        tracking.retry(dropped, "dropped", attempts=2)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: __import__("mlflow").exceptions.MlflowException("no run", error_code="RESOURCE_DOES_NOT_EXIST"),
+        lambda: __import__("mlflow").exceptions.MlflowException("bad value", error_code="INVALID_PARAMETER_VALUE"),
+        lambda: PermissionError("artifacts folder is read-only"),
+        lambda: RuntimeError("a bug"),
+    ],
+)
+def test_permanent_errors_are_not_retried(monkeypatch, error):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: pytest.fail("slept before a permanent error"))
+    calls = []
 
     def broken():
-        raise RuntimeError("down")
+        calls.append(1)
+        raise error()
 
-    with pytest.raises(RuntimeError, match="down"):
-        tracking.retry(broken, "broken", attempts=2)
+    with pytest.raises(Exception):
+        tracking.retry(broken, "broken")
+    assert len(calls) == 1
+
+
+class LostAnswer:
+    """A client whose first create_run reaches the store but whose answer is lost (a timeout)."""
+
+    def __init__(self, client):
+        self.client, self.lost = client, False
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def create_run(self, *args, **kwargs):
+        run = self.client.create_run(*args, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise __import__("requests").Timeout("read timed out")
+        return run
+
+
+def test_creating_a_run_is_safe_to_retry(tracking_uri, monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    client = tracking.connect(tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, "exp", None)
+    run = tracking.create_run(LostAnswer(client), experiment_id, "once", {"a": 1})
+    (only,) = client.search_runs([experiment_id])  # one run, not two
+    assert only.info.run_id == run.info.run_id and only.data.tags["a"] == "1"
+
+    # A metric write repeated after a lost answer (the same point, timestamp included) is stored once.
+    entries = [tracking.Metric("loss", 0.5, 1000, 0)]
+    client.log_batch(run.info.run_id, metrics=entries)
+    client.log_batch(run.info.run_id, metrics=entries)
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 1
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -213,3 +216,73 @@ def test_evaluate_gives_keras_evaluate_numbers_from_one_pass_of_predictions(spli
     assert evaluation.test_accuracy == pytest.approx(expected[names.ACCURACY], abs=1e-7)
     assert np.trace(evaluation.confusion) / len(splits.x_test) == evaluation.test_accuracy
     assert (evaluation.predicted == evaluation.probabilities.argmax(axis=1)).all()
+
+
+class SendSignals(keras.callbacks.Callback):
+    """Sends this process `count` SIGTERMs when epoch `at` begins."""
+
+    def __init__(self, at: int, count: int = 1):
+        super().__init__()
+        self.at, self.count = at, count
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            for _ in range(self.count):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit_with_signals(splits, epochs: int, at: int, count: int = 1, signals=None):
+    state = checkpoints.CheckpointState()
+    counter = EpochCounter(state)
+    trainer = OmegaConf.merge(TRAINER, {"epochs": epochs, "verbose": 0})
+    history = training.fit(compiled_mlp(), splits, trainer, [SendSignals(at, count), counter], signals=signals)
+    return history, state
+
+
+class EpochCounter(keras.callbacks.Callback):
+    def __init__(self, state):
+        super().__init__()
+        self.state = state
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.append(epoch, logs or {})
+
+
+def test_a_signal_stops_training_after_the_epoch_it_came_in(splits):
+    state = checkpoints.CheckpointState()
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
+    with pytest.raises(KeyboardInterrupt, match="signal 15 after epoch 1"):
+        training.fit(compiled_mlp(), splits, trainer, [SendSignals(at=0), EpochCounter(state)])
+    assert state.epoch == 0  # epoch 0 ended whole (its checkpoint and metrics), no other began
+
+
+def test_a_signal_in_the_last_epoch_lets_training_complete(splits):
+    from hw4.signals import RunSignals
+
+    with RunSignals() as signals:
+        history, state = fit_with_signals(splits, epochs=3, at=2, signals=signals)
+    assert len(history[names.LOSS]) == 3 and state.epoch == 2
+    assert signals.received == signal.SIGTERM  # left for the caller: the run ends FINISHED, then stops
+    with pytest.raises(KeyboardInterrupt):
+        signals.check()
+
+
+def test_a_second_signal_interrupts_at_once(splits):
+    with pytest.raises(KeyboardInterrupt, match="signal 15$"):
+        fit_with_signals(splits, epochs=3, at=0, count=2)
+
+
+def test_run_signals_restore_the_handlers_they_replaced():
+    from hw4.signals import RunSignals
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with RunSignals():
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine  # a reused worker gets its own back
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
