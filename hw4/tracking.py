@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import time
 import uuid
@@ -41,6 +42,9 @@ UI_PORT = 5000
 MACHINE_TAG = "machine"
 CODE_DIR = Path(__file__).resolve().parent  # hw4's own folder, in its repository
 SYSTEM_METRICS_INTERVAL_S = 2
+# How PostgreSQL, MySQL and sqlite word a unique-key violation.
+DUPLICATE_KEY = re.compile(r"UniqueViolation|duplicate key|Duplicate entry|UNIQUE constraint failed", re.IGNORECASE)
+AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's error codes for HTTP 401 and 403
 
 
 def resolve_uri(uri: str, base_dir: str | Path) -> str:
@@ -149,9 +153,21 @@ def connect(uri: str) -> MlflowClient:
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:
+        code = getattr(exc, "error_code", "")
+        if code in AUTH_ERRORS:  # a server with authentication
+            raise TrackingError(refused(uri, 401 if code == "UNAUTHENTICATED" else 403)) from None
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
     return client
+
+
+def refused(uri: str, status: int) -> str:
+    if status == 401:
+        return (
+            f"tracking store {uri} refused the request (401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
+    return f"tracking store {uri} refused the request (403): this user has no permission for it"
 
 
 def check_server(uri: str) -> None:
@@ -171,17 +187,20 @@ def check_server(uri: str) -> None:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
     if response.status_code in (401, 403):
-        raise TrackingError(
-            f"tracking store {uri} refused the request ({response.status_code}): set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
-        )
+        raise TrackingError(refused(uri, response.status_code))
     if response.status_code != 200:
         raise TrackingError(f"tracking store {uri} cannot be used: /health answered {response.status_code}")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, location: Optional[str]) -> str:
     """The experiment's id; safe when parallel jobs race to create it."""
-    experiment = client.get_experiment_by_name(name)
+    try:
+        experiment = client.get_experiment_by_name(name)
+    except MlflowException as exc:
+        if exc.error_code in AUTH_ERRORS:  # a server with authentication: one line, not a traceback
+            status = 401 if exc.error_code == "UNAUTHENTICATED" else 403
+            raise TrackingError(f"{refused(client.tracking_uri, status)} (experiment {name!r})") from None
+        raise
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         raise TrackingError(
             f"MLflow experiment {name!r} is deleted: restore it "
@@ -360,7 +379,18 @@ class RunLogger:
             profile=json.dumps(dict(profile)),
         )
         inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
-        retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs), "log dataset")
+
+        def log() -> None:
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+            except MlflowException as exc:
+                # Parallel jobs race to record the same dataset in the experiment: the store
+                # refuses the second insert. The dataset exists now; linking it again finds it.
+                if not DUPLICATE_KEY.search(str(exc)):
+                    raise
+                self.client.log_inputs(self.run_id, datasets=inputs)
+
+        retry(log, "log dataset")
 
     def log_keras_model(self, model: Any, example: Any, prediction: Any, name: str = "model") -> None:
         """The model in MLflow's Keras flavour, linked to this run, with the signature of

@@ -233,3 +233,35 @@ def test_the_server_check_uses_mlflows_credentials(basic_auth_server, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
     assert tracking.connect(basic_auth_server).tracking_uri == basic_auth_server
+
+
+class RacedDataset:
+    """A client whose first log_inputs loses the race to insert the dataset, as a parallel job's can."""
+
+    def __init__(self, client):
+        self.client, self.raced = client, False
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def log_inputs(self, *args, **kwargs):
+        if not self.raced:
+            self.raced = True
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException(
+                '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+                error_code="BAD_REQUEST",
+            )
+        return self.client.log_inputs(*args, **kwargs)
+
+
+def test_a_dataset_logged_by_parallel_jobs_at_once_is_linked_to_both(tracking_uri):
+    client = tracking.connect(tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, "exp", None)
+    first, second = (tracking.create_run(client, experiment_id, name, {}) for name in ("a", "b"))
+    tracking.RunLogger(client, first.info.run_id).log_dataset("fashion_mnist", "d1", "/data", {"n": 1})
+    tracking.RunLogger(RacedDataset(client), second.info.run_id).log_dataset("fashion_mnist", "d1", "/data", {"n": 1})
+    for run in (first, second):
+        (dataset,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert (dataset.dataset.name, dataset.dataset.digest) == ("fashion_mnist", "d1")
