@@ -46,7 +46,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # The builder function; every other field except `name` is passed to it.
+    # hw4's own models start from this schema (conf/model/*.yaml: /model_schema@_here_). The
+    # builder function; every other field is passed to it.
     _target_: str = MISSING
     name: str = MISSING
     input_shape: list[int] = MISSING
@@ -127,7 +128,9 @@ class TrackingConfig:
 @dataclass
 class Config:
     data: DataConfig = MISSING
-    model: ModelConfig = MISSING
+    # Any, not ModelConfig: a model YAML of the user's own (--config-dir) may carry its builder's
+    # own arguments, which `check_model_arguments` checks against the builder's signature.
+    model: Any = MISSING
     optimizer: OptimizerConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
@@ -190,6 +193,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     # Not in the model group: a schema is not a model to choose (model=glob(*), --help).
+    cs.store(name="model_schema", node=ModelConfig, package="model")
     cs.store(name="lenet_schema", node=LenetConfig, package="model")
     cs.store(name="scratch_schema", node=ScratchConfig)
     cs.store(name="compare_schema", node=CompareConfig)
@@ -207,6 +211,39 @@ def run_app(config_name: str, task: Callable[[DictConfig], Any]) -> None:
 
     register_configs()
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)()
+
+
+def check_model_arguments(model: DictConfig) -> None:
+    """Every key of the model's config but `_target_` must be an argument of its builder, and
+    every argument without a default must be given (num_classes comes from the data): a typo,
+    or a key meant for another builder, is one clear error before the run starts. Imports the
+    builder's module (after TensorFlow has loaded)."""
+    import importlib
+    import inspect
+
+    target = str(model.get("_target_", ""))
+    module_name, _, function_name = target.rpartition(".")
+    try:
+        builder = getattr(importlib.import_module(module_name), function_name)
+        parameters = inspect.signature(builder).parameters
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise ConfigError(f"model._target_={target!r} is not a builder function that can be imported ({exc})") from None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # **kwargs: the builder takes any key
+    given = [key for key in model if key != "_target_"]
+    unknown = [key for key in given if key not in parameters]
+    if unknown:
+        raise ConfigError(
+            f"model {model.get('name', '')!r}: {', '.join(unknown)} not an argument of {target} "
+            f"(its arguments: {', '.join(p for p in parameters if p != 'num_classes')})"
+        )
+    missing = [
+        name for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty and name not in given and name != "num_classes"
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]  # fmt: skip
+    if missing:
+        raise ConfigError(f"model {model.get('name', '')!r}: {target} needs {', '.join(missing)}")
 
 
 def check(cfg: DictConfig) -> None:
@@ -239,8 +276,12 @@ def check(cfg: DictConfig) -> None:
     need(t.prune_after >= 1, f"trainer.prune_after must be >= 1, got {t.prune_after}")
     need(t.verbose in (0, 1, 2), f"trainer.verbose must be 0, 1 or 2, got {t.verbose}")
     need(math.isfinite(o.lr) and o.lr > 0, f"optimizer.lr must be a positive number, got {o.lr}")
-    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
-    need(0.0 <= m.bn_momentum < 1.0, f"model.bn_momentum must be in [0, 1), got {m.bn_momentum}")
+    for key in ("_target_", "name", "input_shape"):  # what hw4 itself reads from every model config
+        need(key in m, f"model: {key} is missing (every model config has _target_, name and input_shape)")
+    # A user's own model (--config-dir) may leave these to its builder's defaults.
+    dropout, bn_momentum = m.get("dropout", 0.0), m.get("bn_momentum", 0.99)
+    need(0.0 <= dropout < 1.0, f"model.dropout must be in [0, 1), got {dropout}")
+    need(0.0 <= bn_momentum < 1.0, f"model.bn_momentum must be in [0, 1), got {bn_momentum}")
     need(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     n_classes = len(d.class_names)
     need(

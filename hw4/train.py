@@ -184,8 +184,7 @@ def main(cfg: DictConfig) -> float:
         from hw4 import artifacts, sweep, tracking
 
     launch_dir = get_original_cwd()
-    if cfg.data.dir:
-        cfg.data.dir = to_absolute_path(cfg.data.dir)
+    cfg.data.dir = to_absolute_path(cfg.data.dir) if cfg.data.dir else None
     params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
 
     # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
@@ -200,6 +199,7 @@ def main(cfg: DictConfig) -> float:
     clock.call("imports", quiet.load_tensorflow)  # TensorFlow loads here, without its start-up lines
     from hw4 import checkpoints, training
 
+    config.check_model_arguments(cfg.model)  # before a run exists: a typo is one line, no run
     parallel_jobs = sweep.parallel_jobs()
     threads = training.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
     if cfg.trainer.verbose == 1 and parallel_jobs > 1:

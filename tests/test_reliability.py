@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hw4 import tracking
+from test_tracking import locked
 
 EPOCHS = 30
 
@@ -149,7 +150,7 @@ class FlakyClient:
     def log_batch(self, run_id, metrics=(), params=(), tags=()):
         if self.failures:
             self.failures -= 1
-            raise RuntimeError("database is locked")
+            raise locked()  # what MLflow's SQL store raises for a locked sqlite file
         self.batches.append(list(metrics))
 
 

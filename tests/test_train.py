@@ -192,3 +192,35 @@ def test_tensorflow_start_up_lines_show_with_the_switch_and_real_errors_always()
     assert silent.stderr == ""
     if not any(START_UP_NOISE.search(line) for line in shown.stderr.splitlines()):
         pytest.skip("this TensorFlow printed no start-up lines to hide")
+
+
+def write_user_model(folder: Path, **fields) -> Path:
+    """A model YAML of the user's own, outside the package, for Hydra's --config-dir."""
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    lines = ["_target_: hw4.models.mlp", "name: wide_mlp", "input_shape: [784]"]
+    lines += [f"{key}: {value}" for key, value in fields.items()]
+    (folder / "model" / "wide_mlp.yaml").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_users_own_model_trains_from_config_dir_and_a_typo_is_one_clear_error(tiny_data_dir, tracking_uri, tmp_path):
+    common = [f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}", "trainer.epochs=1",
+              "trainer.verbose=0", "tracking.log_model=false"]  # fmt: skip
+    mine = write_user_model(tmp_path / "my_conf", hidden_units="[256, 128]")
+    result = subprocess.run(["hw4-train", "--config-dir", str(mine), "model=wide_mlp", *common],
+                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
+    assert run.data.params["model.hidden_units"] == "[256, 128]" and run.data.params["model.name"] == "wide_mlp"
+    summary = Path(client.download_artifacts(run.info.run_id, "summary.txt", str(tmp_path))).read_text()
+    assert "Total params: 235,146" in summary  # 784*256+256 + 256*128+128 + 128*10+10
+
+    typo = write_user_model(tmp_path / "typo_conf", hidden_unit="[256, 128]")
+    result = subprocess.run(["hw4-train", "--config-dir", str(typo), "model=wide_mlp", *common],
+                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1
+    assert "model 'wide_mlp': hidden_unit not an argument of hw4.models.mlp" in result.stderr
+    assert "hidden_units" in result.stderr  # the builder's arguments are listed
+    assert len(client.search_runs([client.get_experiment_by_name("hw4").experiment_id])) == 1  # no run for it

@@ -279,10 +279,12 @@ def test_run_signals_restore_the_handlers_they_replaced():
         pass
 
     previous = signal.signal(signal.SIGTERM, mine)
+    sigint_before = signal.getsignal(signal.SIGINT)  # default, or ignored in a background job
     try:
         with RunSignals():
             assert signal.getsignal(signal.SIGTERM) is not mine
+            assert signal.getsignal(signal.SIGINT) is not sigint_before
         assert signal.getsignal(signal.SIGTERM) is mine  # a reused worker gets its own back
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
         signal.signal(signal.SIGTERM, previous)
