@@ -38,17 +38,23 @@ def metric_name(step: str) -> str:
     return f"{PREFIX}{step}_s"
 
 
-class Timings:
-    """Seconds per step of one run; see the module docstring."""
+def first_in_process() -> bool:
+    """True the first time it is called in a process (a sweep's first job), False after."""
+    global _first_in_process
+    with _first_lock:
+        first, _first_in_process = _first_in_process, False
+    return first
 
-    def __init__(self) -> None:
-        global _first_in_process
+
+class Timings:
+    """Seconds per step of one run; see the module docstring. With `since_process_start`, the
+    total starts at the process's start, and the time before this object is the `startup` step."""
+
+    def __init__(self, since_process_start: bool = False) -> None:
         self.started = time.time()
         self.steps: dict[str, float] = {}
         self.background: dict[str, float] = {}
-        with _first_lock:
-            first, _first_in_process = _first_in_process, False
-        start = process_start() if first else None
+        start = process_start() if since_process_start else None
         if start is not None and start <= self.started:
             self.steps["startup"] = self.started - start
             self.started = start

@@ -177,7 +177,7 @@ def evaluate_and_log(
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one configuration; returns the best validation accuracy."""
-    clock = timing.Timings()  # every step below is timed; the run logs the timings at its end
+    clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
     config.check(cfg)
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
     with clock.step("imports"):
