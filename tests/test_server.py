@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,27 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(url)
+
+
+@contextlib.contextmanager
+def mlflow_server(*options: str, env: dict | None = None):
+    """`mlflow server OPTIONS` on a free loopback port, once its /health answers: its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "server", *options, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/health", server)
+    except (RuntimeError, TimeoutError) as exc:
+        server.kill()
+        raise AssertionError(f"mlflow server did not start ({exc}): {server.stderr.read().decode()[-2000:]}")
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -85,26 +107,10 @@ def postgres_uri():
 
 @pytest.fixture(scope="module")
 def tracking_server(postgres_uri, tmp_path_factory):
-    port = free_port()
     artifacts = tmp_path_factory.mktemp("served-artifacts")
-    server = subprocess.Popen(
-        [
-            "mlflow", "server", "--backend-store-uri", postgres_uri, "--serve-artifacts",
-            "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/health", server)
-    except (RuntimeError, TimeoutError) as exc:
-        server.kill()
-        raise AssertionError(f"mlflow server did not start ({exc}): {server.stderr.read().decode()[-2000:]}")
-    yield url, artifacts
-    server.terminate()
-    server.wait(timeout=30)
+    options = ["--backend-store-uri", postgres_uri, "--serve-artifacts", "--artifacts-destination", str(artifacts)]
+    with mlflow_server(*options) as url:
+        yield url, artifacts
 
 
 def test_a_full_run_goes_to_the_server_and_compare_reads_it_back(tracking_server, tiny_data_dir, tmp_path):
@@ -158,23 +164,13 @@ def auth_server(postgres_uri, tmp_path_factory):
         f"admin_password = {ADMIN_PASSWORD}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
-    port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", postgres_uri,
-         "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],  # fmt: skip
-        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(f"{url}/health", server)
-    except (RuntimeError, TimeoutError) as exc:
-        server.kill()
-        raise AssertionError(f"mlflow server did not start ({exc}): {server.stderr.read().decode()[-2000:]}")
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    secret = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    with mlflow_server(
+        "--app-name", "basic-auth", "--backend-store-uri", postgres_uri,
+        "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
+        env={**os.environ, **secret},
+    ) as url:  # fmt: skip
+        yield url
 
 
 def as_user(username: str | None, password: str | None = None) -> dict:
