@@ -10,7 +10,6 @@ Imports Keras: used only once training starts.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -21,7 +20,6 @@ from typing import Callable, Mapping, Optional
 import keras
 import numpy as np
 
-from hw4.errors import TrackingError
 
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
@@ -107,53 +105,6 @@ def load(folder: Path) -> tuple[keras.Model, CheckpointState, Optional[list]]:
         with np.load(epoch_dir / BEST_FILE) as arrays:
             best = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
     return keras.models.load_model(epoch_dir / MODEL_FILE), state, best
-
-
-class RunLock:
-    """An exclusive lock on one run's checkpoint, held while a process trains the run.
-
-    flock: the kernel releases it when its process dies, however it dies, so a run left RUNNING
-    by a killed process can be resumed, and one still being trained cannot (two writers on one
-    run and one checkpoint folder). It guards one machine's disk: jobs on other machines do not
-    see each other's locks.
-    """
-
-    def __init__(self, path: Path, run_id: str):
-        self.path = Path(path)
-        self.run_id = run_id
-        self._file = None
-
-    def acquire(self) -> None:
-        run_id = self.run_id
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise TrackingError(
-                f"run {run_id} is being trained by a live process ({holder}); "
-                "wait for it or stop it before resuming"
-            ) from None
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        handle.flush()
-        self._file = handle
-
-    def release(self) -> None:
-        if self._file is not None:
-            self.path.unlink(missing_ok=True)
-            self._file.close()  # closing drops the lock
-            self._file = None
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def remove(folder: Path) -> None:

@@ -171,6 +171,16 @@ class PromoteConfig:
     tracking: TrackingConfig = MISSING
 
 
+@dataclass
+class CleanConfig:
+    """`hw4-clean`: delete the checkpoints no run will resume."""
+
+    killed: bool = False  # also KILLED runs, and RUNNING ones whose process died (resumable)
+    dry_run: bool = False  # list what would go, delete nothing
+    trainer: TrainerConfig = MISSING  # trainer.checkpoint_dir: where hw4-train keeps them
+    tracking: TrackingConfig = MISSING
+
+
 # String-valued switches and their values (true/false arrive from YAML as booleans).
 TRAINER_CHOICES = {
     "jit_compile": ("auto", "true", "false"),
@@ -199,6 +209,7 @@ def register_configs() -> None:
     cs.store(name="compare_schema", node=CompareConfig)
     cs.store(name="report_schema", node=ReportConfig)
     cs.store(name="promote_schema", node=PromoteConfig)
+    cs.store(name="clean_schema", node=CleanConfig)
     # A short random id, drawn once per launch (Hydra copies resolver caches into every job's
     # config): sweep folders started in the same second stay apart.
     OmegaConf.register_new_resolver("hw4.launch_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)

@@ -37,6 +37,7 @@ SWEEP_ROLE = "sweep"  # "parent" on a sweep's parent run
 JOB_NUM = "hydra_job_num"
 SUPERSEDED_BY = "superseded_by"
 PRUNED, PRUNED_AT = "pruned", "pruned_at_epoch"
+STOPPED_BY = "stopped_by"  # a sweep parent stopped by a signal: which one
 EARLY_STOPPED_AT = "early_stopped_at_epoch"
 ERROR = "error"
 CREATION_TOKEN = "hw4.creation_token"  # makes creating a run safe to retry (tracking.create_run)

@@ -15,8 +15,15 @@
 - on_job_end (the process that ran the job): a job that failed before it could open its own run
   (a bad override, bad data) still gets a FAILED child run, so the sweep's record is complete.
 - on_multirun_end, or at exit when a failed job made Hydra skip that hook: summarise the
-  children on the parent (best learning rate and accuracies, how many jobs finished or failed)
-  and end the parent run.
+  children on the parent (best learning rate and accuracies, how many jobs finished, failed or
+  were not run) and end the parent run.
+
+A SIGTERM or Ctrl-C stops the whole sweep (hw4/signals.py): the launcher, and any job that gets
+it, writes `<sweep dir>/stop_requested`. Running jobs, in this process or in worker processes,
+end their runs KILLED after the current epoch, with their checkpoints kept; jobs not yet started
+skip; the parent ends KILLED with a summary counting the jobs not run, and the launcher exits
+with 128 + the signal's number once its workers are done. Continuing the sweep in its folder
+finishes it.
 
 No TensorFlow here; MLflow is imported only inside the hooks.
 """
@@ -27,6 +34,9 @@ import atexit
 import json
 import logging
 import os
+import shutil
+import signal
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -40,12 +50,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hw4 import names, system
+from hw4.signals import RunSignals, signal_name, stop_signal
 
 log = logging.getLogger(__name__)
 
 CONTEXT_FILE = "mlflow_sweep.json"
 SUMMARY_FILE = "sweep_summary.json"
 CONFIGS_FILE = "sweep_configurations.csv"
+STOP_FILE = "stop_requested"  # written on a first SIGTERM or Ctrl-C; removed when continued
+STARTED_DIR = "jobs_started"  # one empty file per job number that got a run (or found it done)
 SWEEP_ID_TAG = names.SWEEP_ID
 JOB_TAG = names.JOB_NUM
 
@@ -91,6 +104,62 @@ def current_context() -> Optional[SweepContext]:
     return SweepContext.load(sweep_dir(hydra_cfg))
 
 
+def stop_file() -> Optional[Path]:
+    """Where this sweep's stop is asked for (signals.RunSignals), or None for a single run."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return sweep_dir(hydra_cfg) / STOP_FILE
+
+
+def leave_ctrl_c_to_the_launcher() -> None:
+    """In a joblib (loky) worker: ignore SIGINT from now on. A Ctrl-C in a terminal reaches every
+    process of the sweep; the launcher then asks every job to stop through the stop file, and a
+    job's own handlers (RunSignals) still see the Ctrl-C while it runs. Left to loky, a worker that
+    is idle between jobs would die of it, and joblib would then kill the other workers at once,
+    in the middle of their runs. Only SIGINT, only in loky's workers: SIGTERM stays the worker's.
+    """
+    import multiprocessing
+    import threading
+
+    in_loky_worker = multiprocessing.current_process().name.startswith("LokyProcess")
+    if in_loky_worker and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def mark_started() -> None:
+    """Record that this sweep job got a run (new, resumed or found finished) or failed: jobs
+    without such a mark are counted as not run."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        folder = sweep_dir(hydra_cfg) / STARTED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(hydra_cfg.job.num)).touch()
+
+
+def continue_command(config: DictConfig, folder: Path) -> str:
+    """The command that finishes this sweep: its own overrides, in its folder."""
+    own = [o for o in config.hydra.overrides.hydra if not o.startswith(("hydra.mode=", "hydra.sweep.dir="))]
+    return " ".join(["hw4-train -m", *own, *config.hydra.overrides.task, f"hydra.sweep.dir={folder}"])
+
+
+def planned_jobs(config: DictConfig) -> Optional[int]:
+    """How many jobs this launch will run: the grid of Hydra's basic sweeper (its params and the
+    command's overrides, as it expands them), or a sweeper's n_trials (Optuna); None if unknown."""
+    sweeper = config.hydra.sweeper
+    if str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+        arguments += list(config.hydra.overrides.task)
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None))
+    trials = sweeper.get("n_trials")
+    return int(trials) if trials is not None else None
+
+
 def job_tags(context: Optional[SweepContext]) -> dict[str, Any]:
     if context is None:
         return {}
@@ -130,6 +199,7 @@ class Job:
     finished: Any = None  # a FINISHED earlier attempt: nothing to train
     resume_run_id: Optional[str] = None  # a KILLED (or dead RUNNING) attempt to continue
     supersedes: Optional[str] = None  # a FAILED attempt that the new run replaces
+    run_id: Optional[str] = None  # the run this job opened, once it exists
 
 
 def open_job(settings: DictConfig, launch_dir: str, params: dict) -> Job:
@@ -237,14 +307,49 @@ def summarize(client: Any, context: SweepContext) -> tuple[dict[str, Any], Any]:
     return summary, configurations
 
 
+_exit_signal: Optional[int] = None  # set when this process's sweep ended on a stop signal
+
+
+def exit_if_stopped() -> None:
+    """Exit as a process ended by the stop signal would (128 + its number), once the sweep has
+    ended in order: schedulers and shells then see that it did not complete."""
+    if _exit_signal is not None:
+        sys.exit(128 + (_exit_signal or signal.SIGTERM))
+
+
+def end_abandoned_children(client: Any, context: SweepContext, lock_root: Optional[Path]) -> None:
+    """End KILLED the RUNNING children whose process died without ending them (a worker killed
+    by a second stop signal): their lock file is on this disk and no process holds it. Runs of
+    other machines (their locks elsewhere) are left alone. They resume like any KILLED run."""
+    from hw4 import locks, tracking
+
+    if lock_root is None:
+        return
+    running = client.search_runs(
+        [context.experiment_id],
+        filter_string=f"{names.children_filter(context.parent_run_id)} and attributes.status = 'RUNNING'",
+    )
+    for run in running:
+        lock = locks.lock_path(lock_root, run.info.run_id)
+        if lock.exists() and not locks.is_held(lock):
+            log.warning("run %s: its process died; ending it KILLED", run.info.run_id)
+            tracking.retry(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end abandoned run")
+
+
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.context: Optional[SweepContext] = None
         self._finished = False
+        self._signals: Optional[RunSignals] = None
+        self._folder: Optional[Path] = None
+        self._planned: Optional[int] = None
+        self._lock_root: Optional[Path] = None
+        self._command = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-
-        folder = sweep_dir(config.hydra)
+        folder = self._folder = sweep_dir(config.hydra)
+        (folder / STOP_FILE).unlink(missing_ok=True)  # a stopped sweep being continued
+        shutil.rmtree(folder / STARTED_DIR, ignore_errors=True)
         earlier = SweepContext.load(folder)
         if earlier is not None:
             self.context = self._reopen(earlier)
@@ -252,6 +357,10 @@ class MlflowSweepCallback(Callback):
             self.context = self._create_parent(config)
         self.context.launched_at = int(time.time() * 1000)
         self.context.save(folder)
+        self._planned = planned_jobs(config)
+        self._lock_root = Path(os.getcwd(), config.trainer.checkpoint_dir)  # where jobs lock their runs
+        self._command = continue_command(config, folder)
+        self._signals = RunSignals(folder / STOP_FILE).__enter__()  # a job's own handlers stand in during it
         atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
 
     def _create_parent(self, config: DictConfig) -> SweepContext:
@@ -294,6 +403,8 @@ class MlflowSweepCallback(Callback):
                         earlier.parent_run_id, earlier.tracking_uri)
             return None
         tracking.retry(lambda: client.update_run(parent.info.run_id, status="RUNNING"), "reopen parent")
+        if names.STOPPED_BY in parent.data.tags:  # the earlier launch's stop
+            client.delete_tag(parent.info.run_id, names.STOPPED_BY)
         log.info("continuing sweep %s under parent run %s", earlier.sweep_id, earlier.parent_run_id)
         return earlier
 
@@ -307,6 +418,7 @@ class MlflowSweepCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED or HydraConfig.get().mode != RunMode.MULTIRUN:
             return
+        mark_started()  # failed: counted among the failed jobs, not the ones not run
         context = SweepContext.load(sweep_dir(config.hydra))
         if context is None:
             return
@@ -352,10 +464,19 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish()
 
+    def _stopped_by(self) -> Optional[int]:
+        """The signal that stopped the sweep (0 if not known), or None if it was not stopped."""
+        stop = self._folder / STOP_FILE if self._folder else None
+        if stop is None or not stop.exists():
+            return None
+        return stop_signal(stop)
+
     def _finish(self) -> None:
         if self._finished or self.context is None:
             return
         self._finished = True
+        if self._signals is not None:
+            self._signals.__exit__(None, None, None)
         from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
 
@@ -363,18 +484,39 @@ class MlflowSweepCallback(Callback):
 
         client = MlflowClient(self.context.tracking_uri)
         parent_id = self.context.parent_run_id
+        stopped_by = self._stopped_by()
+        global _exit_signal
+        _exit_signal = stopped_by
+        if stopped_by is not None:
+            end_abandoned_children(client, self.context, self._lock_root)
         summary, configurations = summarize(client, self.context)
+        started_dir = self._folder / STARTED_DIR if self._folder else None
+        started = len(list(started_dir.iterdir())) if started_dir and started_dir.is_dir() else 0
+        if self._planned is not None:
+            summary.update(jobs_planned=self._planned, jobs_not_run=max(0, self._planned - started))
+        if stopped_by is not None:
+            summary[names.STOPPED_BY] = signal_name(stopped_by)
         logger = tracking.RunLogger(client, parent_id)
         logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         logger.set_tags({k: v for k, v in summary.items() if isinstance(v, str)})
         logger.log_dict(summary, SUMMARY_FILE)
         if not configurations.empty:
             logger.log_text(configurations.to_csv(), CONFIGS_FILE)
-        status = RunStatus.FINISHED if summary["jobs_finished"] else RunStatus.FAILED
+        if stopped_by is not None:
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FINISHED if summary["jobs_finished"] else RunStatus.FAILED
         tracking.retry(
             lambda: client.set_terminated(parent_id, RunStatus.to_string(status)), "end parent"
         )
         log.info("sweep %s: %s", self.context.sweep_id, summary)
+        if stopped_by is not None:
+            print(
+                f"sweep {self.context.sweep_id} stopped ({summary[names.STOPPED_BY]}): "
+                f"{summary['jobs_killed']} job(s) KILLED with their checkpoints, "
+                f"{summary.get('jobs_not_run', 'an unknown number of')} not run; parent run "
+                f"{parent_id} KILLED. Finish it with:\n  {self._command}"
+            )
         print(f"sweep {self.context.sweep_id} (parent run {parent_id}): " + tracking.where_to_see(
             self.context.tracking_uri, self.context.experiment_id
         ) + f" and expand the parent run; or: hw4-compare parent={parent_id}")

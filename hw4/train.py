@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hw4 import config, names, quiet, timing
 from hw4.errors import ConfigError
-from hw4.signals import RunSignals
+from hw4.signals import RunSignals, signal_name
 
 config.register_configs()
 
@@ -31,7 +33,9 @@ def checkpoint_folder(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
 
 
 def lock_file(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
-    return Path(launch_dir) / cfg.trainer.checkpoint_dir / f"{run_id}.lock"
+    from hw4 import locks
+
+    return locks.lock_path(Path(launch_dir) / cfg.trainer.checkpoint_dir, run_id)
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -132,7 +136,11 @@ def train(cfg: DictConfig, job: Any, run: Any, splits: Any, folder: Path, signal
         pruner = training.MedianPruner(sweep.sibling_values(job.client, job, run.run_id), trainer.prune_after)
         callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
     signals.check()  # a signal before training: stop before the first epoch
-    history = training.fit(model, splits, trainer, callbacks, state.epoch + 1, state.history, signals)
+    try:
+        history = training.fit(model, splits, trainer, callbacks, state.epoch + 1, state.history, signals)
+    except training.TrainingDiverged:
+        checkpoints.remove(folder)  # its last weights are NaN: nothing to resume
+        raise
     tags: dict[str, Any] = {}
     if pruner and pruner.pruned_at is not None:
         tags.update({names.PRUNED: "true", names.PRUNED_AT: pruner.pruned_at})
@@ -174,48 +182,25 @@ def evaluate_and_log(
     return float(best.get(names.OBJECTIVE, float("nan")))
 
 
-@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Train, evaluate and track one configuration; returns the best validation accuracy."""
-    clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
-    config.check(cfg)
-    # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
-    with clock.step("imports"):
-        from hw4 import artifacts, sweep, tracking
+def track_run(cfg: DictConfig, job: Any, resume_id: Any, tags: dict, data: tuple, signals: RunSignals, clock: Any) -> float:
+    """Open (or reopen) the run and train, evaluate and log it; every resource it takes (lock,
+    figure thread, system metrics) is released before the run ends with its status."""
+    from hw4 import artifacts, checkpoints, locks, sweep, tracking
 
-    launch_dir = get_original_cwd()
-    cfg.data.dir = to_absolute_path(cfg.data.dir) if cfg.data.dir else None
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
-
-    # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
-    job = clock.call("store", sweep.open_job, cfg.tracking, launch_dir, params)
-    if job.finished is not None:  # a continued sweep: this configuration and seed are done
-        print(f"already finished as run {job.finished.info.run_id}: not trained again")
-        return job.finished.data.metrics.get(names.OBJECTIVE, float("nan"))
-    resume_id = cfg.trainer.resume or job.resume_run_id
-    if resume_id:
-        tracking.check_resumable(job.client, resume_id, params)
-    raw, splits = clock.call("data", load_data, cfg)
-    clock.call("imports", quiet.load_tensorflow)  # TensorFlow loads here, without its start-up lines
-    from hw4 import checkpoints, training
-
-    config.check_model_arguments(cfg.model)  # before a run exists: a typo is one line, no run
-    parallel_jobs = sweep.parallel_jobs()
-    threads = training.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
-    if cfg.trainer.verbose == 1 and parallel_jobs > 1:
-        cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
-    tags = run_tags(cfg, launch_dir, params, threads, job.tags)
+    launch_dir, params, raw, splits = data
     with contextlib.ExitStack() as stack:
-        signals = stack.enter_context(RunSignals())  # first in, last out: the run ends unhurried
         if resume_id:  # locked before the run is reopened: a live process's run stays untouched
-            stack.enter_context(checkpoints.RunLock(lock_file(cfg, launch_dir, resume_id), resume_id))
+            stack.enter_context(locks.RunLock(lock_file(cfg, launch_dir, resume_id), resume_id))
         run = stack.enter_context(
             tracking.start_run(job.client, job.experiment_id, run_name(cfg), tags, job.parent_run_id, resume_id)
         )
+        job.run_id = run.run_id
+        sweep.mark_started()
         if not resume_id:
-            stack.enter_context(checkpoints.RunLock(lock_file(cfg, launch_dir, run.run_id), run.run_id))
-        if job.supersedes:
+            stack.enter_context(locks.RunLock(lock_file(cfg, launch_dir, run.run_id), run.run_id))
+        if job.supersedes:  # a FAILED attempt this run replaces: its checkpoint will not be resumed
             run.client.set_tag(job.supersedes, names.SUPERSEDED_BY, run.run_id)
+            checkpoints.remove(checkpoint_folder(cfg, launch_dir, job.supersedes))
         stack.enter_context(tracking.system_metrics(job.client, run.run_id, cfg.tracking.system_metrics))
         background = stack.enter_context(artifacts.Background(clock))  # ends before the run does
         folder = checkpoint_folder(cfg, launch_dir, run.run_id)
@@ -228,11 +213,90 @@ def main(cfg: DictConfig) -> float:
         run.log_metrics(timing.as_metrics(timings))
         run.log_dict(timings, timing.ARTIFACT)
     checkpoints.remove(folder)  # finished: the logged model replaces it
-    signals.check()  # a signal came after the last epoch began: the run is FINISHED; now stop
     if job.parent_run_id is None:  # a sweep's jobs: the sweep prints where to see them all
         print(tracking.where_to_see(job.client.tracking_uri, job.experiment_id, run.run_id))
     return objective
 
 
+def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Any) -> float:
+    """After a Ctrl-C or SIGTERM the run has ended KILLED (its epochs and checkpoint kept). A
+    sweep job returns, so that the launcher ends the sweep in order; a single run exits as a
+    process ended by that signal would (128 + its number)."""
+    signum = getattr(stop, "signum", 0) or signals.signum() or signal.SIGINT
+    if job.run_id is None:
+        print(f"stopped ({signal_name(signum)}) before the run began")
+    elif job.parent_run_id:
+        print(f"stopped ({signal_name(signum)}): run {job.run_id} KILLED, its epochs and checkpoint kept")
+    else:
+        print(f"stopped ({signal_name(signum)}): run {job.run_id} KILLED, its epochs and checkpoint kept; "
+              f"continue it with the same command and trainer.resume={job.run_id}")
+    if job.parent_run_id:
+        return float("nan")
+    raise SystemExit(128 + signum)
+
+
+@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Train, evaluate and track one configuration; returns the best validation accuracy."""
+    clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
+    config.check(cfg)
+    # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
+    with clock.step("imports"):
+        from hw4 import sweep, tracking
+
+    sweep.leave_ctrl_c_to_the_launcher()
+    signals = RunSignals(sweep.stop_file())  # entered around the run; a sweep's stop reaches it too
+    if signals.stop_requested:  # the sweep was stopped before this job began
+        print(f"sweep stopped: job {HydraConfig.get().job.num} not started")
+        return float("nan")
+    launch_dir = get_original_cwd()
+    cfg.data.dir = to_absolute_path(cfg.data.dir) if cfg.data.dir else None
+    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+
+    # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
+    job = clock.call("store", sweep.open_job, cfg.tracking, launch_dir, params)
+    if job.finished is not None:  # a continued sweep: this configuration and seed are done
+        sweep.mark_started()
+        print(f"already finished as run {job.finished.info.run_id}: not trained again")
+        return job.finished.data.metrics.get(names.OBJECTIVE, float("nan"))
+    resume_id = cfg.trainer.resume or job.resume_run_id
+    if resume_id:
+        tracking.check_resumable(job.client, resume_id, params)
+    raw, splits = clock.call("data", load_data, cfg)
+    clock.call("imports", quiet.load_tensorflow)  # TensorFlow loads here, without its start-up lines
+    from hw4 import training
+
+    config.check_model_arguments(cfg.model)  # before a run exists: a typo is one line, no run
+    parallel_jobs = sweep.parallel_jobs()
+    threads = training.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
+    if cfg.trainer.verbose == 1 and parallel_jobs > 1:
+        cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
+    tags = run_tags(cfg, launch_dir, params, threads, job.tags)
+    try:
+        with signals:
+            objective = track_run(cfg, job, resume_id, tags, (launch_dir, params, raw, splits), signals, clock)
+            if job.parent_run_id is None:  # a sweep job returns its result; the launcher stops
+                signals.check()  # a signal came after the last epoch began: the run is FINISHED; now stop
+    except KeyboardInterrupt as stop:
+        return stopped(stop, signals, job)
+    return objective
+
+
+def cli() -> None:
+    """The `hw4-train` console script: `main`, with the exit status of a process ended by a
+    signal (128 + its number) when one stopped it: after a sweep ended in order (Hydra's own
+    exit would be 0), or at once on a second signal to a sweep's launcher (joblib then ends
+    its workers; the parent run is ended at exit)."""
+    from hw4 import sweep
+
+    try:
+        main()
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", 0) or signal.SIGINT
+        print(f"stopped at once ({signal_name(signum)})", file=sys.stderr)
+        sys.exit(128 + signum)
+    sweep.exit_if_stopped()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

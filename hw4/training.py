@@ -14,12 +14,13 @@ from typing import Callable, Mapping, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_framework_config  # no public way to disable determinism
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import confusion_matrix
 
 from hw4 import names, system
-from hw4.signals import RunSignals
+from hw4.signals import RunSignals, Stopped, signal_name
 from hw4.data import Splits
 from hw4.errors import ConfigError, Hw4Error
 
@@ -47,6 +48,8 @@ def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
     keras.mixed_precision.set_global_policy(trainer.precision)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
+    elif tf_framework_config.is_op_determinism_enabled():  # an earlier job of this process's sweep
+        tf_framework_config.disable_op_determinism()
     # TensorFlow's default counts the machine's cores, not the ones this process may use.
     threads = trainer.threads or max(1, system.usable_cores() // parallel_jobs)
     if threads != tf.config.threading.get_intra_op_parallelism_threads():
@@ -212,9 +215,9 @@ class StepProgress(keras.callbacks.ProgbarLogger):
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """After a first Ctrl-C or SIGTERM (recorded by `signals`), stop at the end of the current
-    epoch, so that its checkpoint and metrics are whole. In the last epoch there is nothing to
-    stop: training completes, and `stopped_after` stays None."""
+    """After a first Ctrl-C or SIGTERM (recorded by `signals`, or in a sweep its stop file), stop
+    at the end of the current epoch, so that its checkpoint and metrics are whole. In the last
+    epoch there is nothing to stop: training completes, and `stopped_after` stays None."""
 
     def __init__(self, signals: RunSignals) -> None:
         super().__init__()
@@ -222,7 +225,7 @@ class StopOnSignal(keras.callbacks.Callback):
         self.stopped_after: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        if self.signals.received is not None and epoch + 1 < self.params.get("epochs", epoch + 1):
+        if self.signals.stop_requested and epoch + 1 < self.params.get("epochs", epoch + 1):
             self.model.stop_training = True
             self.stopped_after = epoch
 
@@ -342,7 +345,8 @@ def fit(
     for name, values in new.items():
         history.setdefault(name, []).extend(float(v) for v in values)
     if stopper.stopped_after is not None:
-        raise KeyboardInterrupt(f"signal {signals.received} after epoch {stopper.stopped_after + 1}")
+        signum = signals.signum()
+        raise Stopped(signum, f"{signal_name(signum)}: stopped after epoch {stopper.stopped_after + 1}")
     losses = history.get(names.LOSS, [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(

@@ -119,7 +119,7 @@ def test_schemas_are_not_selectable_models():
     assert "model: lenet, lenet_bn, lenet_dropout, mlp" in help_text and "schema" not in help_text
 
 
-@pytest.mark.parametrize("command", ["hw4-train", "hw4-compare", "hw4-promote", "hw4-report", "hw4-scratch"])
+@pytest.mark.parametrize("command", ["hw4-train", "hw4-compare", "hw4-promote", "hw4-report", "hw4-scratch", "hw4-clean"])
 def test_each_command_has_a_help_page_of_its_own(command):
     result = subprocess.run([command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0

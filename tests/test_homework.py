@@ -121,3 +121,34 @@ def test_results_file_names_the_command_commit_and_machine(homework):
     assert f"Commit: `{commit}`" in results
     machine = next(c.data.tags["machine"] for c in children if c.info.run_name in PRESETS)
     assert "cores" in machine and f"Machine: {machine}" in results
+
+
+def test_hw4_homework_fails_with_the_jobs_error_and_keeps_the_record(tiny_data_dir, tracking_uri, tmp_path):
+    """Every preset failing (here: bad data settings) is exit 1 with the jobs' one-line error;
+    the parent run still holds the failed children and Part 1, and ends FAILED."""
+    result = subprocess.run(
+        ["hw4-homework", f"data.dir={tiny_data_dir}", "data.limit=100000", "trainer.epochs=1",
+         "trainer.verbose=0", f"tracking.uri={tracking_uri}"],  # fmt: skip
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "data.limit=100000 is larger than the development set" in result.stderr
+    assert "Traceback" not in result.stderr
+    parent_id = re.search(r"parent run (\w+)", result.stdout).group(1)
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(parent_id).info.status == "FAILED"
+    children = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    statuses = sorted(c.info.status for c in children)
+    assert statuses == ["FAILED"] * len(PRESETS) + ["FINISHED"]  # the presets failed; Part 1 ran
+
+
+@pytest.mark.parametrize(
+    "argument, code, message",
+    [("repeats=0", 2, "repeats must be a whole number >= 1"), ("trainer.no_such_key=1", 1, "no_such_key")],
+)
+def test_hw4_homework_refuses_bad_arguments_before_anything_runs(argument, code, message, tmp_path):
+    result = subprocess.run(["hw4-homework", argument], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == code and message in result.stderr
+    assert not (tmp_path / "reports").exists()  # no report, no parent run: nothing ran

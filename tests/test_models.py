@@ -95,15 +95,34 @@ def test_batch_norm_follows_every_hidden_layer():
     assert model.count_params() == 61_706 + 4 * (6 + 16 + 120 + 84)
 
 
-@pytest.mark.parametrize("model_name", ["mlp", "lenet", "lenet_dropout", "lenet_bn"])
-def test_outputs_are_probabilities(model_name):
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def test_mlp_computes_relu_relu_softmax_as_the_homework_describes():
+    """The forward pass in NumPy from the model's own weights: 784 -> 128 ReLU -> 64 ReLU ->
+    10 softmax. A wrong activation, a missing layer or a dropped bias changes the output."""
+    model = build("mlp")
+    x = np.random.default_rng(0).random((8, 784), dtype=np.float32)
+    w1, b1, w2, b2, w3, b3 = model.get_weights()
+    assert (w1.shape, w2.shape, w3.shape) == ((784, 128), (128, 64), (64, 10))
+    hidden = np.maximum(np.maximum(x @ w1 + b1, 0) @ w2 + b2, 0)
+    np.testing.assert_allclose(model.predict(x, verbose=0), softmax(hidden @ w3 + b3), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "lenet_dropout", "lenet_bn"])
+def test_lenet_outputs_the_softmax_of_its_last_layers_logits(model_name):
+    """Inference output = softmax(features @ W + b) of the last Dense layer, one distribution
+    per image, and different images get different distributions."""
     model = build(model_name)
-    rng = np.random.default_rng(0)
-    x = rng.random((4, *model.input_shape[1:]), dtype=np.float32)
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    last = model.layers[-1]
+    features = keras.Model(model.inputs, last.input)(x, training=False).numpy()
+    weights, bias = last.get_weights()
     probabilities = model.predict(x, verbose=0)
-    assert probabilities.shape == (4, 10)
-    assert (probabilities >= 0).all()
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probabilities, softmax(features @ weights + bias), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(probabilities[0], probabilities[1])  # the input matters
 
 
 def test_summary_lists_layers_and_parameters():

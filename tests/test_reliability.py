@@ -31,9 +31,10 @@ def only_run(uri: str):
     return client, (runs[0] if runs else None)
 
 
-def start_and_wait_for(args: list[str], cwd: Path, uri: str, ready) -> subprocess.Popen:
+def start_and_wait_for(args: list[str], cwd: Path, uri: str, ready, **popen) -> subprocess.Popen:
     """Start hw4-train and return once `ready(client, runs)` holds for the store's runs."""
-    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
+    process = subprocess.Popen(args, cwd=cwd, **popen)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         client = MlflowClient(uri)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,7 @@ def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir
             assert sorted(steps) == [0, 1], (child.info.run_name, name)
     assert float(failed.data.params["optimizer.lr"]) == 1e6
     assert "TrainingDiverged: loss became nan" in failed.data.tags["error"]
+    assert not Path(failed.data.tags["checkpoint_dir"]).exists()  # NaN weights: nothing to resume
     assert parent.info.status == "FINISHED"
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (6, 1)
 
@@ -242,6 +244,80 @@ def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracki
             assert steps(client, child.info.run_id, name) == list(range(epochs)), (child.info.run_name, name)
 
 
+JOBLIB_2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
+@pytest.mark.parametrize(
+    "grid, launcher, signum, whole_group, killed, finished",
+    [
+        # Ctrl-C in a terminal reaches every process of the group
+        (["optimizer.lr=0.001,0.002,0.003,0.004"], [], signal.SIGINT, True, 1, 0),
+        # `timeout`, a scheduler, a container stop: the launcher alone
+        (["optimizer.lr=0.001,0.002,0.003,0.004"], JOBLIB_2, signal.SIGTERM, False, 2, 0),
+        # a 2-epoch job, then a long one: one worker idle when Ctrl-C comes, which must not kill it
+        (["optimizer.lr=0.001", "trainer.epochs=2,100"], JOBLIB_2, signal.SIGINT, True, 1, 1),
+    ],
+    ids=["basic-ctrl-c", "joblib-sigterm-to-launcher", "joblib-ctrl-c-idle-worker"],
+)
+def test_a_stopped_sweep_ends_its_runs_killed_and_leaves_no_process(
+    grid, launcher, signum, whole_group, killed, finished, tmp_path, tracking_uri
+):
+    """Issue 14, item 12: the running jobs end KILLED after their epoch, with their epochs and
+    checkpoints; the jobs not started never start; the parent ends KILLED and counts them; the
+    launcher exits 128 + the signal once its workers are gone, and none is left behind."""
+    import psutil
+
+    from conftest import write_dataset
+    from hw4 import checkpoints
+    from test_reliability import start_and_wait_for, steps
+
+    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)  # epochs long enough to catch
+    args = [
+        "hw4-train", "-m", "model=mlp", "trainer.epochs=100", "trainer.verbose=0",
+        "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}", *grid, *launcher,
+    ]  # fmt: skip
+    planned = 2 if "trainer.epochs=2,100" in grid else 4
+
+    def ready(client, runs):
+        children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
+        done = [r for r in children if r.info.status == "FINISHED"]
+        training = [r for r in children if r.info.status == "RUNNING" and len(steps(client, r.info.run_id, "loss")) >= 2]
+        return len(done) == finished and len(training) == killed
+
+    process = start_and_wait_for(
+        args, tmp_path, tracking_uri, ready, stdout=subprocess.PIPE, start_new_session=True
+    )
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert len(workers) >= (2 if launcher else 0)
+    if finished:
+        time.sleep(3)  # the finished job's worker is back waiting for work: idle
+    if whole_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 128 + signum, err.decode()[-3000:]
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]  # no orphaned loky worker or tracker
+
+    client, parent, children = parent_and_children(tracking_uri)
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["stopped_by"] == signal.Signals(signum).name
+    metrics = parent.data.metrics
+    assert (metrics["jobs_planned"], metrics["jobs_killed"], metrics["jobs_finished"]) == (planned, killed, finished)
+    assert metrics["jobs_not_run"] == planned - killed - finished
+    assert len(children) == killed + finished  # the jobs not started never opened a run
+    for child in (c for c in children if c.info.status != "FINISHED"):
+        assert child.info.status == "KILLED"
+        assert f"run {child.info.run_id} KILLED" in out.decode()  # ended by its own job, not killed hard
+        done = steps(client, child.info.run_id, "loss")
+        assert 2 <= len(done) < 100 and done == list(range(len(done)))  # whole epochs, kept
+        _, state, _ = checkpoints.load(Path(child.data.tags["checkpoint_dir"]))
+        assert state.epoch == len(done) - 1  # the checkpoint holds every logged epoch: resumable
+    assert f"hydra.sweep.dir={tmp_path / 'multirun'}" in out.decode()  # how to finish it
+
+
 def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(data_copy, tracking_uri, tmp_path):
     labels = data_copy / "t10k-labels-idx1-ubyte.gz"
     good = labels.read_bytes()
@@ -252,6 +328,10 @@ def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(
     client = MlflowClient(tracking_uri)
     assert len(runs_by_status(client, parent.info.run_id)["FAILED"]) == 2
 
+    left = [tmp_path / "mlruns" / "checkpoints" / r.info.run_id for r in runs_by_status(client, parent.info.run_id)["FAILED"]]
+    for folder in left:  # as a run that failed mid-training leaves it
+        folder.mkdir(parents=True)
+        (folder / "LATEST").write_text("epoch_0")
     labels.write_bytes(good)  # repaired: data.dir is bookkeeping, so these are the same jobs
     second = sweep(tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")
     assert second.returncode == 0, second.stderr[-3000:]
@@ -263,6 +343,7 @@ def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(
         assert replacement.data.tags["job_key"] == failed.data.tags["job_key"]
     summary = client.get_run(parent.info.run_id).data.metrics
     assert (summary["jobs_finished"], summary["jobs_failed"]) == (2, 0)  # replaced runs left out
+    assert not any(folder.exists() for folder in left)  # a replaced run's checkpoint will not be resumed
 
 
 def test_median_pruning_stops_a_hopeless_job_and_lets_the_others_finish(tiny_data_dir, tracking_uri, tmp_path):
@@ -302,3 +383,58 @@ def test_two_sweeps_started_in_the_same_second_get_their_own_folders():
         cfg.hydra.runtime.cwd = "/launch"
         folders.append(str(cfg.hydra.sweep.dir))
     assert folders[0] != folders[1]
+
+
+def test_after_a_hard_stop_only_runs_whose_process_died_are_ended_killed(tracking_uri, tmp_path):
+    """A second stop signal lets joblib kill its workers: their runs stay RUNNING, and the
+    launcher ends those KILLED. A run whose lock a live process holds (or whose lock is on another
+    machine's disk) is left alone."""
+    from hw4 import locks, names, tracking
+    from hw4.sweep import SweepContext, end_abandoned_children
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("hw4")
+    parent = tracking.create_run(client, experiment_id, "sweep", {})
+    child = {"mlflow.parentRunId": parent.info.run_id, names.JOB_NUM: 0}
+    died, alive, elsewhere = (tracking.create_run(client, experiment_id, n, child).info.run_id for n in "abc")
+    root = tmp_path / "checkpoints"
+    locks.lock_path(root, died).parent.mkdir(parents=True)
+    locks.lock_path(root, died).write_text("pid 1 on a machine")  # left behind, nobody holds it
+    context = SweepContext(tracking_uri, experiment_id, parent.info.run_id, "s")
+    with locks.RunLock(locks.lock_path(root, alive), alive):
+        end_abandoned_children(client, context, root)
+    status = {run_id: client.get_run(run_id).info.status for run_id in (died, alive, elsewhere)}
+    assert status == {died: "KILLED", alive: "RUNNING", elsewhere: "RUNNING"}
+
+
+def test_a_sweep_knows_how_many_jobs_it_plans():
+    """For the summary's jobs_not_run: the basic sweeper's grid as Hydra expands it (globs, the
+    sweeper's params) and Optuna's n_trials."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hw4.sweep import planned_jobs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        load = GlobalHydra.instance().config_loader().load_configuration
+
+        def planned(*overrides: str):
+            return planned_jobs(load("config", list(overrides), run_mode=RunMode.MULTIRUN))
+
+        assert planned("model=glob(*)", "optimizer.lr=1e-3,1e-2") == 4 * 2
+        assert planned("+sweep=lr_seeds", "model=mlp") == 5 * 3
+        assert planned("hparams_search=optuna_lr") == load(
+            "config", ["hparams_search=optuna_lr"], run_mode=RunMode.MULTIRUN
+        ).hydra.sweeper.n_trials
+
+
+def test_a_sweep_whose_every_job_failed_ends_its_parent_failed(tiny_data_dir, tracking_uri, tmp_path):
+    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", "optimizer.lr=1e6,2e6")  # both diverge
+    assert result.returncode == 1
+    assert "loss became nan" in result.stderr
+    _, parent, children = parent_and_children(tracking_uri)
+    assert [c.info.status for c in children] == ["FAILED", "FAILED"]
+    assert parent.info.status == "FAILED"  # ended at exit, though Hydra skipped on_multirun_end
+    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (0, 2)
+    assert parent.data.metrics["jobs_not_run"] == 0  # failed jobs ran

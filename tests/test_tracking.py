@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -50,16 +53,24 @@ def test_flatten_joins_keys_with_dots():
     }
 
 
-def run_and_read(uri: str, body) -> "mlflow.entities.Run":  # noqa: F821
+def run_and_read(uri: str, body, raises: type[BaseException] | None = None) -> "mlflow.entities.Run":  # noqa: F821
+    """Run `body(run)` inside `tracking.start_run`, expecting it to raise `raises` (if given), and
+    return the run as the store then holds it."""
     client = tracking.connect(uri)
     experiment_id = tracking.get_or_create_experiment(client, "statuses", None)
-    run_id = None
-    try:
+    opened = []
+
+    def run_body():
         with tracking.start_run(client, experiment_id, "r", {"model": "m"}) as run:
-            run_id = run.run_id
+            opened.append(run.run_id)
             body(run)
-    finally:
-        assert run_id is not None
+
+    if raises is None:
+        run_body()
+    else:
+        with pytest.raises(raises):
+            run_body()
+    (run_id,) = opened
     return MlflowClient(uri).get_run(run_id)
 
 
@@ -75,29 +86,56 @@ def test_finished_run(tracking_uri):
 
 
 def test_exception_ends_the_run_failed_with_the_error_tag(tracking_uri):
-    captured = {}
-
     def body(run):
-        captured["id"] = run.run_id
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError):
-        run_and_read(tracking_uri, body)
-    result = MlflowClient(tracking_uri).get_run(captured["id"])
+    result = run_and_read(tracking_uri, body, raises=RuntimeError)
     assert result.info.status == "FAILED"
     assert result.data.tags["error"] == "RuntimeError: boom"
 
 
 def test_ctrl_c_ends_the_run_killed(tracking_uri):
-    captured = {}
-
     def body(run):
-        captured["id"] = run.run_id
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        run_and_read(tracking_uri, body)
-    assert MlflowClient(tracking_uri).get_run(captured["id"]).info.status == "KILLED"
+    result = run_and_read(tracking_uri, body, raises=KeyboardInterrupt)
+    assert result.info.status == "KILLED" and "error" not in result.data.tags
+
+
+def test_a_reopened_run_drops_the_error_of_its_interrupted_attempt(tracking_uri):
+    """Resuming a run that failed mid-way: while it trains again, and once it finishes, the
+    error of the earlier attempt no longer shows on it."""
+
+    def fail(run):
+        raise OSError("disk full")
+
+    failed = run_and_read(tracking_uri, fail, raises=OSError)
+    assert failed.data.tags["error"] == "OSError: disk full"
+    client = tracking.connect(tracking_uri)
+    with tracking.start_run(client, failed.info.experiment_id, "r", run_id=failed.info.run_id) as run:
+        assert "error" not in client.get_run(run.run_id).data.tags  # not while it runs again either
+        run.log_metrics({"loss": 0.1}, step=0)
+    reopened = client.get_run(failed.info.run_id)
+    assert reopened.info.status == "FINISHED" and "error" not in reopened.data.tags
+
+
+def test_two_processes_creating_one_experiment_at_once_get_the_same_one(tracking_uri, tmp_path):
+    """Parallel jobs or users starting together: one experiment, and both use it."""
+    start_at = time.time() + 8  # after both processes have imported MLflow
+    script = (
+        "import sys, time; from hw4 import tracking; "
+        f"client = tracking.connect({tracking_uri!r}); time.sleep(max(0, {start_at} - time.time())); "
+        "print(tracking.get_or_create_experiment(client, 'race', None))"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    results = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), [err[-2000:] for _, err in results]
+    ids = {out.strip() for out, _ in results}
+    found = [e for e in MlflowClient(tracking_uri).search_experiments() if e.name == "race"]
+    assert len(found) == 1 and ids == {found[0].experiment_id}
 
 
 def locked() -> Exception:

@@ -59,14 +59,24 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
 
 
 def test_numpy_and_tf_data_pipelines_train_alike(splits):
+    """From the same initial weights, both pipelines see every sample once per epoch in a
+    shuffled order: their batch orders differ, their learning does not. A pipeline that
+    separated images from labels, or dropped batches, would fall behind."""
+    keras.utils.set_random_seed(0)
+    initial = compiled_mlp().get_weights()
     results = {}
     for pipeline in ("numpy", "tf_data"):
-        keras.utils.set_random_seed(0)
-        trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0, "pipeline": pipeline})
-        results[pipeline] = training.fit(compiled_mlp(), splits, trainer, [])
-    for history in results.values():
-        assert history["loss"][-1] < history["loss"][0]
-        assert np.isfinite(history["val_loss"]).all()
+        model = compiled_mlp()
+        model.set_weights(initial)
+        trainer = OmegaConf.merge(TRAINER, {"epochs": 5, "verbose": 0, "pipeline": pipeline})
+        results[pipeline] = training.fit(model, splits, trainer, [])
+    numpy_run, tf_run = results["numpy"], results["tf_data"]
+    assert numpy_run.keys() == tf_run.keys() and len(numpy_run["loss"]) == len(tf_run["loss"]) == 5
+    for history in (numpy_run, tf_run):
+        assert history["loss"][-1] < 0.5 * history["loss"][0]  # both learn
+    assert numpy_run["loss"] != tf_run["loss"]  # two different batch orders, not one pipeline twice
+    np.testing.assert_allclose(numpy_run["val_categorical_accuracy"][-1], tf_run["val_categorical_accuracy"][-1], atol=0.1)
+    np.testing.assert_allclose(numpy_run["loss"], tf_run["loss"], rtol=0.3)  # epoch by epoch, alike
 
 
 class RecordWeights(keras.callbacks.Callback):
@@ -251,7 +261,7 @@ class EpochCounter(keras.callbacks.Callback):
 def test_a_signal_stops_training_after_the_epoch_it_came_in(splits):
     state = checkpoints.CheckpointState()
     trainer = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
-    with pytest.raises(KeyboardInterrupt, match="signal 15 after epoch 1"):
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM: stopped after epoch 1$"):
         training.fit(compiled_mlp(), splits, trainer, [SendSignals(at=0), EpochCounter(state)])
     assert state.epoch == 0  # epoch 0 ended whole (its checkpoint and metrics), no other began
 
@@ -268,8 +278,44 @@ def test_a_signal_in_the_last_epoch_lets_training_complete(splits):
 
 
 def test_a_second_signal_interrupts_at_once(splits):
-    with pytest.raises(KeyboardInterrupt, match="signal 15$"):
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM again: stopped at once$"):
         fit_with_signals(splits, epochs=3, at=0, count=2)
+
+
+class RequestStop(keras.callbacks.Callback):
+    """What another process of the sweep (its launcher, another job) does: write the stop file."""
+
+    def __init__(self, stop_file, at: int):
+        super().__init__()
+        self.stop_file, self.at = stop_file, at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            self.stop_file.write_text(f"{signal.SIGTERM}\n")
+
+
+def test_a_sweeps_stop_file_stops_training_after_the_epoch_like_a_signal(splits, tmp_path):
+    from hw4.signals import RunSignals
+
+    stop_file = tmp_path / "stop_requested"
+    state = checkpoints.CheckpointState()
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
+    with RunSignals(stop_file) as signals:
+        assert not signals.stop_requested
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM: stopped after epoch 2$") as stopped:
+            training.fit(compiled_mlp(), splits, trainer, [RequestStop(stop_file, at=1), EpochCounter(state)], signals=signals)
+    assert state.epoch == 1 and stopped.value.signum == signal.SIGTERM  # named by the launcher
+    assert signals.received is None  # no signal came to this process
+
+
+def test_a_first_signal_in_a_sweep_job_asks_the_whole_sweep_to_stop(tmp_path):
+    from hw4.signals import RunSignals
+
+    stop_file = tmp_path / "sweep" / "stop_requested"
+    with RunSignals(stop_file) as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signals.received == signal.SIGINT
+    assert stop_file.read_text().strip() == str(int(signal.SIGINT))  # every other job reads it
 
 
 def test_run_signals_restore_the_handlers_they_replaced():
@@ -288,3 +334,43 @@ def test_run_signals_restore_the_handlers_they_replaced():
         assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_resuming_logs_the_epoch_a_kill_cut_off_between_its_checkpoint_and_its_metrics(splits, tmp_path, tracking_uri):
+    """The checkpoint is written before the epoch's metrics go to MLflow. A kill between the two
+    leaves the store one epoch behind: resuming logs that epoch from the checkpoint, once."""
+    from hw4 import tracking, train
+
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0})
+    folder = tmp_path / "ckpt"
+    state = checkpoints.CheckpointState()
+    training.fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    client = tracking.connect(tracking_uri)
+    experiment_id = tracking.get_or_create_experiment(client, "gap", None)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.start_run(client, experiment_id, "r") as run:
+            for epoch in (0, 1):  # epoch 2's metrics never reached the store
+                run.log_metrics(state.epoch_logs(epoch), step=epoch)
+            raise KeyboardInterrupt
+    with tracking.start_run(client, experiment_id, "r", run_id=run.run_id) as reopened:
+        model, restored, _ = train.restore_or_build(None, reopened, folder, True, {}, None, splits, None)
+    assert restored.epoch == 2 and model is not None
+    for name in (names.LOSS, names.VAL_LOSS):
+        history = client.get_metric_history(run.run_id, name)
+        assert sorted(m.step for m in history) == [0, 1, 2], name  # the gap filled, nothing twice
+        assert {m.step: m.value for m in history}[2] == pytest.approx(state.history[name][2])
+
+
+def test_op_determinism_does_not_leak_into_the_next_job_of_a_process():
+    """An in-process sweep: a deterministic job, then one that is not. TensorFlow's switch is
+    process-wide; the second job must get the faster nondeterministic ops back."""
+    from tensorflow.python.framework import config as tf_config
+
+    settings = {"seed": 0, "precision": "float32", "threads": None}
+    try:
+        training.configure_runtime(OmegaConf.create({**settings, "deterministic": True}))
+        assert tf_config.is_op_determinism_enabled()
+        training.configure_runtime(OmegaConf.create({**settings, "deterministic": False}))
+        assert not tf_config.is_op_determinism_enabled()
+    finally:
+        tf_config.disable_op_determinism()
