@@ -275,10 +275,11 @@ def main(cfg: DictConfig) -> float:
     try:
         with signals:
             objective = track_run(cfg, job, resume_id, tags, (launch_dir, params, raw, splits), signals, clock)
-            if job.parent_run_id is None:  # a sweep job returns its result; the launcher stops
-                signals.check()  # a signal came after the last epoch began: the run is FINISHED; now stop
     except KeyboardInterrupt as stop:
         return stopped(stop, signals, job)
+    if signals.stop_requested and job.parent_run_id is None:  # a sweep job returns; its launcher stops
+        print(f"stopped ({signal_name(signals.signum())}) after run {job.run_id} FINISHED: it came in the last epoch")
+        raise SystemExit(128 + signals.signum())
     return objective
 
 

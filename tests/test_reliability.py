@@ -62,41 +62,36 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_the_same_run(tiny_data_dir, tracking_uri, tmp_path):
-    args = train_args(tiny_data_dir, tracking_uri)
-    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    client, run = only_run(tracking_uri)
-    run_id = run.info.run_id
-    assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
-    done_before = len(steps(client, run_id, "loss"))
-    assert 3 <= done_before < EPOCHS
-
-    result = subprocess.run(
-        [*args, f"trainer.resume={run_id}"], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming run" in result.stdout
-    client, run = only_run(tracking_uri)
-    assert run.info.run_id == run_id and run.info.status == "FINISHED"
-    for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy"):
-        assert steps(client, run_id, metric) == list(range(EPOCHS)), metric  # no gaps, no repeats
-    assert "test_categorical_accuracy" in run.data.metrics
-    assert not Path(run.data.tags["checkpoint_dir"]).exists()  # removed once finished
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_end_the_run_killed(signum, tiny_data_dir, tracking_uri, tmp_path):
+def test_sigterm_ends_the_run_killed(tiny_data_dir, tracking_uri, tmp_path):
+    """A single run (Ctrl-C: tests/test_sweep.py sends it to a whole process group, and
+    tests/test_training.py covers both signals in-process)."""
     process = start_and_wait_for_epochs(
         train_args(tiny_data_dir, tracking_uri), tmp_path, tracking_uri, epochs=2
     )
-    process.send_signal(signum)
-    assert process.wait(timeout=60) != 0
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
     client, run = only_run(tracking_uri)
     assert run.info.status == "KILLED"
     assert len(steps(client, run.info.run_id, "loss")) >= 2  # the epochs done so far are kept
+
+
+@pytest.mark.slow
+def test_a_signal_after_the_last_epoch_began_lets_the_run_finish_then_stops(tmp_path, tracking_uri):
+    """The run is complete but for its last epoch or its evaluation: it ends FINISHED with its
+    test metrics, and the command still exits as stopped by the signal."""
+    from conftest import write_dataset
+
+    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)  # epochs long enough to catch
+    args = [
+        "hw4-train", "model=mlp", "trainer.epochs=3", "trainer.verbose=0", "tracking.log_model=false",
+        f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
+    ]  # fmt: skip
+    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=2)  # the last one runs
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "FINISHED" and "test_categorical_accuracy" in run.data.metrics
+    assert steps(client, run.info.run_id, "loss") == [0, 1, 2]
 
 
 def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path):
@@ -247,7 +242,8 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     process.send_signal(signal.SIGKILL)
     process.wait()
     client, run = only_run(tracking_uri)
-    assert len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
+    assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
+    assert 3 <= len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
     resumed = subprocess.run([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     alone = subprocess.run([*args, "tracking.experiment=alone"], cwd=tmp_path, capture_output=True, text=True)
@@ -259,3 +255,11 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     (uninterrupted,) = client.search_runs([client.get_experiment_by_name("alone").experiment_id])
     assert len(val_loss(run.info.run_id)) == epochs
     assert val_loss(run.info.run_id) == val_loss(uninterrupted.info.run_id)
+    # The same MLflow run continued: one value per epoch and metric, no gap, no repeat.
+    assert "resuming run" in resumed.stdout
+    client, finished = only_run(tracking_uri)
+    assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
+    for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy"):
+        assert steps(client, run.info.run_id, metric) == list(range(epochs)), metric
+    assert "test_categorical_accuracy" in finished.data.metrics
+    assert not Path(finished.data.tags["checkpoint_dir"]).exists()  # removed once finished

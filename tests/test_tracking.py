@@ -121,16 +121,27 @@ def test_a_reopened_run_drops_the_error_of_its_interrupted_attempt(tracking_uri)
 
 def test_two_processes_creating_one_experiment_at_once_get_the_same_one(tracking_uri, tmp_path):
     """Parallel jobs or users starting together: one experiment, and both use it."""
-    start_at = time.time() + 8  # after both processes have imported MLflow
-    script = (
-        "import sys, time; from hw4 import tracking; "
-        f"client = tracking.connect({tracking_uri!r}); time.sleep(max(0, {start_at} - time.time())); "
-        "print(tracking.get_or_create_experiment(client, 'race', None))"
-    )
+    # Each process imports MLflow and connects, says it is ready, then waits for the start.
+    go = tmp_path / "go"
+    script = "\n".join([
+        "import sys, time",
+        "from pathlib import Path",
+        "from hw4 import tracking",
+        f"client = tracking.connect({tracking_uri!r})",
+        "Path(sys.argv[1]).touch()",
+        f"while not Path({str(go)!r}).exists(): time.sleep(0.001)",
+        "print(tracking.get_or_create_experiment(client, 'race', None))",
+    ])
+    ready = [tmp_path / f"ready{i}" for i in range(3)]
     processes = [
-        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
+        subprocess.Popen([sys.executable, "-c", script, str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in ready
     ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in processes), [p.stderr.read()[-2000:] for p in processes]
+        time.sleep(0.01)
+    go.touch()
     results = [p.communicate(timeout=120) for p in processes]
     assert all(p.returncode == 0 for p in processes), [err[-2000:] for _, err in results]
     ids = {out.strip() for out, _ in results}
