@@ -86,7 +86,7 @@ def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, trackin
 
 
 def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir, tracking_uri, tmp_path):
-    lrs = "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e6"  # SGD at 1e6 turns the loss into NaN
+    lrs = "1e-3,1e-2,3e-2,1e6"  # SGD at 1e6 turns the loss into NaN
     result = sweep(
         tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", f"optimizer.lr={lrs}",
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
@@ -94,10 +94,10 @@ def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir
     assert result.returncode == 1  # Hydra reports the failed job once the sweep is done
     client, parent, children = parent_and_children(tracking_uri)
 
-    assert len(children) == 7
+    assert len(children) == 4
     finished = [c for c in children if c.info.status == "FINISHED"]
     (failed,) = [c for c in children if c.info.status == "FAILED"]
-    assert len(finished) == 6
+    assert len(finished) == 3
     for child in finished:
         for name in EPOCH_METRICS:
             steps = [m.step for m in client.get_metric_history(child.info.run_id, name)]
@@ -106,7 +106,7 @@ def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir
     assert "TrainingDiverged: loss became nan" in failed.data.tags["error"]
     assert not Path(failed.data.tags["checkpoint_dir"]).exists()  # NaN weights: nothing to resume
     assert parent.info.status == "FINISHED"
-    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (6, 1)
+    assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (3, 1)
 
 
 def test_a_job_failing_before_training_still_gets_a_failed_child(tiny_data_dir, tracking_uri, tmp_path):
