@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from hw4 import names
 from hw4.errors import ConfigError
 
 # The repository's conf/ folder. An absolute path, because console scripts run the entrypoint as
@@ -165,7 +166,7 @@ class PromoteConfig:
     """`hw4-promote`: register a sweep's best model in the Model Registry."""
 
     parent: Optional[str] = None  # a sweep's parent run id; null = the latest sweep
-    metric: str = "best_val_categorical_accuracy"  # a child metric; higher is better
+    metric: str = names.OBJECTIVE  # a child metric; higher is better
     name: str = "fashion-mnist"  # registered model name
     alias: str = "champion"
     tracking: TrackingConfig = MISSING

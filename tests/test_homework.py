@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+import os
 import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -125,11 +127,12 @@ def test_results_file_names_the_command_commit_and_machine(homework):
 
 def test_hw4_homework_fails_with_the_jobs_error_and_keeps_the_record(tiny_data_dir, tracking_uri, tmp_path):
     """Every preset failing (here: bad data settings) is exit 1 with the jobs' one-line error;
-    the parent run still holds the failed children and Part 1, and ends FAILED."""
+    the parent run still holds the failed children and Part 1, and ends FAILED. Started with
+    this interpreter and a PATH without hw4's console scripts: its steps must not need them."""
     result = subprocess.run(
-        ["hw4-homework", f"data.dir={tiny_data_dir}", "data.limit=100000", "trainer.epochs=1",
-         "trainer.verbose=0", f"tracking.uri={tracking_uri}"],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-m", "hw4.homework", f"data.dir={tiny_data_dir}", "data.limit=100000",
+         "trainer.epochs=1", "trainer.verbose=0", f"tracking.uri={tracking_uri}"],  # fmt: skip
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 1
     assert "data.limit=100000 is larger than the development set" in result.stderr
