@@ -340,6 +340,7 @@ class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.context: Optional[SweepContext] = None
         self._finished = False
+        self._completed = False
         self._signals: Optional[RunSignals] = None
         self._folder: Optional[Path] = None
         self._planned: Optional[int] = None
@@ -462,6 +463,7 @@ class MlflowSweepCallback(Callback):
         tracking.retry(lambda: client.set_terminated(run.info.run_id, "FAILED"), "end failed job")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._completed = True  # every job returned
         self._finish()
 
     def _stopped_by(self) -> Optional[int]:
@@ -470,6 +472,15 @@ class MlflowSweepCallback(Callback):
         if stop is None or not stop.exists():
             return None
         return stop_signal(stop)
+
+    def _not_run(self, stopped_by: Optional[int]) -> int:
+        """Jobs that never got a run. A sweep that ended in order ran them all; otherwise (stopped,
+        or cut short by a failure) the jobs' marks on this disk are counted."""
+        if self._completed and stopped_by is None:
+            return 0  # also right for Ray jobs on machines whose marks this disk does not see
+        started_dir = self._folder / STARTED_DIR if self._folder else None
+        started = len(list(started_dir.iterdir())) if started_dir and started_dir.is_dir() else 0
+        return max(0, (self._planned or 0) - started)
 
     def _finish(self) -> None:
         if self._finished or self.context is None:
@@ -490,10 +501,8 @@ class MlflowSweepCallback(Callback):
         if stopped_by is not None:
             end_abandoned_children(client, self.context, self._lock_root)
         summary, configurations = summarize(client, self.context)
-        started_dir = self._folder / STARTED_DIR if self._folder else None
-        started = len(list(started_dir.iterdir())) if started_dir and started_dir.is_dir() else 0
         if self._planned is not None:
-            summary.update(jobs_planned=self._planned, jobs_not_run=max(0, self._planned - started))
+            summary.update(jobs_planned=self._planned, jobs_not_run=self._not_run(stopped_by))
         if stopped_by is not None:
             summary[names.STOPPED_BY] = signal_name(stopped_by)
         logger = tracking.RunLogger(client, parent_id)

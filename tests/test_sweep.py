@@ -71,6 +71,8 @@ def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, trackin
     summary = parent.data.metrics
     assert parent.info.status == "FINISHED"
     assert (summary["jobs_finished"], summary["jobs_failed"]) == (3, 0)
+    assert (summary["jobs_planned"], summary["jobs_not_run"]) == (3, 0)
+    assert "stopped_by" not in parent.data.tags
     assert summary["best_lr"] == float(best.data.params["optimizer.lr"])
     assert summary["best_val_categorical_accuracy"] == best.data.metrics["best_val_categorical_accuracy"]
     assert summary["best_test_categorical_accuracy"] == best.data.metrics["test_categorical_accuracy"]
