@@ -275,9 +275,12 @@ class EpochOrder(keras.callbacks.Callback):
             .apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
         )
         arrays = tf.data.Dataset.from_tensors((tf.convert_to_tensor(x), tf.convert_to_tensor(y))).repeat()
+        # Under op determinism tf.data runs a parallel map sequentially anyway, and its rewrite
+        # prints a spurious C++ error line (see evaluate()): ask for the sequential map then.
+        parallel = None if tf_framework_config.is_op_determinism_enabled() else tf.data.AUTOTUNE
         batches = tf.data.Dataset.zip((indices, arrays)).map(
             lambda index, data: (tf.gather(data[0], index), tf.gather(data[1], index)),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=parallel,
         )
         options = tf.data.Options()
         # As Keras does for arrays: no graph rewrites (serialising the arrays would copy them),
@@ -325,8 +328,8 @@ def fit(
         order = EpochOrder(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed)
         inputs = {
             "x": order.dataset,
-            "validation_data": (splits.x_val, splits.y_val),
-            "validation_batch_size": trainer.eval_batch_size,
+            # A dataset, not arrays: see evaluate() (the same batches, without the spurious line).
+            "validation_data": as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size),
             "shuffle": False,  # the dataset orders itself
         }
         callbacks = [order, *callbacks]  # first: the epoch is set before its batches are drawn
@@ -371,7 +374,11 @@ class Evaluation:
 def evaluate(model: keras.Model, splits: Splits, batch_size: int) -> Evaluation:
     """Test loss, accuracy and confusion matrix from one pass of predictions over the test set
     (model.evaluate would make a second pass, and trace a second function)."""
-    probabilities = model.predict(splits.x_test, batch_size=batch_size, verbose=0)
+    # A dataset, not the array: Keras' adapter for arrays maps in parallel, and under op
+    # determinism TensorFlow 2.21's rewrite of that map prints a spurious C++ error line
+    # ("NodeDef mentions attribute use_unbounded_threadpool"). Same predictions, no slower.
+    batches = tf.data.Dataset.from_tensor_slices(splits.x_test).batch(batch_size)
+    probabilities = model.predict(batches, verbose=0)
     predicted = probabilities.argmax(axis=1)
     labels = splits.test_labels
     # The loss the model was compiled with, averaged over the test images as evaluate() does.
