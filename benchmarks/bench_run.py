@@ -3,6 +3,7 @@
     python benchmarks/bench_run.py                       # 3 rounds: about 6 minutes here
     python benchmarks/bench_run.py --rounds 5 --write BENCHMARKS.md
     python benchmarks/bench_run.py --code /tmp/old-checkout   # time another checkout's hw4
+    python benchmarks/bench_run.py --before /tmp/old-checkout # and that one too, in the same rounds
 
 Every measurement is a cold process (or, for the sweep, one process for all jobs), timed from
 launch to exit, alternating hw4 and the plain script within each round:
@@ -13,6 +14,9 @@ launch to exit, alternating hw4 and the plain script within each round:
 - a 5-job in-process sweep, `hw4.train -m optimizer.lr=...` at 3 epochs, against five plain
   scripts run one after another. The plain sweep is not run again: five independent processes
   one after another take five times one, so it is 5 x the median plain 3-epoch run.
+
+With --before, another checkout's hw4 runs the same commands in the same rounds (its own store),
+so that before and after are measured side by side.
 
 Both sides run with verbose=0 and the same data folder. hw4 logs to a sqlite store in a
 temporary folder, created before the first round (so no run pays for creating it).
@@ -103,6 +107,22 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def code_env(env: dict, code: str | None) -> dict:
+    """`env` with the hw4 package of checkout `code` first on PYTHONPATH (unchanged without one)."""
+    if not code:
+        return env
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(code).resolve()), env.get("PYTHONPATH")]))}
+
+
+def create_store(work: Path, env: dict) -> str:
+    """The sqlite store hw4 opens in `work` by default, created before the first timed run."""
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", "from hw4 import tracking; tracking.connect("
+                    "tracking.resolve_uri('sqlite:///mlruns/mlflow.db', '.'))"],  # fmt: skip
+                   cwd=work, env=env, check=True)  # fmt: skip
+    return f"sqlite:///{work}/mlruns/mlflow.db"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -110,6 +130,7 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the 5-job sweep")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--code", help="time the hw4 package of this checkout (put first on PYTHONPATH)")
+    parser.add_argument("--before", help="also time this checkout's hw4 in the same rounds (a before column)")
     parser.add_argument("--write", help="append the tables to this Markdown file")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -118,44 +139,49 @@ def main() -> None:
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": ""}
     env.pop("MLFLOW_TRACKING_URI")  # the benchmark's own store, always
-    if args.code:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(args.code).resolve()), env.get("PYTHONPATH")]))
     began = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
-    store_uri = f"sqlite:///{work}/mlruns/mlflow.db"
-    subprocess.run([sys.executable, "-c", "from hw4 import tracking; import sys; tracking.connect("
-                    "tracking.resolve_uri('sqlite:///mlruns/mlflow.db', '.'))"],  # fmt: skip
-                   cwd=work, env=env, check=True)  # fmt: skip
+    hw4_variants = {"hw4": (work, code_env(env, args.code))}  # name: (working folder, environment)
+    if args.before:
+        hw4_variants["before"] = (work / "before", code_env(env, args.before))
+    store_uri = create_store(work, hw4_variants["hw4"][1])
+    if args.before:
+        create_store(*hw4_variants["before"])
     lrs = ",".join(f"{lr:g}" for lr in SWEEP_LRS)
     walls: dict[str, list[float]] = {}
     for round_ in range(args.rounds):
         for epochs in args.epochs:
-            pair = [("plain", plain_command(args, epochs)), ("hw4", hw4_command(args, epochs))]
-            for name, command in pair if round_ % 2 == 0 else pair[::-1]:
-                walls.setdefault(f"{name} {epochs}", []).append(timed(command, work, env))
+            runs = [("plain", plain_command(args, epochs), work, env)]
+            runs += [(name, hw4_command(args, epochs), cwd, hw4_env) for name, (cwd, hw4_env) in hw4_variants.items()]
+            for name, command, cwd, run_env in runs if round_ % 2 == 0 else runs[::-1]:
+                walls.setdefault(f"{name} {epochs}", []).append(timed(command, cwd, run_env))
         if not args.no_sweep:
             sweep = hw4_command(args, SWEEP_EPOCHS, lrs)
-            walls.setdefault("hw4 sweep", []).append(timed(sweep, work, env))
+            for name, (cwd, hw4_env) in hw4_variants.items():
+                walls.setdefault(f"{name} sweep", []).append(timed(sweep, cwd, hw4_env))
         print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in walls.items()), flush=True)
 
     rows = run_rows(store_uri)
     lines = [f"### Whole runs, MLP, {args.rounds} rounds, median wall seconds of cold processes", "",
-             "| run | plain Keras script | hw4-train | hw4 / plain | target |", "|---|---|---|---|---|"]  # fmt: skip
-    ratios = {}
+             "| run | plain Keras script | " + ("hw4 before | before / plain | " if args.before else "")
+             + "hw4-train | hw4 / plain | target |", "|---|---|---|---|---|" + ("---|---|" if args.before else "")]  # fmt: skip
+
+    def row(label: str, plain: float, key: str, target: float | None) -> str:
+        cells = []
+        for name in hw4_variants if not args.before else ("before", "hw4"):
+            hw4 = median(walls[f"{name} {key}"])
+            bold = "**" if name == "hw4" else ""
+            cells.append(f"{hw4:.1f} | {bold}{hw4 / plain:.2f}x{bold}")
+        ratio = median(walls[f"hw4 {key}"]) / plain
+        verdict = f"at most {target:.2f}x: {'met' if ratio <= target else 'missed'}" if target else ""
+        return f"| {label} | {plain:.1f} | " + " | ".join(cells) + f" | {verdict} |"
+
     for epochs in args.epochs:
-        plain, hw4 = median(walls[f"plain {epochs}"]), median(walls[f"hw4 {epochs}"])
-        ratios[epochs] = hw4 / plain
-        target = TARGETS.get(epochs)
-        verdict = f"at most {target:.2f}x: {'met' if ratios[epochs] <= target else 'missed'}" if target else ""
-        lines.append(f"| {epochs} epoch(s), part3_mlp | {plain:.1f} | {hw4:.1f} | **{ratios[epochs]:.2f}x** | {verdict} |")
+        lines.append(row(f"{epochs} epoch(s), part3_mlp", median(walls[f"plain {epochs}"]), str(epochs), TARGETS.get(epochs)))
     if not args.no_sweep:
         plain_sweep = len(SWEEP_LRS) * median(walls[f"plain {SWEEP_EPOCHS}"])
-        hw4_sweep = median(walls["hw4 sweep"])
-        ratio = hw4_sweep / plain_sweep
-        lines.append(
-            f"| {len(SWEEP_LRS)}-job lr sweep, {SWEEP_EPOCHS} epochs (plain: 5 x one script) | {plain_sweep:.1f} | "
-            f"{hw4_sweep:.1f} | **{ratio:.2f}x** | at most {SWEEP_TARGET}x: {'met' if ratio <= SWEEP_TARGET else 'missed'} |"
-        )
+        label = f"{len(SWEEP_LRS)}-job lr sweep, {SWEEP_EPOCHS} epochs (plain: 5 x one script)"
+        lines.append(row(label, plain_sweep, "sweep", SWEEP_TARGET))
         costs = later_job_costs(rows)
         lines += [] if not costs else ["", f"A sweep job after the first, beyond its epochs and evaluation: median **{median(costs):.2f} s** "
                   f"(range {min(costs):.2f} to {max(costs):.2f} s over {len(costs)} jobs; target at most "
@@ -180,7 +206,7 @@ def main() -> None:
     accuracies = sorted({(r["epochs"], r["lr"], round(r["test_accuracy"], 4)) for r in rows if r["test_accuracy"] is not None})
     lines += ["", "hw4's test accuracy (epochs, lr, accuracy; the same in every round): "
               + ", ".join(f"{e}, {lr}: {a:.4f}" for e, lr, a in accuracies)]  # fmt: skip
-    lines += ["", f"`python benchmarks/bench_run.py --rounds {args.rounds}` took {(time.perf_counter() - began) / 60:.1f} min.", ""]
+    lines += ["", f"`python benchmarks/bench_run.py --rounds {args.rounds}{' --before ...' if args.before else ''}` took {(time.perf_counter() - began) / 60:.1f} min.", ""]
     text = "\n".join(lines)
     print(text)
     print(json.dumps({"walls": walls}), file=sys.stderr)

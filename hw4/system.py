@@ -1,10 +1,14 @@
-"""What this machine lets the process use (no TensorFlow, no MLflow)."""
+"""What this machine lets the process use, and how it ends (no TensorFlow, no MLflow)."""
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
 
@@ -21,3 +25,32 @@ def usable_cores() -> int:
     except (OSError, ValueError):  # no cgroup v2 limit to read
         pass
     return max(1, cores)
+
+
+def others_running() -> list[str]:
+    """What a normal exit would wait for: non-daemon threads besides this one, child processes."""
+    import psutil
+
+    threads = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    children = [f"process {child.pid}" for child in psutil.Process().children()]
+    return threads + children
+
+
+def exit_now(status: int = 0) -> NoReturn:
+    """End the process with `status`, skipping the interpreter's teardown when nothing else runs.
+
+    After a run that loaded TensorFlow, Python's own exit spends 1.5 to 1.9 s here finalizing
+    modules (its atexit handlers take under 1 ms). Everything of a normal exit that keeps data
+    still happens: the atexit handlers (logging flushes and closes its files, MLflow's and
+    multiprocessing's handlers, temporary folders' removal) and the flush of stdout and stderr.
+    With another thread or a child process still alive (a joblib launcher's workers), the exit
+    is the normal one, which waits for them."""
+    if others_running():
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed or replaced stream: nothing to flush
+            pass
+    os._exit(status)

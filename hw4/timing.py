@@ -12,9 +12,11 @@ only the main thread's wait for it (`wait_background`) is on the run's critical 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
@@ -25,12 +27,22 @@ _first_lock = threading.Lock()
 
 
 def process_start() -> Optional[float]:
-    """When this process started, in seconds since the epoch (None if unknown)."""
+    """When this process started, in seconds since the epoch (None if unknown).
+
+    On Linux, from the process's age: /proc/uptime less its start tick in /proc/self/stat, both
+    counted from boot. psutil adds the start tick to the boot time in /proc/stat, which is in
+    whole seconds, so its answer is up to a second early (0.66 s on the project's machine)."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows): psutil's estimate
+        pass
     try:
         import psutil
 
         return psutil.Process().create_time()
-    except Exception:  # psutil missing or /proc unreadable: no startup time, nothing else lost
+    except Exception:  # psutil missing or unreadable: no startup time, nothing else lost
         return None
 
 

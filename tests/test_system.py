@@ -45,3 +45,52 @@ def test_parallel_sweep_jobs_split_the_usable_cores(monkeypatch):
     trainer = OmegaConf.create({"seed": 0, "precision": "float32", "deterministic": False, "threads": None})
     training.configure_runtime(trainer, parallel_jobs=2)
     assert seen == {"intra": 2, "inter": 2}
+
+
+EXIT_SCRIPT = """
+import atexit, subprocess, sys, threading, time
+from pathlib import Path
+from hw4 import system
+
+out = Path(sys.argv[1])
+atexit.register(lambda: out.joinpath("atexit").write_text("ran"))
+if sys.argv[2] == "thread":  # a non-daemon thread still working: the exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.5), out.joinpath("thread").write_text("done"))).start()
+if sys.argv[2] == "child":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+print("buffered line", end="")  # stdout is a pipe, so block-buffered: lost unless flushed
+system.exit_now(3)
+"""
+
+
+@pytest.mark.parametrize("running", ["nothing", "thread", "child"])
+def test_exit_now_keeps_what_a_normal_exit_keeps(tmp_path, running):
+    import subprocess
+    import sys
+
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), running], capture_output=True, text=True, env=env)
+    assert done.returncode == 3 and done.stdout == "buffered line", done.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    if running == "thread":
+        assert (tmp_path / "thread").read_text() == "done"
+
+
+def test_exit_now_sees_what_still_runs():
+    import subprocess
+    import sys
+    import threading
+
+    already = system.others_running()  # e.g. an MLflow download pool left by earlier tests
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, name="worker")
+    worker.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert system.others_running() == [*already, "worker", f"process {child.pid}"]
+    finally:
+        release.set()
+        worker.join()
+        child.kill()
+        child.wait()
+    assert system.others_running() == already
