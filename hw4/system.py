@@ -39,7 +39,7 @@ def others_running() -> list[str]:
 def exit_now(status: int = 0) -> NoReturn:
     """End the process with `status`, skipping the interpreter's teardown when nothing else runs.
 
-    After a run that loaded TensorFlow, Python's own exit spends 1.5 to 1.9 s here finalizing
+    After a run that loaded TensorFlow, Python's own exit spends 1.7 to 1.9 s finalizing
     modules (its atexit handlers take under 1 ms). Everything of a normal exit that keeps data
     still happens: the atexit handlers (logging flushes and closes its files, MLflow's and
     multiprocessing's handlers, temporary folders' removal) and the flush of stdout and stderr.

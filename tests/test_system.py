@@ -1,8 +1,12 @@
-"""The cores a process may use: affinity and cgroup quota, not the machine's count."""
+"""The cores a process may use (affinity and cgroup quota, not the machine's count), and how
+it ends (exit_now)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -56,7 +60,7 @@ out = Path(sys.argv[1])
 atexit.register(lambda: out.joinpath("atexit").write_text("ran"))
 if sys.argv[2] == "thread":  # a non-daemon thread still working: the exit waits for it
     threading.Thread(target=lambda: (time.sleep(0.5), out.joinpath("thread").write_text("done"))).start()
-if sys.argv[2] == "child":
+if sys.argv[2] == "child":  # a child still running: the normal exit
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
 print("buffered line", end="")  # stdout is a pipe, so block-buffered: lost unless flushed
 system.exit_now(3)
@@ -65,11 +69,9 @@ system.exit_now(3)
 
 @pytest.mark.parametrize("running", ["nothing", "thread", "child"])
 def test_exit_now_keeps_what_a_normal_exit_keeps(tmp_path, running):
-    import subprocess
-    import sys
-
     env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
-    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), running], capture_output=True, text=True, env=env)
+    command = [sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), running]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     assert done.returncode == 3 and done.stdout == "buffered line", done.stderr
     assert (tmp_path / "atexit").read_text() == "ran"
     if running == "thread":
@@ -77,10 +79,6 @@ def test_exit_now_keeps_what_a_normal_exit_keeps(tmp_path, running):
 
 
 def test_exit_now_sees_what_still_runs():
-    import subprocess
-    import sys
-    import threading
-
     already = system.others_running()  # e.g. an MLflow download pool left by earlier tests
     release = threading.Event()
     worker = threading.Thread(target=release.wait, name="worker")

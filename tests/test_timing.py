@@ -38,7 +38,7 @@ def test_the_process_start_is_when_the_interpreter_started():
     # second earlier, not most of a second (psutil's boot time in whole seconds was 0.66 s off).
     code = "import time; now = time.time(); from hw4 import timing; print(now - timing.process_start())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    assert 0.0 <= age < 0.3
+    assert 0.0 <= age < 0.4
 
 
 def test_background_work_is_reported_apart_from_the_critical_path():
