@@ -168,7 +168,7 @@ def main() -> None:
 
     def row(label: str, plain: float, key: str, target: float | None) -> str:
         cells = []
-        for name in hw4_variants if not args.before else ("before", "hw4"):
+        for name in ("before", "hw4") if args.before else ("hw4",):  # the before column first
             hw4 = median(walls[f"{name} {key}"])
             bold = "**" if name == "hw4" else ""
             cells.append(f"{hw4:.1f} | {bold}{hw4 / plain:.2f}x{bold}")
