@@ -47,7 +47,6 @@ class RunLock:
         self._file = None
 
     def acquire(self) -> None:
-        run_id = self.run_id
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
@@ -57,7 +56,7 @@ class RunLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise TrackingError(
-                f"run {run_id} is being trained by a live process ({holder}); "
+                f"run {self.run_id} is being trained by a live process ({holder}); "
                 "wait for it or stop it before resuming"
             ) from None
         handle.truncate(0)

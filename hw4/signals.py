@@ -70,7 +70,8 @@ class RunSignals:
     def check(self) -> None:
         """Stop here (Stopped, a KeyboardInterrupt) if a stop was asked for."""
         if self.stop_requested:
-            raise Stopped(self.signum(), f"{signal_name(self.signum())}: stopped")
+            signum = self.signum()
+            raise Stopped(signum, f"{signal_name(signum)}: stopped")
 
     def __enter__(self) -> "RunSignals":
         if threading.current_thread() is threading.main_thread():  # signals need the main thread

@@ -225,11 +225,11 @@ def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Any) -> float:
     signum = getattr(stop, "signum", 0) or signals.signum() or signal.SIGINT
     if job.run_id is None:
         print(f"stopped ({signal_name(signum)}) before the run began")
-    elif job.parent_run_id:
-        print(f"stopped ({signal_name(signum)}): run {job.run_id} KILLED, its epochs and checkpoint kept")
     else:
-        print(f"stopped ({signal_name(signum)}): run {job.run_id} KILLED, its epochs and checkpoint kept; "
-              f"continue it with the same command and trainer.resume={job.run_id}")
+        how_to_continue = "" if job.parent_run_id else (
+            f"; continue it with the same command and trainer.resume={job.run_id}"
+        )
+        print(f"stopped ({signal_name(signum)}): run {job.run_id} KILLED, its epochs and checkpoint kept{how_to_continue}")
     if job.parent_run_id:
         return float("nan")
     raise SystemExit(128 + signum)
