@@ -11,6 +11,7 @@ Imports Keras: used only once training starts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 BEST_FILE = "best_weights.npz"  # the best validation epoch's weights (trainer.restore_best)
 LATEST = "LATEST"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,8 +48,10 @@ class CheckpointState:
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model, optimizer state and history at the end of every epoch.
 
-    Each epoch goes to its own folder; the pointer file LATEST then switches to it with an
-    atomic rename, so a kill at any moment leaves one complete, consistent checkpoint.
+    Each epoch goes to its own folder, flushed to the disk; the pointer file LATEST then
+    switches to it with an atomic rename, so a kill or a power loss at any moment leaves one
+    complete, consistent checkpoint. The epoch before stays as a fallback until the next one is
+    complete and durable.
     `best_weights()`, when given, returns the weights of the best epoch so far (a list of arrays,
     or None), which the epoch's folder keeps too, so that restoring the best epoch survives a resume.
 
@@ -76,30 +80,70 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if best is not None:
             np.savez(epoch_dir / BEST_FILE, *best)
         (epoch_dir / STATE_FILE).write_text(json.dumps(self.state.__dict__))
+        # Durable before LATEST points at it: after a power loss LATEST must not name files
+        # whose data never reached the disk.
+        for path in epoch_dir.iterdir():
+            _fsync(path)
+        _fsync(epoch_dir)
         previous = _latest_dir(self.folder)
         pointer_tmp = self.folder / f".{LATEST}.tmp"
         pointer_tmp.write_text(epoch_dir.name)
+        _fsync(pointer_tmp)
         os.replace(pointer_tmp, self.folder / LATEST)
-        if previous is not None and previous != epoch_dir:
-            shutil.rmtree(previous, ignore_errors=True)
+        _fsync(self.folder)
+        # Keep the epoch before this one as the fallback (`load`); older ones go.
+        for old in self.folder.glob("epoch-*"):
+            if old not in (epoch_dir, previous):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _latest_dir(folder: Path) -> Optional[Path]:
     pointer = Path(folder) / LATEST
-    return Path(folder) / pointer.read_text().strip() if pointer.is_file() else None
+    try:
+        name = pointer.read_text().strip()
+    except OSError:
+        return None
+    return Path(folder) / name if name else None
+
+
+def _epoch_dirs(folder: Path) -> list[Path]:
+    """The epoch folders to try, best first: the one LATEST names, then the others, newest first."""
+    latest = _latest_dir(folder)
+    others = sorted((d for d in Path(folder).glob("epoch-*") if d != latest), reverse=True)
+    return ([latest] if latest is not None and latest.is_dir() else []) + others
 
 
 def exists(folder: Path) -> bool:
-    return _latest_dir(folder) is not None
+    return bool(_epoch_dirs(folder))
 
 
 def load(folder: Path) -> tuple[keras.Model, CheckpointState, Optional[list]]:
     """The compiled model (optimizer state included), the history, and the best epoch's weights
-    (None unless they were kept) of the latest checkpoint."""
-    epoch_dir = _latest_dir(folder)
-    if epoch_dir is None:
-        raise FileNotFoundError(f"no checkpoint in {folder}")
+    (None unless they were kept) of the latest checkpoint that reads back whole; a damaged one
+    (a zero-length file after a power loss) falls back to the epoch before it."""
+    problems = []
+    for epoch_dir in _epoch_dirs(folder):
+        try:
+            return _load_epoch(epoch_dir)
+        except Exception as exc:  # any damage: truncated zip, bad JSON, missing file
+            problems.append(f"{epoch_dir.name}: {type(exc).__name__}: {str(exc)[:200]}")
+            log.warning("checkpoint %s cannot be read (%s); trying the one before", epoch_dir, problems[-1])
+    raise FileNotFoundError(f"no readable checkpoint in {folder}" + (f" ({'; '.join(problems)})" if problems else ""))
+
+
+def _load_epoch(epoch_dir: Path) -> tuple[keras.Model, CheckpointState, Optional[list]]:
     state = CheckpointState(**json.loads((epoch_dir / STATE_FILE).read_text()))
+    if not epoch_dir.name.endswith(f"{state.epoch:04d}"):
+        raise ValueError(f"its state is of epoch {state.epoch}")
     best = None
     if (epoch_dir / BEST_FILE).is_file():
         with np.load(epoch_dir / BEST_FILE) as arrays:

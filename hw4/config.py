@@ -124,6 +124,9 @@ class TrackingConfig:
     log_model: bool = True
     # MLflow's system metrics (CPU, memory, ...) sampled during each run.
     system_metrics: bool = False
+    # Seconds one store call keeps retrying transient errors (a database or server restart)
+    # before the run gives up; it then ends resumable: KILLED, or RUNNING if the store is gone.
+    retry_s: float = 90.0
 
 
 @dataclass
@@ -166,9 +169,11 @@ class PromoteConfig:
     """`hw4-promote`: register a sweep's best model in the Model Registry."""
 
     parent: Optional[str] = None  # a sweep's parent run id; null = the latest sweep
-    metric: str = names.OBJECTIVE  # a child metric; higher is better
+    metric: str = names.OBJECTIVE  # a child metric; lower is better for losses, higher otherwise
     name: str = "fashion-mnist"  # registered model name
     alias: str = "champion"
+    # Promote a winner with failed, killed, pruned or missing seeds (refused by default).
+    allow_incomplete: bool = False
     tracking: TrackingConfig = MISSING
 
 

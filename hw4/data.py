@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import label_binarize
 
 from hw4.errors import DataError
 
@@ -161,6 +159,8 @@ def stratified_subset(
     if size == len(y):
         return x, y
     try:
+        from sklearn.model_selection import train_test_split  # here: the digest needs no scikit-learn
+
         x_sub, _, y_sub, _ = train_test_split(x, y, train_size=size, stratify=y, random_state=seed)
     except ValueError as exc:
         raise DataError(f"data.limit={size}: cannot take a stratified subset ({exc})") from None
@@ -177,6 +177,8 @@ def to_model_input(images: np.ndarray, input_shape: Sequence[int]) -> np.ndarray
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    from sklearn.preprocessing import label_binarize
+
     return label_binarize(labels, classes=list(range(n_classes))).astype(np.float32)
 
 
@@ -200,6 +202,8 @@ def prepare(
             f" with every one of {n_classes} classes on both sides; raise data.limit"
         )
     try:
+        from sklearn.model_selection import train_test_split
+
         x_train, x_val, y_train, y_val = train_test_split(
             x_dev, y_dev, test_size=val_fraction, stratify=y_dev, random_state=seed
         )
@@ -214,6 +218,33 @@ def prepare(
         x_test=to_model_input(x_test, input_shape),
         y_test=one_hot(y_test, n_classes),
     )
+
+
+KERAS_SOURCE = "keras.datasets"  # data.dir=null: the published set, through Keras' loader
+
+
+def source_digest(data_dir: Optional[str | Path]) -> str:
+    """A content hash of the four IDX files (as stored, compressed), computed before the data
+    loads: what a run's identity (config_key) hashes instead of the folder's path. Runs on the
+    same files share it wherever the files lie; other data gets another key."""
+    if not data_dir:
+        return KERAS_SOURCE
+    return _source_digest(str(data_dir), files_stamp(data_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _source_digest(data_dir: str, _stamp: tuple) -> str:  # the stamp: files changed, hash again
+    if not Path(data_dir).is_dir():
+        raise DataError(f"{data_dir}: data folder not found (data.dir / HW4_DATA_DIR)")
+    hasher = hashlib.sha256()
+    for name in IDX_FILES.values():
+        path = Path(data_dir) / name
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return hasher.hexdigest()[:16]
 
 
 def files_stamp(data_dir: Optional[str | Path]) -> tuple:

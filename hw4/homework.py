@@ -16,6 +16,8 @@ They run with this interpreter (`python -m hw4.train`), not whatever `hw4-train`
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -39,6 +41,19 @@ def split_repeats(arguments: list[str]) -> tuple[int, list[str]]:
         print(f"{REPEATS} must be a whole number >= 1, got {value!r}", file=sys.stderr)
         sys.exit(2)
     return int(value), rest
+
+
+def tracking_uri(tracking_overrides: list[str]) -> str:
+    """The store hw4-train used: its tracking.uri override, else what conf/tracking/default.yaml
+    resolves to (MLFLOW_TRACKING_URI, else the embedded sqlite store)."""
+    from hydra import compose, initialize_config_dir
+
+    from hw4 import config
+
+    config.register_configs()
+    with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=tracking_overrides)
+    return cfg.tracking.uri
 
 
 def main() -> None:
@@ -66,13 +81,13 @@ def main() -> None:
          f"hydra.run.dir={sweep_dir / 'scratch'}"]  # fmt: skip
     )
 
-    from mlflow.tracking import MlflowClient
+    from hw4 import report, tracking
+    from hw4.sweep import store_uri
 
-    from hw4 import report
-
-    client = MlflowClient(context.tracking_uri)
+    client = tracking.client_for(store_uri(context, tracking_uri(tracking_overrides), os.getcwd()))
     client.set_tag(context.parent_run_id, HOMEWORK_TAG, "true")
-    client.set_tag(context.parent_run_id, COMMAND_TAG, " ".join(["hw4-homework", *sys.argv[1:]]))
+    command = ["hw4-homework", *(tracking.redact(a) for a in sys.argv[1:])]
+    client.set_tag(context.parent_run_id, COMMAND_TAG, " ".join(shlex.quote(a) for a in command))
     html = report.build(client, context.parent_run_id, Path("reports") / context.parent_run_id)
     print(f"report: {html} and {html.with_name(report.REPORT_MD)}")
     print(f"parent run {context.parent_run_id}; total wall time {time.perf_counter() - started:.0f} s")

@@ -32,6 +32,10 @@ OBJECTIVE = BEST_VAL_ACCURACY
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)
 CONFIG_KEY = "config_key"
 JOB_KEY = "job_key"
+# The job as planned, whatever data it ran on (job_key without the data's digest): a FAILED
+# attempt is replaced by any later attempt at the same plan, even one on repaired data.
+PLAN_KEY = "plan_key"
+LAUNCH_ID = "launch_id"  # which launch of a sweep last opened the run (a continue is a new launch)
 SWEEP_ID = "sweep_id"
 SWEEP_ROLE = "sweep"  # "parent" on a sweep's parent run
 JOB_NUM = "hydra_job_num"
@@ -45,7 +49,9 @@ CREATION_TOKEN = "hw4.creation_token"  # makes creating a run safe to retry (tra
 # Config keys that say how or where a run happens, not what it trains: a run's identity leaves
 # them out, so a resumed or relocated run is the same configuration.
 BOOKKEEPING = (
-    "data.dir",
+    "data.dir",  # where the data is; its content is `data.digest`, which counts
+    "trainer.steps_per_execution",  # batches per compiled call: the same updates in the same order
+    "trainer.eval_batch_size",  # evaluation batches: no gradients, the same metrics
     "trainer.verbose",
     "trainer.resume",
     "trainer.threads",
@@ -54,6 +60,9 @@ BOOKKEEPING = (
     "tracking.",  # every tracking setting
 )
 SEED = "trainer.seed"
+DATA_DIGEST = "data.digest"  # a content hash of the data files, added to the params by hw4-train
+# Spellings of "unset" that must not split a configuration (YAML null, a "none" switch value).
+UNSET = {"None", "none", "null", ""}
 
 
 def children_filter(parent_run_id: str) -> str:
@@ -65,8 +74,13 @@ def is_bookkeeping(key: str) -> bool:
     return any(key == b or (b.endswith(".") and key.startswith(b)) for b in BOOKKEEPING)
 
 
+def _canonical(value: Any) -> str:
+    text = str(value)
+    return "None" if text in UNSET else text
+
+
 def _digest(params: Mapping[str, Any]) -> str:
-    text = json.dumps({k: str(v) for k, v in sorted(params.items())}, sort_keys=True)
+    text = json.dumps({k: _canonical(v) for k, v in sorted(params.items())}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -78,3 +92,8 @@ def config_key(params: Mapping[str, Any]) -> str:
 def job_key(params: Mapping[str, Any]) -> str:
     """A short hash of the flattened config without bookkeeping: one seed of one configuration."""
     return _digest({k: v for k, v in params.items() if not is_bookkeeping(k)})
+
+
+def plan_key(params: Mapping[str, Any]) -> str:
+    """`job_key` without the data's digest: the job as the sweep planned it (see PLAN_KEY)."""
+    return job_key({k: v for k, v in params.items() if k != DATA_DIGEST})

@@ -105,17 +105,21 @@ def overlaid_curves(curves: Mapping[str, tuple], ylabel: str) -> Figure:
     return fig
 
 
-def metric_vs_lr(frame, metric: str, group: Sequence[str] = ("model", "optimizer")) -> Figure:
-    """`metric` against the learning rate on a log axis, one line per combination of `group`:
-    the mean over the runs at each learning rate, with ±1 std error bars where there are repeats."""
+def metric_vs_lr(points, metric: str) -> Figure:
+    """`metric` against the learning rate on a log axis: one marker per configuration (the mean
+    over its seeds, ±1 std error bars where there are repeats; open when incomplete), a line per
+    `points["line"]`. `points` has columns line, lr, mean, std and complete (hw4.compare.lr_points)."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
-    for name, rows in frame.dropna(subset=[metric]).groupby(list(group)):
-        stats = rows.groupby("lr")[metric].agg(["mean", "std"]).sort_index()
-        ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                    label="/".join(map(str, name)))
+    for line, rows in points.groupby("line", sort=True):
+        rows = rows.sort_values("lr")
+        (drawn, *_) = ax.errorbar(rows["lr"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3, label=line)
+        if "complete" in rows:  # open markers: failed, killed, pruned or missing seeds
+            open_ = rows[~rows["complete"].astype(bool)]
+            ax.plot(open_["lr"], open_["mean"], "o", color=drawn.get_color(), markerfacecolor="white", zorder=3)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel=metric.replace("_", " "), title=f"{metric} vs learning rate")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(title="/".join(group))
+    if len(points):
+        ax.legend(title="mean ± std over seeds (open: incomplete)")
     return fig

@@ -4,8 +4,10 @@
 scratch run and the four experiment presets), downloads their figures and texts, and renders
 one self-contained HTML file (figures embedded as data URIs, no external resources) and the same
 content as Markdown beside the PNGs. Every number comes from a run's metrics, params or
-artifacts; nothing is recomputed here except summaries of logged histories (best epoch, the
-final train/validation loss gap).
+artifacts; nothing is recomputed here except summaries of logged histories (the final
+train/validation loss gap, and the best epoch of runs from before best-epoch metrics). Sweeps are
+ranked as hw4-compare, the sweep summary and hw4-promote rank them (hw4.runs): by their best
+configuration's mean over seeds, complete ones first.
 
 No TensorFlow.
 """
@@ -24,7 +26,6 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from hw4 import artifacts, names
 from hw4.scratch import SCRATCH_RUN_NAME
-from hw4.errors import ConfigError
 
 PRESETS = {  # run name -> (part, title, the homework's own test accuracy)
     "part3_mlp": (3, "MLP 784-128-64-10", 0.870),
@@ -43,6 +44,8 @@ FIGURES = {
 }
 REPORT_HTML, REPORT_MD, RESULTS_MD = "report.html", "report.md", "results.md"
 SAMPLES_FROM = "part3_mlp"
+# A sweep parent's summary (hw4.runs.summarize): its best configuration's mean, its verdict.
+SWEEP_MEAN, SWEEP_VERDICT = "best_config_mean_val_categorical_accuracy", "verdict"
 
 
 def history(client: Any, run_id: str, metric: str) -> list[float]:
@@ -50,10 +53,18 @@ def history(client: Any, run_id: str, metric: str) -> list[float]:
 
 
 def _artifact(client: Any, run_id: str, path: str, into: Path) -> Optional[Path]:
+    """The artifact downloaded into `into`; None when the run has none (a failed run, say: the
+    section says so). Other errors (auth, network) are not an absent artifact: they propagate."""
+    from mlflow.exceptions import MlflowException
+
+    from hw4 import runs
+
     try:
         return Path(client.download_artifacts(run_id, path, str(into)))
-    except Exception:  # absent (e.g. a failed run): the section says so
-        return None
+    except MlflowException as exc:
+        if runs.does_not_exist(exc):
+            return None
+        raise
 
 
 def training_section(client: Any, run: Any, scratch_dir: Path, figures_dir: Path) -> dict:
@@ -70,11 +81,9 @@ def training_section(client: Any, run: Any, scratch_dir: Path, figures_dir: Path
         "test_accuracy": run.data.metrics.get(names.TEST_ACCURACY),
     }
     curves = {m: history(client, run_id, m) for m in (names.LOSS, names.VAL_LOSS, names.VAL_ACCURACY)}
+    section.update(best_epoch(run.data.metrics, curves[names.VAL_ACCURACY]))
     if curves[names.VAL_ACCURACY]:
-        val = curves[names.VAL_ACCURACY]
-        section["best_val_epoch"] = 1 + val.index(max(val))
-        section["best_val_accuracy"] = max(val)
-        section["final_val_accuracy"] = val[-1]
+        section["final_val_accuracy"] = curves[names.VAL_ACCURACY][-1]
     if curves[names.LOSS] and curves[names.VAL_LOSS]:
         section["final_loss"], section["final_val_loss"] = curves[names.LOSS][-1], curves[names.VAL_LOSS][-1]
         section["loss_gap"] = curves[names.VAL_LOSS][-1] - curves[names.LOSS][-1]
@@ -96,41 +105,77 @@ def training_section(client: Any, run: Any, scratch_dir: Path, figures_dir: Path
     return section
 
 
+def best_epoch(metrics: dict[str, float], val_accuracy: list[float]) -> dict[str, Any]:
+    """The best epoch (1-based) and its validation accuracy, as the run logged them; from the
+    history only for runs from before best-epoch metrics."""
+    if names.BEST_EPOCH in metrics and names.BEST_VAL_ACCURACY in metrics:
+        return {"best_val_epoch": int(metrics[names.BEST_EPOCH]) + 1, "best_val_accuracy": metrics[names.BEST_VAL_ACCURACY]}
+    if not val_accuracy:
+        return {}
+    return {"best_val_epoch": 1 + val_accuracy.index(max(val_accuracy)), "best_val_accuracy": max(val_accuracy)}
+
+
 def scratch_section(client: Any, run: Any, scratch_dir: Path) -> dict:
     local = _artifact(client, run.info.run_id, "gradients.json", scratch_dir / run.info.run_id)
     gradients = json.loads(local.read_text()) if local else {}
     return {"run_id": run.info.run_id, "L": run.data.metrics.get("L"), "gradients": gradients}
 
 
+def sweep_result(client: Any, parent: Any) -> Optional[dict]:
+    """A sweep's best configuration and its verdict, as its parent's summary logged them; for
+    a sweep that logged no verdict (an older or unfinished one), recomputed from its children
+    by the same ranking (hw4.runs.summarize). None when nothing in it ranks."""
+    from hw4 import runs
+
+    tags, metrics = parent.data.tags, parent.data.metrics
+    summary: dict[str, Any] = {**metrics, **tags}
+    if SWEEP_VERDICT not in tags or SWEEP_MEAN not in metrics:
+        children = runs.training_runs(client, parent.info.experiment_id, parent.info.run_id)
+        summary = runs.summarize(children)[0]
+    if summary.get(SWEEP_MEAN) is None or summary.get("best_model") is None:
+        return None
+    return {
+        "model": summary["best_model"],
+        "val": summary[SWEEP_MEAN],
+        "test": summary.get("best_config_mean_test_categorical_accuracy"),
+        "lr": summary.get("best_lr"),
+        "n": int(summary.get("best_config_runs", 0)),
+        "planned": int(summary.get("best_config_planned", summary.get("best_config_runs", 0))),
+        "complete": bool(summary.get("best_config_complete", True)),
+        "tied_with_best": summary.get("tied_with_best", ""),
+        "verdict": summary.get(SWEEP_VERDICT, ""),
+        "run_id": summary.get("best_run_id"),
+        "sweep_run_id": parent.info.run_id,
+    }
+
+
 def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
-    """Per model, the best run of learning-rate sweeps in the experiment (other than this one)."""
-    parents = client.search_runs(
-        [experiment_id], filter_string=f"tags.{names.SWEEP_ROLE} = 'parent'", max_results=1000
-    )
+    """Per model, the best learning-rate sweep of the experiment (other than this one): complete
+    best configurations first, then by their mean best-epoch validation accuracy over seeds."""
+    from hw4 import runs
+
+    higher = runs.higher_is_better(names.OBJECTIVE)
     best: dict[str, dict] = {}
-    for parent in parents:
-        tags, metrics = parent.data.tags, parent.data.metrics
-        if parent.info.run_id == parent_run_id or HOMEWORK_TAG in tags or "best_model" not in tags:
+    for parent in runs.search_all(client, [experiment_id], f"tags.{names.SWEEP_ROLE} = 'parent'"):
+        if parent.info.run_id == parent_run_id or HOMEWORK_TAG in parent.data.tags:
             continue
-        model = tags["best_model"]
-        value = metrics.get(names.BEST_VAL_ACCURACY)
-        if value is not None and value > best.get(model, {}).get("val", -1):
-            best[model] = {
-                "val": value,
-                "test": metrics.get("best_test_categorical_accuracy"),
-                "lr": metrics.get("best_lr"),
-                "run_id": tags.get("best_run_id"),
-                "sweep_run_id": parent.info.run_id,
-            }
+        result = sweep_result(client, parent)
+        if result is None:
+            continue
+        rank = (result["complete"], result["val"] if higher else -result["val"])
+        held = best.get(result["model"])
+        if held is None or rank > (held["complete"], held["val"] if higher else -held["val"]):
+            best[result["model"]] = result
     return best
 
 
 def repeats(runs: list) -> dict:
-    """Test and best validation accuracy over a preset's finished runs (its seeds): n, mean, std."""
+    """Test and best validation accuracy over a preset's finished runs (its seeds): n of
+    `planned` (its runs of any status), mean, std."""
     import numpy as np
 
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    result: dict[str, Any] = {"n": len(finished), "run_ids": [r.info.run_id for r in finished]}
+    result: dict[str, Any] = {"n": len(finished), "planned": len(runs), "run_ids": [r.info.run_id for r in finished]}
     for key, metric in (("test", names.TEST_ACCURACY), ("best_val", names.BEST_VAL_ACCURACY)):
         values = [r.data.metrics[metric] for r in finished if metric in r.data.metrics]
         result[f"{key}_mean"] = float(np.mean(values)) if values else None
@@ -139,16 +184,12 @@ def repeats(runs: list) -> dict:
 
 
 def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -> dict:
-    parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=names.children_filter(parent_run_id),
-        max_results=1000,
-    )
+    from hw4 import runs
+
+    parent = runs.get_run(client, parent_run_id, f"parent={parent_run_id}")
     by_name: dict[str, list] = {}
-    for run in children:
-        if names.SUPERSEDED_BY not in run.data.tags:
-            by_name.setdefault(run.info.run_name, []).append(run)
+    for run in runs.sweep_runs(client, parent.info.experiment_id, parent_run_id):  # all pages, none replaced
+        by_name.setdefault(run.info.run_name, []).append(run)
     sections = {}
     for name in PRESETS:
         if name not in by_name:
@@ -204,10 +245,9 @@ def render(context: dict, out_dir: Path) -> tuple[Path, Path]:
 
 def build(client: Any, parent_run_id: str, out_dir: Path, log_to_parent: bool = True) -> Path:
     """Write report.html, report.md and the PNGs to `out_dir`; log them to the parent run."""
-    try:
-        client.get_run(parent_run_id)
-    except Exception:
-        raise ConfigError(f"parent={parent_run_id}: no such run in {client.tracking_uri}") from None
+    from hw4 import runs
+
+    runs.get_run(client, parent_run_id, f"parent={parent_run_id}")  # a missing run: one clear line
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file
     with tempfile.TemporaryDirectory() as workdir:

@@ -31,9 +31,11 @@ No TensorFlow here; MLflow is imported only inside the hooks.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -41,7 +43,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -50,7 +52,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hw4 import names, system
-from hw4.signals import RunSignals, signal_name, stop_signal
+from hw4.signals import HANDLED, RunSignals, signal_name, stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,10 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     sweep_id: str
-    # When this launch started (ms since the epoch): runs older than that are earlier attempts.
+    # When this launch started (ms since the epoch), and its id: a run tagged with another
+    # launch (or, from before launch ids, started before this launch) is an earlier attempt.
     launched_at: int = 0
+    launch_id: str = ""
 
     def save(self, folder: Path) -> None:
         """Write atomically: jobs starting together on one node may save it at the same time."""
@@ -138,9 +142,13 @@ def mark_started() -> None:
 
 
 def continue_command(config: DictConfig, folder: Path) -> str:
-    """The command that finishes this sweep: its own overrides, in its folder."""
+    """The command that finishes this sweep: its own overrides, in its folder, each quoted as a
+    shell needs (model=glob(*), values with spaces) and without credentials."""
+    from hw4.tracking import redact
+
     own = [o for o in config.hydra.overrides.hydra if not o.startswith(("hydra.mode=", "hydra.sweep.dir="))]
-    return " ".join(["hw4-train -m", *own, *config.hydra.overrides.task, f"hydra.sweep.dir={folder}"])
+    words = [*own, *config.hydra.overrides.task, f"hydra.sweep.dir={folder}"]
+    return "hw4-train -m " + " ".join(shlex.quote(redact(word)) for word in words)
 
 
 def planned_jobs(config: DictConfig) -> Optional[int]:
@@ -163,7 +171,7 @@ def planned_jobs(config: DictConfig) -> Optional[int]:
 def job_tags(context: Optional[SweepContext]) -> dict[str, Any]:
     if context is None:
         return {}
-    return {SWEEP_ID_TAG: context.sweep_id, JOB_TAG: HydraConfig.get().job.num}
+    return {SWEEP_ID_TAG: context.sweep_id, JOB_TAG: HydraConfig.get().job.num, names.LAUNCH_ID: context.launch_id}
 
 
 def jobs_at_once(n_jobs: Optional[int], cpus: int) -> int:
@@ -198,14 +206,16 @@ class Job:
     context: Optional[SweepContext] = None
     finished: Any = None  # a FINISHED earlier attempt: nothing to train
     resume_run_id: Optional[str] = None  # a KILLED (or dead RUNNING) attempt to continue
-    supersedes: Optional[str] = None  # a FAILED attempt that the new run replaces
+    supersedes: list[str] = field(default_factory=list)  # FAILED attempts the new run replaces
     run_id: Optional[str] = None  # the run this job opened, once it exists
 
 
-def open_job(settings: DictConfig, launch_dir: str, params: dict) -> Job:
+def open_job(settings: DictConfig, launch_dir: str) -> Job:
     """The tracking store, experiment and parent run of this job, checked before data loads.
 
-    In a sweep the callback already chose the store, the experiment and the parent run.
+    In a sweep the callback already chose the store, the experiment and the parent run. The
+    context file holds the store's URI without credentials: the job connects with its own
+    config's URI, which is the sweep's own.
     """
     from hw4 import tracking
 
@@ -213,48 +223,75 @@ def open_job(settings: DictConfig, launch_dir: str, params: dict) -> Job:
     if context is None:
         client, experiment_id = tracking.open_experiment(settings, launch_dir)
         return Job(client, experiment_id)
-    client = tracking.connect(context.tracking_uri)
-    job = Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
-    previous = latest_attempt(client, context, names.job_key(params))
-    if previous is not None:
-        status = previous.info.status
-        if status == "FINISHED":
-            job.finished = previous
-        elif status in ("KILLED", "RUNNING"):  # RUNNING: the run lock tells a dead process
-            job.resume_run_id = previous.info.run_id
-        else:
-            job.supersedes = previous.info.run_id
-    return job
+    client = tracking.connect(store_uri(context, settings.uri, launch_dir))
+    return Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
 
 
-def latest_attempt(client: Any, context: SweepContext, job_key: str) -> Any:
-    """The newest child run with this job key from an earlier launch of the sweep that no later
-    attempt replaced, or None. Runs of this launch do not count: jobs that differ only in
-    bookkeeping (say tracking.run_name=a,b) are meant to run each."""
-    runs = client.search_runs(
-        [context.experiment_id],
-        filter_string=(
-            f"{names.children_filter(context.parent_run_id)} and tags.{names.JOB_KEY} = '{job_key}' "
-            f"and attributes.start_time < {context.launched_at}"
-        ),
-        order_by=["attributes.start_time DESC"],
-    )
-    current = [r for r in runs if names.SUPERSEDED_BY not in r.data.tags]
-    return current[0] if current else None
+def store_uri(context: SweepContext, uri: str, launch_dir: str) -> str:
+    """The sweep's store with its credentials: `uri` (the job's own tracking.uri) when it is the
+    store the context names (which it holds without credentials), else the context's."""
+    from hw4 import tracking
+
+    uri = tracking.resolve_uri(uri, launch_dir)
+    return uri if tracking.redact(uri) == context.tracking_uri else context.tracking_uri
+
+
+def find_earlier_attempts(job: Job, params: dict) -> None:
+    """In a continued sweep: what earlier launches left of this job. A FINISHED attempt on the
+    same data is kept (nothing to train); else a KILLED or RUNNING one (a dead process; its lock
+    tells) is resumed; FAILED attempts at the same planned job are replaced by this attempt."""
+    if job.context is None:
+        return
+    earlier = attempts(job.client, job.context, plan=names.plan_key(params))
+    same_data = [run for run in earlier if run.data.tags.get(names.JOB_KEY) == names.job_key(params)]
+    by_status = {status: [r for r in same_data if r.info.status == status] for status in ("FINISHED", "KILLED", "RUNNING")}
+    if by_status["FINISHED"]:
+        job.finished = by_status["FINISHED"][0]
+    elif by_status["KILLED"] or by_status["RUNNING"]:
+        job.resume_run_id = (by_status["KILLED"] + by_status["RUNNING"])[0].info.run_id
+    job.supersedes = [run.info.run_id for run in earlier if run.info.status == "FAILED"]
+
+
+def attempts(client: Any, context: SweepContext, *, plan: str) -> list:
+    """The children of the sweep at this planned job that no later attempt replaced and that an
+    earlier launch opened, newest first. Runs of this launch do not count: jobs that differ only
+    in bookkeeping (say tracking.run_name=a,b) are meant to run each."""
+    from hw4 import runs
+
+    found = runs.sweep_runs(
+        client, context.experiment_id, context.parent_run_id,
+        where=f"tags.{names.PLAN_KEY} = '{plan}'", order_by=["attributes.start_time DESC"],
+    )  # fmt: skip
+    return [run for run in found if not opened_in(run, context)]
+
+
+def opened_in(run: Any, context: SweepContext) -> bool:
+    """Whether this launch of the sweep created or reopened `run`."""
+    launch = run.data.tags.get(names.LAUNCH_ID)
+    if launch is not None:
+        return launch == context.launch_id
+    return run.info.start_time >= context.launched_at  # a run from before launch ids
+
+
+def supersede(client: Any, replaced: list[str], by: str) -> None:
+    """Tag FAILED attempts as replaced by run `by`; only a FAILED run is ever superseded."""
+    for run_id in replaced:
+        if client.get_run(run_id).info.status == "FAILED":
+            client.set_tag(run_id, names.SUPERSEDED_BY, by)
 
 
 def sibling_values(client: Any, job: Job, run_id: str) -> Any:
     """For pruning: `values(epoch)` gives the validation accuracy at that epoch of every other
     child of the sweep (failed and replaced runs left out). Finished runs are read once."""
+    from hw4 import runs
+
     finished: dict[str, dict[int, float]] = {}
 
     def values(epoch: int) -> list[float]:
         found = []
-        for run in client.search_runs(
-            [job.experiment_id], filter_string=names.children_filter(job.parent_run_id), max_results=10_000
-        ):
+        for run in runs.sweep_runs(client, job.experiment_id, job.parent_run_id):
             other = run.info.run_id
-            if other == run_id or run.info.status == "FAILED" or names.SUPERSEDED_BY in run.data.tags:
+            if other == run_id or run.info.status == "FAILED":
                 continue
             history = finished.get(other)
             if history is None:
@@ -269,42 +306,10 @@ def sibling_values(client: Any, job: Job, run_id: str) -> Any:
 
 
 def summarize(client: Any, context: SweepContext) -> tuple[dict[str, Any], Any]:
-    """Counts by status, the best configuration by its mean over seeds and its best seed, and
-    the per-configuration table. Ranked by best-epoch validation accuracy (names.OBJECTIVE);
-    runs replaced by a later attempt are left out."""
+    """The sweep's summary and per-configuration table (hw4.runs.summarize) over its children."""
     from hw4 import runs
 
-    children = runs.training_runs(client, context.experiment_id, context.parent_run_id)
-    statuses = [run.info.status for run in children]
-    frame = runs.table(children)
-    summary: dict[str, Any] = {
-        "jobs": len(children),
-        "jobs_finished": statuses.count("FINISHED"),
-        "jobs_failed": statuses.count("FAILED"),
-        "jobs_killed": statuses.count("KILLED"),
-        "jobs_pruned": int(frame["pruned"].sum()) if not frame.empty else 0,
-        "ranked_by": names.OBJECTIVE,
-    }
-    configurations = runs.group(frame)
-    best = runs.best_run(frame, names.OBJECTIVE)
-    if best is not None:
-        summary.update(
-            best_run_id=best["run_id"],
-            best_run_name=best["run"],
-            best_lr=float(best["lr"]),
-            best_model=best["model"],
-            best_config_key=best["config_key"],
-            best_config_runs=int(configurations.loc[best["config_key"], "n"]),
-            best_config_mean_val_categorical_accuracy=float(
-                configurations.loc[best["config_key"], "best_val_accuracy_mean"]
-            ),
-            best_config_mean_test_categorical_accuracy=float(
-                configurations.loc[best["config_key"], "test_accuracy_mean"]
-            ),
-            best_val_categorical_accuracy=float(best["best_val_accuracy"]),
-            best_test_categorical_accuracy=float(best["test_accuracy"]),
-        )
-    return summary, configurations
+    return runs.summarize(runs.training_runs(client, context.experiment_id, context.parent_run_id))
 
 
 _exit_signal: Optional[int] = None  # set when this process's sweep ended on a stop signal
@@ -321,24 +326,24 @@ def end_abandoned_children(client: Any, context: SweepContext, lock_root: Option
     """End KILLED the RUNNING children whose process died without ending them (a worker killed
     by a second stop signal): their lock file is on this disk and no process holds it. Runs of
     other machines (their locks elsewhere) are left alone. They resume like any KILLED run."""
-    from hw4 import locks, tracking
+    from hw4 import locks, runs
 
     if lock_root is None:
         return
-    running = client.search_runs(
-        [context.experiment_id],
-        filter_string=f"{names.children_filter(context.parent_run_id)} and attributes.status = 'RUNNING'",
-    )
+    running = runs.sweep_runs(client, context.experiment_id, context.parent_run_id, where="attributes.status = 'RUNNING'")
     for run in running:
         lock = locks.lock_path(lock_root, run.info.run_id)
         if lock.exists() and not locks.is_held(lock):
             log.warning("run %s: its process died; ending it KILLED", run.info.run_id)
-            tracking.retry(lambda: client.set_terminated(run.info.run_id, "KILLED"), "end abandoned run")
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 class MlflowSweepCallback(Callback):
+    """Hydra's hooks, each handing over to one method (see the module docstring)."""
+
     def __init__(self) -> None:
         self.context: Optional[SweepContext] = None
+        self._uri = ""  # the store's URI with its credentials: never written anywhere
         self._finished = False
         self._completed = False
         self._signals: Optional[RunSignals] = None
@@ -348,15 +353,20 @@ class MlflowSweepCallback(Callback):
         self._command = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hw4 import tracking
+
         folder = self._folder = sweep_dir(config.hydra)
         (folder / STOP_FILE).unlink(missing_ok=True)  # a stopped sweep being continued
         shutil.rmtree(folder / STARTED_DIR, ignore_errors=True)
+        # Hydra has not changed directory yet: this is the folder the user launched from.
+        self._uri = tracking.resolve_uri(config.tracking.uri, os.getcwd())
         earlier = SweepContext.load(folder)
         if earlier is not None:
             self.context = self._reopen(earlier)
         if self.context is None:
             self.context = self._create_parent(config)
         self.context.launched_at = int(time.time() * 1000)
+        self.context.launch_id = uuid.uuid4().hex[:12]
         self.context.save(folder)
         self._planned = planned_jobs(config)
         self._lock_root = Path(os.getcwd(), config.trainer.checkpoint_dir)  # where jobs lock their runs
@@ -367,11 +377,11 @@ class MlflowSweepCallback(Callback):
     def _create_parent(self, config: DictConfig) -> SweepContext:
         from hw4 import tracking
 
-        # Hydra has not changed directory yet: this is the folder the user launched from.
         client, experiment_id = tracking.open_experiment(config.tracking, os.getcwd())
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        overrides = [tracking.redact(o) for o in config.hydra.overrides.task]
         definition = {
-            "overrides": list(config.hydra.overrides.task),
+            "overrides": overrides,
             "sweeper": OmegaConf.to_container(config.hydra.sweeper, resolve=False),
             "launcher": OmegaConf.to_container(config.hydra.launcher, resolve=False),
         }
@@ -383,27 +393,34 @@ class MlflowSweepCallback(Callback):
                 **tracking.source_tags("hw4-train -m", os.getcwd()),
                 SWEEP_ID_TAG: sweep_id,
                 names.SWEEP_ROLE: "parent",
-                "overrides": " ".join(config.hydra.overrides.task),
+                "overrides": " ".join(overrides),
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
             },
         )
-        tracking.retry(lambda: client.log_dict(parent.info.run_id, definition, "sweep.json"), "sweep.json")
+        client.log_dict(parent.info.run_id, definition, "sweep.json")
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
-        return SweepContext(client.tracking_uri, experiment_id, parent.info.run_id, sweep_id)
+        return SweepContext(tracking.redact(self._uri), experiment_id, parent.info.run_id, sweep_id)
 
-    @staticmethod
-    def _reopen(earlier: SweepContext) -> Optional[SweepContext]:
-        """Continue the sweep of an existing folder under its parent run, if the store has it."""
+    def _reopen(self, earlier: SweepContext) -> Optional[SweepContext]:
+        """Continue the sweep of an existing folder under its parent run, if the store has it.
+        Only the store's answer that the run does not exist starts a new parent; any other
+        error (after retries) stops the launch, so a blink of the store cannot fork the sweep."""
         from hw4 import tracking
+        from hw4.errors import TrackingError
 
-        client = tracking.connect(earlier.tracking_uri)
+        client = tracking.connect(self._uri)
         try:
-            parent = client.get_run(earlier.parent_run_id)
-        except Exception:
+            parent = tracking.get_run_or_none(client, earlier.parent_run_id)
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot continue sweep {earlier.sweep_id}: reading its parent run "
+                f"{earlier.parent_run_id} failed ({tracking.first_line(exc)}); try again"
+            ) from None
+        if parent is None:
             log.warning("sweep folder names parent run %s, which %s does not hold: new parent",
-                        earlier.parent_run_id, earlier.tracking_uri)
+                        earlier.parent_run_id, tracking.redact(self._uri))  # fmt: skip
             return None
-        tracking.retry(lambda: client.update_run(parent.info.run_id, status="RUNNING"), "reopen parent")
+        client.update_run(parent.info.run_id, status="RUNNING")
         if names.STOPPED_BY in parent.data.tags:  # the earlier launch's stop
             client.delete_tag(parent.info.run_id, names.STOPPED_BY)
         log.info("continuing sweep %s under parent run %s", earlier.sweep_id, earlier.parent_run_id)
@@ -421,46 +438,8 @@ class MlflowSweepCallback(Callback):
             return
         mark_started()  # failed: counted among the failed jobs, not the ones not run
         context = SweepContext.load(sweep_dir(config.hydra))
-        if context is None:
-            return
-        from mlflow.tracking import MlflowClient
-
-        from hw4 import tracking
-
-        client = MlflowClient(context.tracking_uri)
-        job_num = config.hydra.job.num
-        existing = client.search_runs(
-            [context.experiment_id],
-            filter_string=(
-                f"{names.children_filter(context.parent_run_id)} and tags.{JOB_TAG} = '{job_num}' "
-                f"and attributes.start_time >= {context.launched_at}"
-            ),
-        )
-        if existing:  # the job's own run already ended FAILED with its error
-            return
-        error = job_return._return_value  # the exception; .return_value would re-raise it
-        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        try:
-            params = tracking.flatten(OmegaConf.to_container(job_cfg, resolve=True))
-        except Exception:  # the job may have failed because its config does not resolve
-            params = {}
-        tags = {
-            "overrides": " ".join(job_return.overrides or []),
-            SWEEP_ID_TAG: context.sweep_id,
-            JOB_TAG: job_num,
-            names.PARENT_RUN: context.parent_run_id,
-            names.ERROR: f"{type(error).__name__}: {error}"[:5000],
-        }
-        if params:
-            tags.update({names.CONFIG_KEY: names.config_key(params), names.JOB_KEY: names.job_key(params)})
-            earlier = latest_attempt(client, context, tags[names.JOB_KEY])
-        else:
-            earlier = None
-        run = tracking.create_run(client, context.experiment_id, f"job-{job_num}", tags)
-        if earlier is not None:
-            client.set_tag(earlier.info.run_id, names.SUPERSEDED_BY, run.info.run_id)
-        tracking.RunLogger(client, run.info.run_id).log_params(params)
-        tracking.retry(lambda: client.set_terminated(run.info.run_id, "FAILED"), "end failed job")
+        if context is not None:
+            record_failed_job(config, job_return, context)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._completed = True  # every job returned
@@ -483,49 +462,122 @@ class MlflowSweepCallback(Callback):
         return max(0, (self._planned or 0) - started)
 
     def _finish(self) -> None:
+        """End the parent run, whatever happens meanwhile: further stop signals are held until
+        it has ended (then the process exits as stopped), a summary that cannot be written still
+        lets the parent end, and a call that fails leaves `_finished` unset so that the exit
+        handler tries again."""
         if self._finished or self.context is None:
             return
-        self._finished = True
-        if self._signals is not None:
-            self._signals.__exit__(None, None, None)
         from mlflow.entities import RunStatus
-        from mlflow.tracking import MlflowClient
 
         from hw4 import tracking
 
-        client = MlflowClient(self.context.tracking_uri)
-        parent_id = self.context.parent_run_id
-        stopped_by = self._stopped_by()
         global _exit_signal
+        client = tracking.client_for(self._uri)
+        parent_id = self.context.parent_run_id
+        with held_signals() as late:
+            stopped_by = self._stopped_by()
+            status = RunStatus.KILLED if stopped_by is not None else RunStatus.FAILED
+            summary: dict[str, Any] = {}
+            try:
+                end_abandoned_children(client, self.context, self._lock_root)  # e.g. an OOM-killed worker
+                summary = self._log_summary(client, stopped_by)
+                if stopped_by is None and summary["jobs_finished"]:
+                    status = RunStatus.FINISHED
+            except Exception as exc:
+                log.error("sweep %s: its summary could not be written (%s)", self.context.sweep_id, tracking.first_line(exc))
+            finally:
+                tracking.end_run(client, parent_id, status)
+            self._finished = True
+        if self._signals is not None:
+            self._signals.__exit__(None, None, None)
+        if stopped_by is None and late:
+            stopped_by = late[0]
         _exit_signal = stopped_by
-        if stopped_by is not None:
-            end_abandoned_children(client, self.context, self._lock_root)
+        self._report(summary, stopped_by)
+
+    def _log_summary(self, client: Any, stopped_by: Optional[int]) -> dict[str, Any]:
+        from hw4 import tracking
+
         summary, configurations = summarize(client, self.context)
         if self._planned is not None:
             summary.update(jobs_planned=self._planned, jobs_not_run=self._not_run(stopped_by))
         if stopped_by is not None:
             summary[names.STOPPED_BY] = signal_name(stopped_by)
-        logger = tracking.RunLogger(client, parent_id)
-        logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        logger.set_tags({k: v for k, v in summary.items() if isinstance(v, str)})
+        logger = tracking.RunLogger(client, self.context.parent_run_id)
+        logger.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        logger.set_tags({k: v for k, v in summary.items() if isinstance(v, (str, bool))})
         logger.log_dict(summary, SUMMARY_FILE)
         if not configurations.empty:
             logger.log_text(configurations.to_csv(), CONFIGS_FILE)
-        if stopped_by is not None:
-            status = RunStatus.KILLED
-        else:
-            status = RunStatus.FINISHED if summary["jobs_finished"] else RunStatus.FAILED
-        tracking.retry(
-            lambda: client.set_terminated(parent_id, RunStatus.to_string(status)), "end parent"
-        )
+        return summary
+
+    def _report(self, summary: dict[str, Any], stopped_by: Optional[int]) -> None:
+        from hw4 import tracking
+
+        parent_id = self.context.parent_run_id
         log.info("sweep %s: %s", self.context.sweep_id, summary)
         if stopped_by is not None:
             print(
-                f"sweep {self.context.sweep_id} stopped ({summary[names.STOPPED_BY]}): "
-                f"{summary['jobs_killed']} job(s) KILLED with their checkpoints, "
+                f"sweep {self.context.sweep_id} stopped ({signal_name(stopped_by)}): "
+                f"{summary.get('jobs_killed', 'some')} job(s) KILLED with their checkpoints, "
                 f"{summary.get('jobs_not_run', 'an unknown number of')} not run; parent run "
                 f"{parent_id} KILLED. Finish it with:\n  {self._command}"
             )
         print(f"sweep {self.context.sweep_id} (parent run {parent_id}): " + tracking.where_to_see(
-            self.context.tracking_uri, self.context.experiment_id
+            self._uri, self.context.experiment_id
         ) + f" and expand the parent run; or: hw4-compare parent={parent_id}")
+
+
+def record_failed_job(config: DictConfig, job_return: JobReturn, context: SweepContext) -> None:
+    """A job that failed before it could open (or reopen) its own run in this launch (a bad
+    override, bad data, a run another process still trains) still gets a FAILED child with its
+    config and error, so the sweep's record is complete. It supersedes earlier FAILED attempts
+    only: a KILLED or RUNNING run keeps its checkpoint and is resumed by the next continue."""
+    from hw4 import runs, tracking
+
+    client = tracking.client_for(store_uri(context, config.tracking.uri, config.hydra.runtime.cwd))
+    job_num = config.hydra.job.num
+    own = runs.sweep_runs(client, context.experiment_id, context.parent_run_id, where=f"tags.{JOB_TAG} = '{job_num}'")
+    if any(opened_in(run, context) for run in own):  # the job's own run already ended FAILED with its error
+        return
+    error = job_return._return_value  # the exception; .return_value would re-raise it
+    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    try:
+        params = tracking.redact_params(tracking.flatten(OmegaConf.to_container(job_cfg, resolve=True)))
+    except Exception:  # the job may have failed because its config does not resolve
+        params = {}
+    tags = {
+        "overrides": " ".join(tracking.redact(o) for o in job_return.overrides or []),
+        SWEEP_ID_TAG: context.sweep_id,
+        JOB_TAG: job_num,
+        names.LAUNCH_ID: context.launch_id,
+        names.PARENT_RUN: context.parent_run_id,
+        names.ERROR: tracking.redact(f"{type(error).__name__}: {error}")[:5000],
+    }
+    earlier: list = []
+    if params:
+        tags.update({names.CONFIG_KEY: names.config_key(params), names.PLAN_KEY: names.plan_key(params)})
+        earlier = [r.info.run_id for r in attempts(client, context, plan=tags[names.PLAN_KEY]) if r.info.status == "FAILED"]
+    run = tracking.create_run(client, context.experiment_id, f"job-{job_num}", tags)
+    supersede(client, earlier, run.info.run_id)
+    tracking.RunLogger(client, run.info.run_id).log_params(params)
+    tracking.end_run(client, run.info.run_id, "FAILED")
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM while the block runs (the list collects them), so that a follow-up
+    signal cannot cut the store writes that end a sweep; in the main thread only."""
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.signal(signum, lambda n, _frame: received.append(n)) for signum in HANDLED}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

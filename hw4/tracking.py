@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import re
 import subprocess
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
@@ -26,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from hw4 import names, system
+from hw4.config import TrackingConfig
 from hw4.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ T = TypeVar("T")
 # Schemes MLflow's tracking client accepts (databases through SQLAlchemy, servers over HTTP).
 DB_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 KNOWN_SCHEMES = DB_SCHEMES | {"http", "https", "file", "databricks"}
-RETRIES = 5
+DEFAULT_RETRY_S = TrackingConfig.retry_s  # one source of truth: the schema
 HEALTH_TIMEOUT_S = 5
 # MLflow 3's UI opens an experiment in its training view (not the GenAI one) with this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -45,6 +49,30 @@ SYSTEM_METRICS_INTERVAL_S = 2
 # How PostgreSQL, MySQL and sqlite word a unique-key violation.
 DUPLICATE_KEY = re.compile(r"UniqueViolation|duplicate key|Duplicate entry|UNIQUE constraint failed", re.IGNORECASE)
 AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's error codes for HTTP 401 and 403
+# user:password@ (or token@) in any URI, and secret query parameters (?password=...).
+USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:]*)(?P<secret>:[^/@\s]*)?@")
+SECRET_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret|api_key)=)[^&\s]*", re.IGNORECASE)
+MASK = "***"
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URI in it masked: postgresql://alice:pw@db ->
+    postgresql://alice:***@db, https://token@host -> https://***@host. Everything hw4 writes or
+    prints that may hold a tracking URI goes through this."""
+
+    def userinfo(match: re.Match) -> str:
+        if match.group("secret") is None:  # a bare token, or a user name alone
+            return f"{match.group('scheme')}{MASK}@"
+        return f"{match.group('scheme')}{match.group('user')}:{MASK}@"
+
+    return SECRET_QUERY.sub(lambda m: m.group("key") + MASK, USERINFO.sub(userinfo, str(text)))
+
+
+def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Params as they may be recorded: every string value redacted (tracking.uri above all)."""
+    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+
+
 
 
 def resolve_uri(uri: str, base_dir: str | Path) -> str:
@@ -56,14 +84,14 @@ def resolve_uri(uri: str, base_dir: str | Path) -> str:
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme not in KNOWN_SCHEMES:
         raise TrackingError(
-            f"tracking.uri {uri!r} is not a tracking URI: expected sqlite:///PATH, "
+            f"tracking.uri {redact(uri)!r} is not a tracking URI: expected sqlite:///PATH, "
             "http(s)://HOST:PORT, postgresql://... or another MLflow store"
         )
     if scheme != "sqlite":
         return uri
     path = uri[len("sqlite:///") :]
     if not path or uri[: len("sqlite:///")] != "sqlite:///":
-        raise TrackingError(f"tracking.uri {uri!r}: a sqlite URI reads sqlite:///relative/path.db")
+        raise TrackingError(f"tracking.uri {redact(uri)!r}: a sqlite URI reads sqlite:///relative/path.db")
     if path == ":memory:":
         return uri
     db = Path(path) if Path(path).is_absolute() else Path(base_dir) / path
@@ -93,7 +121,7 @@ def is_transient(exc: BaseException) -> bool:
 
     while exc is not None:
         if isinstance(exc, (sqlalchemy.exc.OperationalError, requests.ConnectionError, requests.Timeout,
-                            ConnectionError, TimeoutError)):  # fmt: skip
+                            requests.exceptions.RetryError, ConnectionError, TimeoutError)):  # fmt: skip
             return True
         if isinstance(exc, MlflowException) and exc.error_code in (
             ErrorCode.Name(TEMPORARILY_UNAVAILABLE), ErrorCode.Name(REQUEST_LIMIT_EXCEEDED)
@@ -103,23 +131,106 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def retry(call: Callable[[], T], what: str, attempts: int = RETRIES) -> T:
-    """Run `call`, retrying transient store errors (`is_transient`); any other error at once.
+@dataclass
+class RetryPolicy:
+    """How long hw4 keeps trying a store that fails transiently: exponential backoff with full
+    jitter (parallel jobs do not retry in step), within a total budget per call that rides out
+    a server or database restart (tracking.retry_s)."""
 
-    Only for calls that are safe to repeat: hw4's metric writes carry their own timestamps (a
-    repeated point is the same row, which MLflow's stores keep once), tags and params are set to
-    the same values, artifacts overwrite themselves. Creating a run is not: see `create_run`.
+    budget_s: float = DEFAULT_RETRY_S
+    first_delay_s: float = 0.25
+    max_delay_s: float = 8.0
+
+    def delays(self) -> Iterator[float]:
+        """The pauses before each further try, until the budget is spent."""
+        spent, ceiling = 0.0, self.first_delay_s
+        while True:
+            delay = random.uniform(ceiling / 2, ceiling)
+            if spent + delay > self.budget_s:
+                return
+            spent += delay
+            yield delay
+            ceiling = min(ceiling * 2, self.max_delay_s)
+
+
+POLICY = RetryPolicy()
+
+
+def set_retry_budget(seconds: float) -> None:
+    """The budget of every later store call in this process (from tracking.retry_s)."""
+    POLICY.budget_s = float(seconds)
+
+
+def retry(call: Callable[[], T], what: str, policy: Optional[RetryPolicy] = None) -> T:
+    """Run `call`, retrying transient store errors (`is_transient`) under the retry policy; any
+    other error at once.
+
+    Only for calls that are safe to repeat: reads; hw4's metric writes carry their own
+    timestamps (a repeated point is the same row, which MLflow's stores keep once); tags and
+    params are set to the same values; artifacts overwrite themselves. Creating a run is not:
+    see `create_run`.
     """
-    for attempt in range(1, attempts + 1):
+    delays = (policy or POLICY).delays()
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return call()
         except Exception as exc:
-            if attempt == attempts or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            delay = 0.2 * 2**attempt
-            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt, attempts, delay)
+            delay = next(delays, None)
+            if delay is None:
+                raise
+            log.warning("%s failed (%s); retry %d in %.1fs", what, first_line(exc), attempt, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0]) if text else type(exc).__name__
+
+
+# Client calls that are not safe to repeat blindly: a retry could create a second object.
+NOT_REPEATABLE = frozenset({"create_run", "create_experiment", "create_registered_model", "create_model_version"})
+
+
+class RetryingClient:
+    """An MlflowClient whose every call goes through the retry policy (reads included), so no
+    caller can forget it; the calls in NOT_REPEATABLE pass straight through (see create_run)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    @property
+    def raw(self) -> Any:
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or name in NOT_REPEATABLE or name.startswith("_"):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retry(lambda: attribute(*args, **kwargs), name)
+
+        return call
+
+
+def retrying(client: Any) -> Any:
+    """`client` behind the retry policy (once)."""
+    return client if isinstance(client, RetryingClient) else RetryingClient(client)
+
+
+def unwrap(client: Any) -> Any:
+    return client.raw if isinstance(client, RetryingClient) else client
+
+
+def client_for(uri: str) -> RetryingClient:
+    """A retrying client for a store already checked (a sweep's, named in its context)."""
+    quiet_store_logs()
+    prefer_hw4_retries(uri)
+    return RetryingClient(MlflowClient(uri))
 
 
 def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Any:
@@ -128,6 +239,7 @@ def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Ma
     token = uuid.uuid4().hex
     tags = {**{k: str(v) for k, v in tags.items()}, names.CREATION_TOKEN: token}
     attempts = 0
+    client = unwrap(client)  # one retry loop here, not one per call inside it
 
     def attempt() -> Any:
         nonlocal attempts
@@ -143,31 +255,59 @@ def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Ma
     return retry(attempt, f"create run {run_name}")
 
 
-def connect(uri: str) -> MlflowClient:
-    """A client for `uri`, once the store has answered (checked before any data is loaded)."""
+class _OneLineDatabaseErrors(logging.Filter):
+    """MLflow logs every failed database call with its traceback before raising it; hw4's retry
+    policy says it in one line (and the final error is the user's to see)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+# MLflow retries an HTTP call on its own for minutes (7 tries, backoff factor 2) before hw4 sees
+# the error: hw4's retry policy owns the budget instead (tracking.retry_s). Defaults only: a
+# user's own MLFLOW_HTTP_REQUEST_* settings win.
+MLFLOW_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def prefer_hw4_retries(uri: str) -> None:
+    if urlparse(uri).scheme in ("http", "https"):
+        for name, value in MLFLOW_HTTP_RETRIES.items():
+            os.environ.setdefault(name, value)
+
+
+def quiet_store_logs() -> None:
     # "Creating initial MLflow database tables..." on a new sqlite store: nothing to act on.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    store_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, _OneLineDatabaseErrors) for f in store_log.filters):
+        store_log.addFilter(_OneLineDatabaseErrors())
+
+
+def connect(uri: str) -> RetryingClient:
+    """A retrying client for `uri`, once the store has answered (checked before any data is
+    loaded; a store that does not answer now fails the command at once)."""
+    quiet_store_logs()
+    prefer_hw4_retries(uri)
     if urlparse(uri).scheme in ("http", "https"):
         check_server(uri)
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(uri)  # a database store connects here already
         client.search_experiments(max_results=1)
     except Exception as exc:
         code = getattr(exc, "error_code", "")
         if code in AUTH_ERRORS:  # a server with authentication
             raise TrackingError(refused(uri, 401 if code == "UNAUTHENTICATED" else 403)) from None
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
-    return client
+        raise TrackingError(f"tracking store {redact(uri)} cannot be used: {first_line(exc)}") from None
+    return RetryingClient(client)
 
 
 def refused(uri: str, status: int) -> str:
     if status == 401:
         return (
-            f"tracking store {uri} refused the request (401): set MLFLOW_TRACKING_USERNAME and "
+            f"tracking store {redact(uri)} refused the request (401): set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
         )
-    return f"tracking store {uri} refused the request (403): this user has no permission for it"
+    return f"tracking store {redact(uri)} refused the request (403): this user has no permission for it"
 
 
 def check_server(uri: str) -> None:
@@ -184,12 +324,11 @@ def check_server(uri: str) -> None:
             max_retries=0, timeout=HEALTH_TIMEOUT_S, raise_on_status=False,
         )  # fmt: skip
     except Exception as exc:  # connection refused, TLS, timeout: MLflow wraps them variously
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"tracking store {uri} cannot be used: {first_line}") from None
+        raise TrackingError(f"tracking store {redact(uri)} cannot be used: {first_line(exc)}") from None
     if response.status_code in (401, 403):
         raise TrackingError(refused(uri, response.status_code))
     if response.status_code != 200:
-        raise TrackingError(f"tracking store {uri} cannot be used: /health answered {response.status_code}")
+        raise TrackingError(f"tracking store {redact(uri)} cannot be used: /health answered {response.status_code}")
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, location: Optional[str]) -> str:
@@ -228,12 +367,27 @@ def open_experiment(settings: Any, launch_dir: str | Path) -> tuple[MlflowClient
     return client, get_or_create_experiment(client, settings.experiment, location)
 
 
+def does_not_exist(exc: BaseException) -> bool:
+    """The store's answer that a run (or model, experiment) is not there: the one error that
+    means "no such run". Anything else (a network error, a refusal) is not that."""
+    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def get_run_or_none(client: Any, run_id: str) -> Any:
+    """The run, or None if the store does not hold it; other errors (after retries) raise."""
+    try:
+        return retrying(client).get_run(run_id)
+    except MlflowException as exc:
+        if does_not_exist(exc):
+            return None
+        raise
+
+
 def check_resumable(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """The run exists, is not finished, and was started with the same settings."""
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise TrackingError(f"trainer.resume={run_id}: no such run in {client.tracking_uri}") from None
+    run = get_run_or_none(client, run_id)
+    if run is None:
+        raise TrackingError(f"trainer.resume={run_id}: no such run in {redact(client.tracking_uri)}")
     if run.info.status == "FINISHED":
         raise TrackingError(f"trainer.resume={run_id}: the run already finished")
     differences = [
@@ -300,6 +454,7 @@ def where_to_see(uri: str, experiment_id: str, run_id: Optional[str] = None) -> 
     otherwise (a per-browser switch): the link asks for the model-training view."""
     page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
     page += "?workflowType=machine_learning"
+    uri = redact(uri)
     if urlparse(uri).scheme in ("http", "https"):
         return f"see it at {uri.rstrip('/')}/{page}"
     return (
@@ -321,25 +476,25 @@ def git_commit(directory: str | Path) -> Optional[str]:
 class RunLogger:
     """Writes to one MLflow run; every write is retried on transient store errors."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client = client
+    def __init__(self, client: Any, run_id: str):
+        self.client = retrying(client)
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         entries = [Param(k, str(v)) for k, v in params.items()]
-        retry(lambda: self.client.log_batch(self.run_id, params=entries), "log params")
+        self.client.log_batch(self.run_id, params=entries)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        retry(lambda: self.client.log_batch(self.run_id, metrics=entries), "log metrics")
+        self.client.log_batch(self.run_id, metrics=entries)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            retry(lambda: self.client.set_tag(self.run_id, key, str(value)), f"set tag {key}")
+            self.client.set_tag(self.run_id, key, str(value))
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        retry(lambda: self.client.log_figure(self.run_id, figure, artifact_file), artifact_file)
+        self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
         """`data` as the artifact `artifact_file` (e.g. a PNG drawn once and logged by many runs)."""
@@ -349,22 +504,16 @@ class RunLogger:
             path = Path(tmp) / Path(artifact_file).name
             path.write_bytes(data)
             folder = str(Path(artifact_file).parent)
-            retry(
-                lambda: self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder),
-                artifact_file,
-            )
+            self.client.log_artifact(self.run_id, str(path), None if folder == "." else folder)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        retry(lambda: self.client.log_text(self.run_id, text, artifact_file), artifact_file)
+        self.client.log_text(self.run_id, text, artifact_file)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        retry(lambda: self.client.log_dict(self.run_id, data, artifact_file), artifact_file)
+        self.client.log_dict(self.run_id, data, artifact_file)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
-        retry(
-            lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path),
-            f"artifacts {local_dir}",
-        )
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
         """The data this run saw, as an MLflow run input (shown in the UI's Datasets column)."""
@@ -380,17 +529,14 @@ class RunLogger:
         )
         inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
 
-        def log() -> None:
-            try:
-                self.client.log_inputs(self.run_id, datasets=inputs)
-            except MlflowException as exc:
-                # Parallel jobs race to record the same dataset in the experiment: the store
-                # refuses the second insert. The dataset exists now; linking it again finds it.
-                if not DUPLICATE_KEY.search(str(exc)):
-                    raise
-                self.client.log_inputs(self.run_id, datasets=inputs)
-
-        retry(log, "log dataset")
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as exc:
+            # Parallel jobs race to record the same dataset in the experiment: the store
+            # refuses the second insert. The dataset exists now; linking it again finds it.
+            if not DUPLICATE_KEY.search(str(exc)):
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_keras_model(self, model: Any, example: Any, prediction: Any, name: str = "model") -> None:
         """The model in MLflow's Keras flavour, linked to this run, with the signature of
@@ -401,10 +547,7 @@ class RunLogger:
         signature = infer_signature(example, prediction)
         mlflow.set_tracking_uri(self.client.tracking_uri)  # Model.log writes through the global URI
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
-        # Created here so it lands in the run's experiment without a fluent "active run".
-        logged = mlflow.initialize_logged_model(
-            name=name, source_run_id=self.run_id, experiment_id=experiment_id
-        )
+        logged = self._logged_model(name, experiment_id)
         retry(
             lambda: Model.log(
                 artifact_path=None,  # MLflow 3 names logged models by `name`
@@ -418,6 +561,23 @@ class RunLogger:
             ),
             "log model",
         )
+
+
+    def _logged_model(self, name: str, experiment_id: str) -> Any:
+        """This run's logged model `name`, created once: a retry after a lost answer finds the
+        one the store already made."""
+        import mlflow
+
+        def attempt() -> Any:
+            found = unwrap(self.client).search_logged_models(
+                [experiment_id], filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}'"
+            )
+            if found:
+                return found[0]
+            # Created here so it lands in the run's experiment without a fluent "active run".
+            return mlflow.initialize_logged_model(name=name, source_run_id=self.run_id, experiment_id=experiment_id)
+
+        return retry(attempt, "initialize logged model")
 
 
 def model_requirements() -> list[str]:
@@ -472,33 +632,48 @@ def start_run(
     sharing a process, or a parent run held open around them, cannot get mixed up. With
     `run_id`, an existing run is reopened (resume) instead.
     """
+    client = retrying(client)
     run_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         run_tags[names.PARENT_RUN] = parent_run_id
-    if run_id:
-        retry(lambda: client.update_run(run_id, status="RUNNING"), "reopen run")
-        logger = RunLogger(client, run_id)
-        if names.ERROR in client.get_run(run_id).data.tags:
-            client.delete_tag(run_id, names.ERROR)  # the error of the interrupted attempt
-        logger.set_tags(run_tags)
+    reopened = run_id is not None
+    if reopened:
+        client.update_run(run_id, status="RUNNING")
     else:
-        run = create_run(client, experiment_id, run_name, run_tags)
-        logger = RunLogger(client, run.info.run_id)
+        run_id = create_run(client, experiment_id, run_name, run_tags).info.run_id
+    logger = RunLogger(client, run_id)
     status = RunStatus.FAILED
     try:
+        if reopened:  # this attempt's tags (its launch, its job number), not the last one's error
+            if names.ERROR in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, names.ERROR)
+            logger.set_tags(run_tags)
         yield logger
         status = RunStatus.FINISHED
     except KeyboardInterrupt:
         status = RunStatus.KILLED
         raise
     except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}"[:5000]
+        # A store that stayed unreachable beyond the retry budget: the run is not broken, so it
+        # ends resumable (KILLED, its checkpoint kept), not FAILED, which a continue retrains.
+        status = RunStatus.KILLED if is_transient(exc) else RunStatus.FAILED
         try:
-            logger.set_tags({names.ERROR: message})
+            logger.set_tags({names.ERROR: redact(f"{type(exc).__name__}: {exc}")[:5000]})
         except Exception:  # the run still has to end even if the store is gone
-            log.exception("could not record the error on run %s", logger.run_id)
+            log.warning("could not record the error on run %s", run_id)
         raise
     finally:
-        retry(
-            lambda: client.set_terminated(logger.run_id, RunStatus.to_string(status)), "end run"
-        )
+        end_run(client, run_id, status)
+
+
+def end_run(client: Any, run_id: str, status: int | str) -> None:
+    """End the run with `status`. A store still unreachable after the retry budget leaves it
+    RUNNING, which resumes like KILLED once its lock is free: said once, not a second traceback
+    over the first error."""
+    try:
+        retrying(client).set_terminated(run_id, status if isinstance(status, str) else RunStatus.to_string(status))
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.error("run %s could not be ended (%s): it stays RUNNING and resumes like a KILLED run", run_id, first_line(exc))
+        raise

@@ -57,6 +57,16 @@ def load_data(cfg: DictConfig) -> tuple[Any, Any]:
     )
 
 
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config, flattened, as a run records it: credentials masked (tracking.uri),
+    and the data's content digest, which the run's identity hashes instead of data.dir."""
+    from hw4 import data, tracking
+
+    params = tracking.redact_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    params[names.DATA_DIGEST] = data.source_digest(cfg.data.dir)
+    return params
+
+
 def run_tags(cfg: DictConfig, launch_dir: str, params: dict, threads: int, extra: dict) -> dict:
     from hw4 import tracking
 
@@ -65,11 +75,12 @@ def run_tags(cfg: DictConfig, launch_dir: str, params: dict, threads: int, extra
         **source,
         "model": cfg.model.name,
         "optimizer": cfg.optimizer.name,
-        "overrides": " ".join(HydraConfig.get().overrides.task),
+        "overrides": " ".join(tracking.redact(o) for o in HydraConfig.get().overrides.task),
         "git_commit": source.get("mlflow.source.git.commit", "none"),
         "tf_threads": threads,
         names.CONFIG_KEY: names.config_key(params),
         names.JOB_KEY: names.job_key(params),
+        names.PLAN_KEY: names.plan_key(params),
         **extra,
     }
 
@@ -80,7 +91,11 @@ def log_run_inputs(cfg: DictConfig, run: Any, params: dict, model: Any, raw: Any
     from hw4 import artifacts, data, models
 
     hydra_cfg = HydraConfig.get()
-    run.log_params(params)
+    # A run reopened before its first epoch holds the params of its first attempt: MLflow refuses
+    # to change one, and the bookkeeping ones (trainer.resume, data.dir) may differ; the others
+    # were checked equal (tracking.check_resumable).
+    logged = run.client.get_run(run.run_id).data.params
+    run.log_params({k: v for k, v in params.items() if k not in logged})
     if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
         run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
@@ -111,7 +126,7 @@ def restore_or_build(cfg: DictConfig, run: Any, folder: Path, resumed: bool, par
     model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
     optimizer = training.build_optimizer(cfg.optimizer)
     training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
-    log_run_inputs(cfg, run, params, model, raw, splits, background)  # resumed: the same values again
+    log_run_inputs(cfg, run, params, model, raw, splits, background)
     return model, checkpoints.CheckpointState(), None
 
 
@@ -130,7 +145,8 @@ def train(cfg: DictConfig, job: Any, run: Any, splits: Any, folder: Path, signal
         run.set_tags({"checkpoint_dir": folder})
         kept = (lambda: best.best_weights) if trainer.restore_best else None
         callbacks.append(checkpoints.EpochCheckpoint(folder, state, kept))
-    callbacks.append(training.EpochMetricsLogger(run.log_metrics))
+    logged = {m.step for m in run.client.get_metric_history(run.run_id, names.LOSS)} if state.epoch >= 0 else set()
+    callbacks.append(training.EpochMetricsLogger(run.log_metrics, frozenset(logged)))
     pruner = None
     if trainer.prune == "median" and job.parent_run_id:
         pruner = training.MedianPruner(sweep.sibling_values(job.client, job, run.run_id), trainer.prune_after)
@@ -191,16 +207,21 @@ def track_run(cfg: DictConfig, job: Any, resume_id: Any, tags: dict, data: tuple
     with contextlib.ExitStack() as stack:
         if resume_id:  # locked before the run is reopened: a live process's run stays untouched
             stack.enter_context(locks.RunLock(lock_file(cfg, launch_dir, resume_id), resume_id))
+            # Again, now that no other process can end it: it may have finished since the check
+            # made before the data loaded.
+            tracking.check_resumable(job.client, resume_id, params)
         run = stack.enter_context(
             tracking.start_run(job.client, job.experiment_id, run_name(cfg), tags, job.parent_run_id, resume_id)
         )
         job.run_id = run.run_id
         sweep.mark_started()
+        if job.parent_run_id is None and not resume_id:  # a sweep's continue command resumes its jobs
+            print(f"run {run.run_id}: if it is interrupted, continue it with the same command and trainer.resume={run.run_id}")
         if not resume_id:
             stack.enter_context(locks.RunLock(lock_file(cfg, launch_dir, run.run_id), run.run_id))
-        if job.supersedes:  # a FAILED attempt this run replaces: its checkpoint will not be resumed
-            run.client.set_tag(job.supersedes, names.SUPERSEDED_BY, run.run_id)
-            checkpoints.remove(checkpoint_folder(cfg, launch_dir, job.supersedes))
+        sweep.supersede(job.client, job.supersedes, run.run_id)  # FAILED attempts this run replaces
+        for replaced in job.supersedes:  # their checkpoints will not be resumed
+            checkpoints.remove(checkpoint_folder(cfg, launch_dir, replaced))
         stack.enter_context(tracking.system_metrics(job.client, run.run_id, cfg.tracking.system_metrics))
         background = stack.enter_context(artifacts.Background(clock))  # ends before the run does
         folder = checkpoint_folder(cfg, launch_dir, run.run_id)
@@ -251,10 +272,12 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     launch_dir = get_original_cwd()
     cfg.data.dir = to_absolute_path(cfg.data.dir) if cfg.data.dir else None
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    tracking.set_retry_budget(cfg.tracking.retry_s)
 
     # Fail fast: the tracking store, then the data, before TensorFlow's slow start.
-    job = clock.call("store", sweep.open_job, cfg.tracking, launch_dir, params)
+    job = clock.call("store", sweep.open_job, cfg.tracking, launch_dir)
+    params = clock.call("data", run_params, cfg)
+    sweep.find_earlier_attempts(job, params)
     if job.finished is not None:  # a continued sweep: this configuration and seed are done
         sweep.mark_started()
         print(f"already finished as run {job.finished.info.run_id}: not trained again")
@@ -295,7 +318,7 @@ def cli() -> None:
         main()
     except KeyboardInterrupt as stop:
         signum = getattr(stop, "signum", 0) or signal.SIGINT
-        print(f"stopped at once ({signal_name(signum)})", file=sys.stderr)
+        print(str(stop) or f"stopped at once ({signal_name(signum)})", file=sys.stderr)
         sys.exit(128 + signum)
     sweep.exit_if_stopped()
     system.exit_now(0)

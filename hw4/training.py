@@ -78,14 +78,17 @@ def build_optimizer(optimizer: DictConfig) -> keras.optimizers.Optimizer:
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """Hands each epoch's Keras logs to `log_metrics(metrics, step=epoch)` (one write an epoch)."""
+    """Hands each epoch's Keras logs to `log_metrics(metrics, step=epoch)` (one write an epoch).
+    Epochs in `already_logged` are not written again: a resume that fell back to an older
+    checkpoint (a damaged latest one) trains them again, and MLflow keeps each epoch once."""
 
-    def __init__(self, log_metrics: Callable[..., None]):
+    def __init__(self, log_metrics: Callable[..., None], already_logged: frozenset[int] = frozenset()):
         super().__init__()
         self.log_metrics = log_metrics
+        self.already_logged = already_logged
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        if logs:
+        if logs and epoch not in self.already_logged:
             self.log_metrics({name: float(value) for name, value in logs.items()}, step=epoch)
 
 

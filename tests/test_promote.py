@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hw4 import data
-
-pytestmark = pytest.mark.slow
+from hw4 import data, names, promote, tracking
+from hw4.errors import ConfigError, TrackingError
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +37,7 @@ def promoted(tiny_data_dir, _migrated_store, tmp_path_factory):
     return uri, result.stdout
 
 
+@pytest.mark.slow
 def test_the_best_configuration_by_mean_then_its_best_seed_is_registered(promoted):
     uri, stdout = promoted
     client = MlflowClient(uri)
@@ -59,6 +59,7 @@ def test_the_best_configuration_by_mean_then_its_best_seed_is_registered(promote
     assert float(version.tags["value"]) == pytest.approx(best.data.metrics[metric])
 
 
+@pytest.mark.slow
 def test_the_champion_loads_by_alias_and_predicts_its_test_accuracy(promoted, tiny_data_dir, monkeypatch):
     import mlflow.pyfunc
 
@@ -80,6 +81,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(promoted, tiny_data_dir, tmp_path):
     uri, _ = promoted
     port = free_port()
@@ -121,6 +123,7 @@ def test_mlflow_models_serve_answers_invocations(promoted, tiny_data_dir, tmp_pa
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_sweep_parent_groups_the_repeats_by_configuration(promoted, tmp_path):
     """The same 2 lr x 2 seed sweep: one config_key per learning rate, aggregates on the parent."""
     import pandas as pd
@@ -142,3 +145,104 @@ def test_the_sweep_parent_groups_the_repeats_by_configuration(promoted, tmp_path
         assert rows["test_accuracy_mean"].iloc[0] == pytest.approx(np.mean(values))
         assert rows["test_accuracy_std"].iloc[0] == pytest.approx(np.std(values, ddof=1), nan_ok=True)
     assert parent.data.metrics["best_config_runs"] == 2
+
+
+# --- fast: runs and logged models written straight into a store (no training) ------------------
+
+
+def sweep_with_models(uri: str, children: list[tuple]) -> tuple[MlflowClient, str]:
+    """A sweep parent whose children (lr, seed, best_val, status[, best_val_loss]) each logged a model."""
+    from mlflow.entities import Metric, Param
+
+    client = tracking.connect(uri)
+    experiment_id = tracking.get_or_create_experiment(client, "promote", None)
+    parent = client.create_run(experiment_id, tags={names.SWEEP_ROLE: "parent"}).info.run_id
+    for lr, seed, best_val, status, *loss in children:
+        params = {"model.name": "mlp", "optimizer.lr": lr, names.SEED: seed}
+        tags = {names.CONFIG_KEY: names.config_key(params), names.PARENT_RUN: parent}
+        run_id = client.create_run(experiment_id, run_name=f"mlp-lr{lr}", tags=tags).info.run_id
+        metrics = {names.BEST_VAL_ACCURACY: best_val, names.TEST_ACCURACY: best_val - 0.01} if best_val else {}
+        metrics.update({names.BEST_VAL_LOSS: loss[0]} if loss else {})
+        client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                         params=[Param(k, str(v)) for k, v in params.items()])  # fmt: skip
+        if status == "FINISHED":
+            client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+        client.set_terminated(run_id, status)
+    return client, parent
+
+
+def seed_of(client: MlflowClient, version) -> tuple[str, str]:
+    params = client.get_run(version.run_id).data.params
+    return params["optimizer.lr"], params[names.SEED]
+
+
+DIVERGED = [  # lr 1e-2 diverged on 2 of 3 seeds; its survivor is the best single run
+    ("1e-3", 0, 0.85, "FINISHED"), ("1e-3", 1, 0.86, "FINISHED"), ("1e-3", 2, 0.87, "FINISHED"),
+    ("1e-2", 0, 0.95, "FINISHED"), ("1e-2", 1, None, "FAILED"), ("1e-2", 2, None, "FAILED"),
+]  # fmt: skip
+
+
+def test_a_configuration_with_failed_seeds_is_not_promoted(tracking_uri):
+    client, parent = sweep_with_models(tracking_uri, DIVERGED)
+    version = promote.promote(client, parent, names.OBJECTIVE, "fm", "champion")
+    assert seed_of(client, version) == ("1e-3", "2")
+    assert "lr 1e-2 has the best mean but is incomplete (1 of 3 seeds finished, 2 failed)" in version.tags["verdict"]
+
+
+def test_an_incomplete_winner_is_refused_unless_allowed(tracking_uri, tmp_path):
+    client, parent = sweep_with_models(tracking_uri, DIVERGED[3:])  # only the diverging lr
+    with pytest.raises(ConfigError, match=r"lr 1e-2, is incomplete \(1 of 3 seeds finished, 2 failed\).*allow_incomplete=true"):
+        promote.promote(client, parent, names.OBJECTIVE, "fm", "champion")
+    assert not client.search_registered_models()  # nothing registered
+    version = promote.promote(client, parent, names.OBJECTIVE, "fm", "champion", allow_incomplete=True)
+    assert seed_of(client, version) == ("1e-2", "0")
+    result = subprocess.run(
+        ["hw4-promote", f"tracking.uri={tracking_uri}", "tracking.experiment=promote", f"parent={parent}", "name=other"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "is incomplete" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+
+
+def test_best_val_loss_promotes_the_lowest_loss(tracking_uri):
+    client, parent = sweep_with_models(tracking_uri, [
+        ("1e-3", 0, 0.90, "FINISHED", 0.30), ("1e-3", 1, 0.91, "FINISHED", 0.25),
+        ("1e-2", 0, 0.80, "FINISHED", 0.70), ("1e-2", 1, 0.81, "FINISHED", 0.90),
+    ])  # fmt: skip
+    version = promote.promote(client, parent, names.BEST_VAL_LOSS, "fm", "champion")
+    assert seed_of(client, version) == ("1e-3", "1") and version.tags["value"] == "0.250000"
+
+
+def test_an_unknown_metric_is_one_clear_error(tracking_uri):
+    client, parent = sweep_with_models(tracking_uri, DIVERGED[:3])
+    with pytest.raises(ConfigError, match=r"^metric='best_val_acc': no finished run logged it; choose one of \[") as error:
+        promote.promote(client, parent, "best_val_acc", "fm", "champion")
+    assert names.BEST_VAL_ACCURACY in str(error.value) and names.TEST_ACCURACY in str(error.value)
+
+
+def test_store_errors_are_not_a_missing_run_or_model(tracking_uri):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    client, parent = sweep_with_models(tracking_uri, DIVERGED[:3])
+    with pytest.raises(ConfigError, match="parent=0+: no such run"):
+        promote.promote(client, "0" * 32, names.OBJECTIVE, "fm", "champion")
+
+    class Denied:  # the registry refuses: that is not "no such model, create it"
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def get_registered_model(self, name):
+            raise MlflowException("403 Forbidden", error_code=PERMISSION_DENIED)
+
+    with pytest.raises(MlflowException, match="403"):
+        promote.promote(Denied(), parent, names.OBJECTIVE, "fm", "champion")
+    assert not client.search_registered_models()
+
+    class Unreachable(Denied):
+        def get_run(self, run_id):
+            raise MlflowException("401 Unauthorized", error_code=PERMISSION_DENIED)
+
+    with pytest.raises(TrackingError, match="PERMISSION_DENIED: 401 Unauthorized"):
+        promote.promote(Unreachable(), parent, names.OBJECTIVE, "fm", "champion")

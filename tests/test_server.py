@@ -66,43 +66,77 @@ def mlflow_server(*options: str, env: dict | None = None):
         yield url
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker stuck on a dead database connection
+            server.kill()
+            server.wait()
+
+
+class Postgres:
+    """A PostgreSQL server of the test's own, on loopback, in a temporary folder; it can be
+    stopped and started again (the outage tests)."""
+
+    def __init__(self) -> None:
+        initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not initdbs:
+            pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed")
+        self.bindir = initdbs[-1].parent
+        # PostgreSQL refuses to run as root: run it as the `postgres` user, in a folder it owns.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.folder = Path(tempfile.mkdtemp(prefix="hw4-pg-"))
+        self.folder.chmod(0o755)
+        if self.as_user:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.data, self.port = self.folder / "data", free_port()
+        initialised = self.pg("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres")
+        if initialised.returncode != 0 or self.start().returncode != 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            pytest.skip(f"PostgreSQL could not be started here: {initialised.stderr.strip()[-300:]}")
+
+    def pg(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.as_user, str(self.bindir / tool), *args], capture_output=True, text=True, cwd=self.folder)
+
+    def start(self) -> subprocess.CompletedProcess:
+        return self.pg(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w",
+            "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder}", "start",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop at once, ending every client's connection (what a restart does to them)."""
+        stopped = self.pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+    def create_database(self, name: str) -> str:
+        created = self.pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        assert created.returncode == 0, created.stderr
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def dump(self, name: str) -> str:
+        """Everything the database holds, as SQL text."""
+        dumped = self.pg("pg_dump", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        assert dumped.returncode == 0, dumped.stderr
+        return dumped.stdout
+
+    def remove(self) -> None:
+        self.pg("pg_ctl", "-D", str(self.data), "-m", "fast", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def postgres_uri():
-    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not initdbs:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed")
-    bindir = initdbs[-1].parent
-    # PostgreSQL refuses to run as root: run it as the `postgres` user, in a folder it owns.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    folder = Path(tempfile.mkdtemp(prefix="hw4-pg-"))
-    folder.chmod(0o755)
-    if as_user:
-        shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", free_port()
-
-    def pg(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, *args], capture_output=True, text=True, cwd=folder)
-
-    started = pg(str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
-    if started.returncode == 0:
-        started = pg(
-            str(bindir / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w",
-            "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}", "start",
-        )  # fmt: skip
-    if started.returncode != 0:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"PostgreSQL could not be started here: {started.stderr.strip()[-300:]}")
+def postgres():
+    server = Postgres()
     try:
-        created = pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow")
-        assert created.returncode == 0, created.stderr
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+        yield server
     finally:
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
+
+
+@pytest.fixture(scope="module")
+def postgres_uri(postgres):
+    return postgres.create_database("mlflow")
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,60 @@ def test_optuna_search_nests_its_trials(tiny_data_dir, tracking_uri, tmp_path):
         assert 1e-4 <= float(child.data.params["optimizer.lr"]) <= 3e-2
 
 
+def test_a_failed_trial_is_told_fail_and_the_search_goes_on(tiny_data_dir, tracking_uri, tmp_path):
+    """Issue 21, section 5: the plugin's max_failure_rate=0.0 aborted the search at the first
+    failed trial; hw4's preset lets the others run (conf/hparams_search/optuna_lr.yaml)."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = subprocess.run(
+        [
+            "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1",
+            "data.limit=choice(200,100000)",  # 100000 is refused: that trial fails
+            "trainer.epochs=1", "trainer.verbose=0", "tracking.log_model=false",
+            f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+        ],  # fmt: skip
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, parent, children = parent_and_children(tracking_uri)
+    statuses = sorted(c.info.status for c in children)
+    assert len(children) == 4 and "FAILED" in statuses and "FINISHED" in statuses
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["jobs_failed"] == statuses.count("FAILED")
+
+
+def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri):
+    """Issue 21, section 5: exit 130, the running trial's run KILLED with its checkpoint, no
+    further trial, the parent KILLED, no RUNNING run and no process left."""
+    import psutil
+
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from conftest import write_dataset
+    from test_reliability import start_and_wait_for, steps
+
+    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
+    args = [
+        "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "model=mlp", "trainer.epochs=100",
+        "trainer.verbose=0", "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]  # fmt: skip
+
+    def training(client, runs):
+        return any(r.info.status == "RUNNING" and len(steps(client, r.info.run_id, "loss")) >= 2
+                   for r in runs if r.data.tags.get("sweep") != "parent")  # fmt: skip
+
+    process = start_and_wait_for(args, tmp_path, tracking_uri, training, stdout=subprocess.PIPE, start_new_session=True)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=90)
+    assert process.returncode == 128 + signal.SIGINT, err.decode()[-3000:]
+    assert "Traceback" not in err.decode()
+    client, parent, children = parent_and_children(tracking_uri)
+    assert parent.info.status == "KILLED" and parent.data.tags["stopped_by"] == "SIGINT"
+    (child,) = children  # no trial after the stop
+    assert child.info.status == "KILLED"
+    assert Path(child.data.tags["checkpoint_dir"]).is_dir()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+
 def test_lr_sweep_preset_is_a_log_spaced_grid():
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -102,6 +102,29 @@ def test_ctrl_c_ends_the_run_killed(tracking_uri):
     assert result.info.status == "KILLED" and "error" not in result.data.tags
 
 
+def test_a_run_whose_store_stayed_unreachable_ends_resumable(tracking_uri):
+    """Issue 21, section 2: beyond the retry budget the run ends KILLED (its checkpoint kept, a
+    continue resumes it), not FAILED (which a continue trains again from scratch)."""
+
+    def outage(run):
+        raise locked()  # what a store still down after the budget raises
+
+    result = run_and_read(tracking_uri, outage, raises=Exception)
+    assert result.info.status == "KILLED"
+    assert "database is locked" in result.data.tags["error"]
+
+
+def test_errors_and_uris_are_recorded_without_credentials():
+    """Issue 21, section 4: one function masks every URI's password or token."""
+    text = "cannot reach postgresql://alice:pw@db:5432/mlflow or https://tok3n@host/x?token=abc&a=1"
+    assert tracking.redact(text) == "cannot reach postgresql://alice:***@db:5432/mlflow or https://***@host/x?token=***&a=1"
+    assert tracking.redact("sqlite:////tmp/mlruns/mlflow.db") == "sqlite:////tmp/mlruns/mlflow.db"
+    assert tracking.redact_params({"tracking.uri": "mysql://u:p@h/db", "optimizer.lr": 0.1}) == {
+        "tracking.uri": "mysql://u:***@h/db", "optimizer.lr": 0.1,
+    }  # fmt: skip
+    assert "pw" not in tracking.where_to_see("http://bob:pw@127.0.0.1:5000", "1")
+
+
 def test_a_reopened_run_drops_the_error_of_its_interrupted_attempt(tracking_uri):
     """Resuming a run that failed mid-way: while it trains again, and once it finishes, the
     error of the earlier attempt no longer shows on it."""
@@ -181,8 +204,62 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
         raise ConnectionResetError("connection reset by peer")
 
     with pytest.raises(ConnectionResetError):
-        tracking.retry(dropped, "dropped", attempts=2)
-    assert len(calls) == 2
+        tracking.retry(dropped, "dropped", policy=tracking.RetryPolicy(budget_s=1.0))
+    assert len(calls) >= 2
+
+
+@pytest.mark.parametrize("outage_s, budget_s, rides_it_out", [(60, tracking.DEFAULT_RETRY_S, True), (60, 20, False)])
+def test_the_retry_budget_rides_out_a_store_restart(outage_s, budget_s, rides_it_out, monkeypatch):
+    """Issue 21, section 2: exponential backoff with jitter within a total budget
+    (tracking.retry_s, default enough for a 60 s outage), on a virtual clock."""
+    clock = {"now": 0.0}
+    pauses: list[float] = []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        clock["now"] += seconds
+
+    monkeypatch.setattr(tracking.time, "sleep", sleep)
+
+    def store():
+        if clock["now"] < outage_s:
+            raise ConnectionRefusedError("connection refused")
+        return "back"
+
+    policy = tracking.RetryPolicy(budget_s=budget_s)
+    if rides_it_out:
+        assert tracking.retry(store, "during a restart", policy=policy) == "back"
+    else:
+        with pytest.raises(ConnectionRefusedError):
+            tracking.retry(store, "during a restart", policy=policy)
+    assert sum(pauses) <= budget_s
+    assert pauses[1] > pauses[0] and max(pauses) <= policy.max_delay_s  # backing off, capped
+    assert len(set(pauses)) == len(pauses)  # jittered: parallel jobs do not retry in step
+
+
+def test_every_call_of_a_retrying_client_is_retried_but_creating_a_run(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+
+    class Store:
+        def __init__(self):
+            self.calls = {"get_run": 0, "create_run": 0}
+
+        def get_run(self, run_id):  # a read
+            self.calls["get_run"] += 1
+            if self.calls["get_run"] < 3:
+                raise locked()
+            return run_id
+
+        def create_run(self, experiment_id):
+            self.calls["create_run"] += 1
+            raise locked()
+
+    store = Store()
+    client = tracking.retrying(store)
+    assert client.get_run("r") == "r" and store.calls["get_run"] == 3
+    with pytest.raises(Exception):
+        client.create_run("0")
+    assert store.calls["create_run"] == 1  # tracking.create_run retries it safely, by its token
 
 
 @pytest.mark.parametrize(

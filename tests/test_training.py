@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
     state = checkpoints.CheckpointState()
     training.fit(compiled_mlp(), splits, first, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
-    assert [p.name for p in folder.iterdir() if p.is_dir()] == ["epoch-0001"]  # older ones pruned
+    # The latest epoch and, as its fallback, the one before (issue 21, item 1.6).
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["epoch-0000", "epoch-0001"]
 
     model, restored, _ = checkpoints.load(folder)
     assert restored.epoch == 1 and len(restored.history["loss"]) == 2
@@ -56,6 +58,7 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     )  # fmt: skip
     assert {len(values) for values in history.values()} == {4}
     assert history["loss"][:2] == state.history["loss"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["epoch-0002", "epoch-0003"]  # older ones pruned
 
 
 def test_numpy_and_tf_data_pipelines_train_alike(splits):
@@ -374,3 +377,34 @@ def test_op_determinism_does_not_leak_into_the_next_job_of_a_process():
         assert not tf_config.is_op_determinism_enabled()
     finally:
         tf_config.disable_op_determinism()
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_epoch_before(splits, tmp_path):
+    """After a power loss LATEST may name an epoch whose model file is empty (issue 21, 1.6)."""
+    folder = tmp_path / "ckpt"
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
+    state = checkpoints.CheckpointState()
+    training.fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    assert (folder / "LATEST").read_text() == "epoch-0001"
+    (folder / "epoch-0001" / checkpoints.MODEL_FILE).write_bytes(b"")  # what a lost write leaves
+    model, restored, _ = checkpoints.load(folder)
+    assert restored.epoch == 0 and len(restored.history["loss"]) == 1
+    assert int(model.optimizer.iterations) > 0
+    (folder / "epoch-0000" / checkpoints.STATE_FILE).write_text("{")  # both damaged: one clear error
+    with pytest.raises(FileNotFoundError, match="no readable checkpoint"):
+        checkpoints.load(folder)
+
+
+def test_a_checkpoint_is_flushed_to_disk_before_latest_names_it(splits, tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    order = []
+    real_fsync, real_replace = checkpoints._fsync, checkpoints.os.replace
+    monkeypatch.setattr(checkpoints, "_fsync", lambda path: (order.append(("fsync", Path(path).name)), real_fsync(path)))
+    monkeypatch.setattr(checkpoints.os, "replace", lambda a, b: (order.append(("replace", Path(b).name)), real_replace(a, b)))
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0})
+    state = checkpoints.CheckpointState()
+    training.fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    switched = order.index(("replace", "LATEST"))
+    flushed = {name for kind, name in order[:switched] if kind == "fsync"}
+    assert {checkpoints.MODEL_FILE, checkpoints.STATE_FILE, "epoch-0000"} <= flushed
+    assert ("fsync", "ckpt") in order[switched:]  # the rename itself made durable
