@@ -263,10 +263,15 @@ class _OneLineDatabaseErrors(logging.Filter):
         return not str(record.msg).startswith("SQLAlchemy database error")
 
 
-# MLflow retries an HTTP call on its own for minutes (7 tries, backoff factor 2) before hw4 sees
-# the error: hw4's retry policy owns the budget instead (tracking.retry_s). Defaults only: a
-# user's own MLFLOW_HTTP_REQUEST_* settings win.
-MLFLOW_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# MLflow retries an HTTP call on its own for minutes (7 tries, backoff factor 2) and waits 120 s
+# for a reply (a server whose database restarted held one that long, here) before hw4 sees the
+# error: hw4's retry policy owns the budget instead (tracking.retry_s), and a request left
+# without a reply for 30 s is tried again. Defaults only: a user's MLFLOW_HTTP_REQUEST_* win.
+MLFLOW_HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def prefer_hw4_retries(uri: str) -> None:
