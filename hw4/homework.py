@@ -43,6 +43,15 @@ def split_repeats(arguments: list[str]) -> tuple[int, list[str]]:
     return int(value), rest
 
 
+def portable(argument: str) -> str:
+    """`key=/abs/path` as a path relative to the launch folder, as the report records the
+    command: the same on any machine with the same layout, and no one's home folder in it."""
+    key, sep, value = argument.partition("=")
+    if sep and value.startswith("/") and Path(value).exists():
+        return f"{key}={os.path.relpath(value)}"
+    return argument
+
+
 def tracking_uri(tracking_overrides: list[str]) -> str:
     """The store hw4-train used: its tracking.uri override, else what conf/tracking/default.yaml
     resolves to (MLFLOW_TRACKING_URI, else the embedded sqlite store)."""
@@ -86,7 +95,7 @@ def main() -> None:
 
     client = tracking.client_for(store_uri(context, tracking_uri(tracking_overrides), os.getcwd()))
     client.set_tag(context.parent_run_id, HOMEWORK_TAG, "true")
-    command = ["hw4-homework", *(tracking.redact(a) for a in sys.argv[1:])]
+    command = ["hw4-homework", *(portable(tracking.redact(a)) for a in sys.argv[1:])]
     client.set_tag(context.parent_run_id, COMMAND_TAG, " ".join(shlex.quote(a) for a in command))
     html = report.build(client, context.parent_run_id, Path("reports") / context.parent_run_id)
     print(f"report: {html} and {html.with_name(report.REPORT_MD)}")

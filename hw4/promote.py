@@ -78,12 +78,12 @@ def registered_model(client: Any, name: str) -> Any:
     """The registered model `name`, created when the registry does not hold it yet."""
     from mlflow.exceptions import MlflowException
 
-    from hw4 import runs, tracking
+    from hw4 import tracking
 
     try:
         return tracking.retry(lambda: client.get_registered_model(name), f"read registered model {name}")
     except MlflowException as exc:
-        if not runs.does_not_exist(exc):
+        if not tracking.does_not_exist(exc):
             raise  # an auth or network error is not a missing model
     return client.create_registered_model(name, description="Fashion-MNIST classifiers promoted by hw4-promote")
 

@@ -57,12 +57,12 @@ def _artifact(client: Any, run_id: str, path: str, into: Path) -> Optional[Path]
     section says so). Other errors (auth, network) are not an absent artifact: they propagate."""
     from mlflow.exceptions import MlflowException
 
-    from hw4 import runs
+    from hw4 import tracking
 
     try:
         return Path(client.download_artifacts(run_id, path, str(into)))
     except MlflowException as exc:
-        if runs.does_not_exist(exc):
+        if tracking.does_not_exist(exc):
             return None
         raise
 
@@ -184,7 +184,7 @@ def repeats(runs: list) -> dict:
 
 
 def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -> dict:
-    from hw4 import runs
+    from hw4 import runs, tracking
 
     parent = runs.get_run(client, parent_run_id, f"parent={parent_run_id}")
     by_name: dict[str, list] = {}
@@ -211,7 +211,7 @@ def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -
     return {
         "parent_run_id": parent_run_id,
         "experiment_id": parent.info.experiment_id,
-        "tracking_uri": client.tracking_uri,
+        "tracking_uri": tracking.redact(client.tracking_uri),
         "scratch": scratch_section(client, scratch, workdir) if scratch else None,
         "runs": sections,
         "missing": [name for name in PRESETS if name not in sections],

@@ -34,8 +34,6 @@ PAGE = 1000  # runs per search request (the store's own upper bound is higher)
 
 # Run statuses, as MLflow names them (mlflow.entities.RunStatus).
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
-# MLflow's error code for a run, model or artifact the store does not hold.
-RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
 # MLflow metric names that the run table holds under a column of its own.
 COLUMN_OF = {names.BEST_VAL_ACCURACY: "best_val_accuracy", names.TEST_ACCURACY: "test_accuracy",
              names.VAL_ACCURACY: "final_val_accuracy"}  # fmt: skip
@@ -111,13 +109,6 @@ def latest_run_id(client: Any, experiment_id: str, filter_string: str, missing: 
     return found[0].info.run_id
 
 
-def does_not_exist(exc: BaseException) -> bool:
-    """Whether the store answered that the thing asked for is not there (and nothing worse)."""
-    from mlflow.exceptions import MlflowException
-
-    return isinstance(exc, MlflowException) and exc.error_code == RESOURCE_DOES_NOT_EXIST
-
-
 def get_run(client: Any, run_id: str, what: str) -> Any:
     """The run `run_id`. ConfigError("`what`: no such run ...") only when the store says it does
     not hold it; any other store error is a TrackingError that names it (an auth or network
@@ -127,12 +118,12 @@ def get_run(client: Any, run_id: str, what: str) -> Any:
     from hw4 import tracking
 
     try:
-        return tracking.retry(lambda: client.get_run(run_id), f"read run {run_id}")
+        return tracking.retrying(client).get_run(run_id)
     except MlflowException as exc:
-        if does_not_exist(exc):
-            raise ConfigError(f"{what}: no such run in {client.tracking_uri}") from None
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise TrackingError(f"{what}: cannot read the run from {client.tracking_uri}: {exc.error_code}: {first_line}") from exc
+        store = tracking.redact(client.tracking_uri)
+        if tracking.does_not_exist(exc):
+            raise ConfigError(f"{what}: no such run in {store}") from None
+        raise TrackingError(f"{what}: cannot read the run from {store}: {exc.error_code}: {tracking.first_line(exc)}") from exc
 
 
 def _number(value: Any, cast: type = float) -> Any:
@@ -317,11 +308,13 @@ def _seed_text(seed: Any) -> str:
     return "?" if pd.isna(seed) else str(int(seed))  # NaN: a run that logged no seed
 
 
-def rank(configurations: pd.DataFrame, mean: str, higher: bool) -> pd.DataFrame:
+def rank(configurations: pd.DataFrame, mean: str, higher: bool, first_started: pd.Series) -> pd.DataFrame:
     """Complete configurations first, then incomplete ones, each by their `mean` (best first);
-    configurations without a value last."""
-    key = configurations.assign(_ranked=configurations[mean].notna())
-    order = key.sort_values(["_ranked", "complete", mean], ascending=[False, False, not higher], kind="stable")
+    configurations without a value last; ties to the configuration that started first."""
+    key = configurations.assign(_ranked=configurations[mean].notna(), _first=first_started.reindex(configurations.index))
+    order = key.sort_values(
+        ["_ranked", "complete", mean, "_first"], ascending=[False, False, not higher, True], kind="stable"
+    )
     return configurations.loc[order.index]
 
 
@@ -340,7 +333,8 @@ def group(frame: pd.DataFrame, metric: str = names.OBJECTIVE, *, sweep: bool = F
     values = config_values(frame)
     configurations = values.join(seed_counts(frame, sweep=sweep)).join(aggregates(frame, column))
     configurations["seeds"] = configurations["seeds"].fillna("")
-    configurations = rank(configurations, f"{column}_mean", higher_is_better(metric))
+    first_started = frame.groupby("config_key", sort=False)["started"].min()
+    configurations = rank(configurations, f"{column}_mean", higher_is_better(metric), first_started)
     configurations["label"] = labels(label_values(frame, values).reindex(configurations.index))
     return configurations.join(tied_with_best(finished, configurations, column))
 

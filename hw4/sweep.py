@@ -223,7 +223,9 @@ def open_job(settings: DictConfig, launch_dir: str) -> Job:
     if context is None:
         client, experiment_id = tracking.open_experiment(settings, launch_dir)
         return Job(client, experiment_id)
-    client = tracking.connect(store_uri(context, settings.uri, launch_dir))
+    # The launcher checked the store already: a job that starts while it blinks waits for it
+    # (the retry policy) rather than failing at once.
+    client = tracking.client_for(store_uri(context, settings.uri, launch_dir))
     return Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
 
 

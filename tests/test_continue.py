@@ -287,3 +287,20 @@ def test_the_finish_command_is_quoted_as_a_shell_needs():
         "hw4-train", "-m", "hydra/launcher=joblib", "model=glob(*)", "tracking.run_name=my run",
         "tracking.uri=postgresql://a:***@db/m", "hydra.sweep.dir=/tmp/sweep dir",
     ]  # fmt: skip
+
+
+def test_runs_of_a_dead_worker_are_ended_when_a_sweep_ends_without_a_stop(tmp_path, tracking_uri):
+    """Finding 1.5: an OOM-killed joblib worker (TerminatedWorkerError) left its run RUNNING,
+    because dead workers' runs were ended only for stopped sweeps."""
+    from hw4 import locks
+
+    callback, parent_id, client = finishing_callback(tracking_uri, tmp_path)
+    callback._completed = False  # joblib raised: Hydra never called on_multirun_end
+    child = tracking.create_run(client, callback.context.experiment_id, "job-0", {names.PARENT_RUN: parent_id})
+    callback._lock_root = tmp_path / "checkpoints"
+    lock = locks.lock_path(callback._lock_root, child.info.run_id)
+    lock.parent.mkdir(parents=True)
+    lock.write_text("pid 1 on this machine")  # its process is gone; nobody holds the lock
+    callback._finish()
+    assert client.get_run(child.info.run_id).info.status == "KILLED"
+    assert client.get_run(parent_id).info.status != "RUNNING"

@@ -19,13 +19,18 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ["Part 1", "Part 2", "Part 3", "Part 4", "Comparison: overfitting", "Data preparation"]
 
 
+def homework_data(workdir):
+    return workdir.parent / "data-of-homework"
+
+
 @pytest.fixture(scope="module")
 def homework(tiny_data_dir, _migrated_store, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("homework")
     (workdir / "mlruns").mkdir()
     shutil.copy(_migrated_store, workdir / "mlruns" / "mlflow.db")
+    data_dir = shutil.copytree(tiny_data_dir, homework_data(workdir))  # given as an absolute path
     result = subprocess.run(
-        ["hw4-homework", f"data.dir={tiny_data_dir}", "trainer.epochs=1", "trainer.verbose=0",
+        ["hw4-homework", f"data.dir={data_dir}", "trainer.epochs=1", "trainer.verbose=0",
          "tracking.log_model=false", "repeats=2"],  # fmt: skip
         cwd=workdir,
         capture_output=True,
@@ -116,6 +121,9 @@ def test_results_file_names_the_command_commit_and_machine(homework):
     results = (workdir / "reports" / parent_id / "results.md").read_text()
     assert "| MLP 784-128-64-10 | 0.870 |" in results
     assert "Command: `hw4-homework data.dir=" in results and "repeats=2" in results
+    # The README quotes this file: no absolute path of the machine it ran on (issue 21, section 4).
+    data_dir = next(a for a in client.get_run(parent_id).data.tags["command"].split() if a.startswith("data.dir="))
+    assert data_dir == f"data.dir={os.path.relpath(homework_data(workdir), workdir)}" and "/tmp/" not in results
     commit = client.get_run(parent_id).data.tags.get("mlflow.source.git.commit")
     children = client.search_runs([client.get_run(parent_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     commits = {c.data.tags.get("mlflow.source.git.commit") for c in children if c.info.run_name in PRESETS}

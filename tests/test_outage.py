@@ -22,6 +22,7 @@ from test_server import Postgres, mlflow_server
 
 pytestmark = pytest.mark.slow
 OUTAGE_S = 30
+SWEEP_EPOCHS, RUN_EPOCHS = 10, 40  # each still training when the outage begins
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,9 @@ def postgres():
         server.remove()
 
 
-def train_command(uri: str, data_dir: Path, *overrides: str) -> list[str]:
+def train_command(uri: str, data_dir: Path, *overrides: str, epochs: int) -> list[str]:
     return [
-        "hw4-train", *overrides, "model=mlp", "trainer.epochs=4", "trainer.verbose=0", "tracking.log_model=false",
+        "hw4-train", *overrides, "model=mlp", f"trainer.epochs={epochs}", "trainer.verbose=0", "tracking.log_model=false",
         f"data.dir={data_dir}", f"tracking.uri={uri}",
     ]  # fmt: skip
 
@@ -50,62 +51,72 @@ def first_epoch_logged(uri: str) -> bool:
         return False
 
 
-def run_through_an_outage(command: list[str], cwd: Path, uri: str, postgres: Postgres) -> subprocess.CompletedProcess:
-    """Run `command`; once a run has logged its first epoch, stop PostgreSQL for OUTAGE_S."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    output: dict[str, str] = {}
-    reader = threading.Thread(target=lambda: output.update(zip(("out", "err"), process.communicate())))
-    reader.start()
+def run_through_an_outage(jobs: list[tuple[list[str], str]], cwd: Path, postgres: Postgres) -> list[subprocess.CompletedProcess]:
+    """Run each (command, store URI) at once; once each has logged a first epoch, stop
+    PostgreSQL for OUTAGE_S and start it again; return how each ended."""
+    processes, outputs = [], []
+    for command, _ in jobs:
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        output: dict[str, str] = {}
+        reader = threading.Thread(target=lambda p=process, o=output: o.update(zip(("out", "err"), p.communicate())))
+        reader.start()
+        processes.append((process, reader))
+        outputs.append(output)
     deadline = time.monotonic() + 180
-    while not first_epoch_logged(uri):
-        assert process.poll() is None and time.monotonic() < deadline, "no epoch before the outage"
+    while not all(first_epoch_logged(uri) for _, uri in jobs):
+        assert all(p.poll() is None for p, _ in processes) and time.monotonic() < deadline, "no epoch before the outage"
         time.sleep(0.2)
     postgres.stop()
     time.sleep(OUTAGE_S)
-    assert process.poll() is None, "the job gave up during the outage"
+    assert all(p.poll() is None for p, _ in processes), "a job gave up during the outage"
     assert postgres.start().returncode == 0
-    reader.join(timeout=300)
-    return subprocess.CompletedProcess(command, process.returncode, output.get("out", ""), output.get("err", ""))
+    results = []
+    for (command, _), (process, reader), output in zip(jobs, processes, outputs):
+        reader.join(timeout=300)
+        results.append(subprocess.CompletedProcess(command, process.returncode, output.get("out", ""), output.get("err", "")))
+    return results
 
 
-def assert_whole(client: MlflowClient, run) -> None:
+def assert_whole(client: MlflowClient, run, epochs: int) -> None:
     assert run.info.status == "FINISHED", run.data.tags.get("error")
     for metric in names.EPOCH_METRICS:
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == [0, 1, 2, 3], metric
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, metric)) == list(range(epochs)), metric
     assert names.TEST_ACCURACY in run.data.metrics
 
 
-def test_a_sweep_on_a_direct_postgresql_store_rides_out_a_database_restart(postgres, tmp_path):
+def test_a_database_restart_mid_run_loses_nothing_directly_or_through_mlflow_server(postgres, tmp_path):
+    """One outage for both stores (a shorter suite): a 3-job sweep on a direct postgresql://
+    store, and a single run through `mlflow server` on the same PostgreSQL."""
     from conftest import write_dataset
 
-    uri = postgres.create_database("direct")
+    direct, backend = postgres.create_database("direct"), postgres.create_database("served")
     data_dir = write_dataset(tmp_path / "data", n_dev=2000, n_test=200)
-    command = train_command(uri, data_dir, "-m", "optimizer.lr=1e-3,3e-3,1e-2", f"hydra.sweep.dir={tmp_path / 'multirun'}")
-    result = run_through_an_outage(command, tmp_path, uri, postgres)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "retry" in result.stdout + result.stderr  # it did meet the outage (hw4's log line)
-    assert "SQLAlchemy database error" not in result.stderr  # one line per retry, no traceback
-    client = MlflowClient(uri)
+    options = ["--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", str(tmp_path / "a")]
+    with mlflow_server(*options) as url:
+        sweep, single = run_through_an_outage(
+            [
+                (train_command(direct, data_dir, "-m", "optimizer.lr=1e-3,3e-3,1e-2", f"hydra.sweep.dir={tmp_path / 'multirun'}", epochs=SWEEP_EPOCHS), direct),
+                (train_command(url, data_dir, epochs=RUN_EPOCHS), url),
+            ],
+            tmp_path, postgres,
+        )  # fmt: skip
+        assert single.returncode == 0, single.stderr[-3000:]
+        assert "retry" in single.stdout + single.stderr  # it did meet the outage, beyond MLflow's own retries
+        client = MlflowClient(url)
+        (run,) = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
+        assert_whole(client, run, RUN_EPOCHS)
+
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "retry" in sweep.stdout + sweep.stderr  # it did meet the outage (hw4's log line)
+    assert "SQLAlchemy database error" not in sweep.stderr  # one line per retry, no traceback
+    client = MlflowClient(direct)
     runs = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get(names.SWEEP_ROLE) == "parent"]
     children = [r for r in runs if r is not parent]
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_finished"] == 3
     assert len(children) == 3
     for child in children:
-        assert_whole(client, child)
-
-
-def test_a_run_through_mlflow_server_rides_out_its_database_restart(postgres, tmp_path, tiny_data_dir):
-    from conftest import write_dataset
-
-    backend = postgres.create_database("served")
-    data_dir = write_dataset(tmp_path / "data", n_dev=2000, n_test=200)
-    with mlflow_server("--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", str(tmp_path / "a")) as url:
-        result = run_through_an_outage(train_command(url, data_dir), tmp_path, url, postgres)
-        assert result.returncode == 0, result.stderr[-3000:]
-        client = MlflowClient(url)
-        (run,) = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
-        assert_whole(client, run)
+        assert_whole(client, child, SWEEP_EPOCHS)
 
 
 def test_no_password_is_written_to_the_store_a_file_or_the_console(postgres, tmp_path, tiny_data_dir):
