@@ -33,10 +33,11 @@ def train(variant: str, model_name: str, epochs: int, data_dir: str) -> dict:
     from omegaconf import OmegaConf
 
     from hw4 import data, models, training
+    from hw4.config import TrainerConfig
 
     shape = [784] if model_name == "mlp" else [28, 28, 1]
     splits = data.prepare(data.load(data_dir, 10), shape, 10)
-    trainer = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "trainer" / "default.yaml"), {"epochs": epochs, "verbose": 0})
+    trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"epochs": epochs, "verbose": 0})
     training.configure_runtime(trainer)
     model = models.mlp(shape) if model_name == "mlp" else models.lenet(shape)
     training.compile_model(model, keras.optimizers.Adam(1e-3), trainer.jit_compile, trainer.steps_per_execution)

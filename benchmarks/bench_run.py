@@ -22,7 +22,7 @@ Both sides run with verbose=0 and the same data folder. hw4 logs to a sqlite sto
 temporary folder, created before the first round (so no run pays for creating it).
 
 The breakdown of hw4's fixed cost comes from the runs themselves: each run logs its steps as
-`time_*` metrics (hw4/timing.py), which this script reads back from the store.
+`time_*` metrics (hw4/runtime/timing.py), which this script reads back from the store.
 """
 
 from __future__ import annotations
@@ -177,7 +177,9 @@ def main() -> None:
         return f"| {label} | {plain:.1f} | " + " | ".join(cells) + f" | {verdict} |"
 
     for epochs in args.epochs:
-        lines.append(row(f"{epochs} epoch(s), part3_mlp", median(walls[f"plain {epochs}"]), str(epochs), TARGETS.get(epochs)))
+        lines.append(
+            row(f"{epochs} epoch(s), part3_mlp", median(walls[f"plain {epochs}"]), str(epochs), TARGETS.get(epochs))
+        )
     if not args.no_sweep:
         plain_sweep = len(SWEEP_LRS) * median(walls[f"plain {SWEEP_EPOCHS}"])
         label = f"{len(SWEEP_LRS)}-job lr sweep, {SWEEP_EPOCHS} epochs (plain: 5 x one script)"
@@ -203,10 +205,16 @@ def main() -> None:
         for key in keys + extra:
             cells = [median([r["times"][key] for r in g if key in r["times"]]) for g in groups]
             lines.append(f"| {key} | " + " | ".join("" if c != c else f"{c:.2f}" for c in cells) + " |")
-    accuracies = sorted({(r["epochs"], r["lr"], round(r["test_accuracy"], 4)) for r in rows if r["test_accuracy"] is not None})
+    accuracies = sorted(
+        {(r["epochs"], r["lr"], round(r["test_accuracy"], 4)) for r in rows if r["test_accuracy"] is not None}
+    )
     lines += ["", "hw4's test accuracy (epochs, lr, accuracy; the same in every round): "
               + ", ".join(f"{e}, {lr}: {a:.4f}" for e, lr, a in accuracies)]  # fmt: skip
-    lines += ["", f"`python benchmarks/bench_run.py --rounds {args.rounds}{' --before ...' if args.before else ''}` took {(time.perf_counter() - began) / 60:.1f} min.", ""]
+    lines += [
+        "",
+        f"`python benchmarks/bench_run.py --rounds {args.rounds}{' --before ...' if args.before else ''}` took {(time.perf_counter() - began) / 60:.1f} min.",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     print(json.dumps({"walls": walls}), file=sys.stderr)

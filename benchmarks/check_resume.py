@@ -70,11 +70,16 @@ def main() -> int:
         run_id = run.info.run_id
         at_kill = len(val_loss(client, run_id))
         subprocess.run(
-            [*command, "tracking.run_name=killed", f"trainer.resume={run_id}"], cwd=folder, check=True, capture_output=True
+            [*command, "tracking.run_name=killed", f"trainer.resume={run_id}"],
+            cwd=folder,
+            check=True,
+            capture_output=True,
         )
         alone, resumed = val_loss(client, run_named("alone").info.run_id), val_loss(client, run_id)
 
-    print(f"{args.model}, {args.epochs} epochs, deterministic; SIGKILL with {at_kill} epochs in the store, then resumed")
+    print(
+        f"{args.model}, {args.epochs} epochs, deterministic; SIGKILL with {at_kill} epochs in the store, then resumed"
+    )
     print(f"{'epoch':>5}  {'left alone':>20}  {'killed and resumed':>20}")
     for epoch, (a, b) in enumerate(zip(alone, resumed)):
         print(f"{epoch + 1:>5}  {a:>20.17g}  {b:>20.17g}{'' if a == b else '  DIFFERENT'}")

@@ -37,9 +37,7 @@ x_dev = x_dev.reshape(-1, 784) / 255.0
 x_test = x_test.reshape(-1, 784) / 255.0
 y_dev = keras.utils.to_categorical(y_dev, 10)
 y_test = keras.utils.to_categorical(y_test, 10)
-x_train, x_val, y_train, y_val = train_test_split(
-    x_dev, y_dev, test_size=0.2, random_state=args.seed, stratify=y_dev
-)
+x_train, x_val, y_train, y_val = train_test_split(x_dev, y_dev, test_size=0.2, random_state=args.seed, stratify=y_dev)
 
 model = keras.Sequential(
     [
@@ -55,9 +53,7 @@ model.compile(
     metrics=["categorical_accuracy"],
 )
 start = time.perf_counter()
-history = model.fit(
-    x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=128, verbose=0
-)
+history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=128, verbose=0)
 fit_s = time.perf_counter() - start
 test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
 print(json.dumps({"test_accuracy": test_accuracy, "test_loss": test_loss, "fit_s": fit_s,

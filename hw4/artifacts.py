@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from hw4 import timing
 from hw4.data import RawData, Splits
+from hw4.runtime import timing
 from hw4.tracking import RunLogger
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,11 @@ def log_evaluation(
 ) -> None:
     """Learning curves, confusion matrix (PNG + CSV) and the GT/P grid of the first test images."""
     from hw4 import plots
+
     run.log_figure(plots.learning_curves(history, title=title), CURVES)
     run.log_figure(plots.confusion_matrix(confusion, class_names, title=f"{title}: test set"), CONFUSION_PNG)
     run.log_text(confusion_table(confusion, class_names), CONFUSION_CSV)
     titles = [
-        f"GT: {class_names[int(t)]}\nP: {class_names[int(p)]}"
-        for t, p in zip(true_labels[:GRID], predicted[:GRID])
+        f"GT: {class_names[int(t)]}\nP: {class_names[int(p)]}" for t, p in zip(true_labels[:GRID], predicted[:GRID])
     ]
     run.log_figure(plots.image_grid(x_test[:GRID], titles, title=f"{title}: test predictions"), PREDICTIONS_TEST)

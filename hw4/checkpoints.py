@@ -21,7 +21,6 @@ from typing import Callable, Mapping, Optional
 import keras
 import numpy as np
 
-
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 BEST_FILE = "best_weights.npz"  # the best validation epoch's weights (trainer.restore_best)

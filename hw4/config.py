@@ -31,13 +31,21 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 
 
+# Each default below is the only one: the groups data, trainer and tracking are these schemas
+# themselves (register_configs), with no YAML that repeats them. Override on the command line, or
+# in an experiment or debug preset (conf/experiment, conf/debug).
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"
-    # Folder with the four IDX gzip files; null means keras.datasets (downloads when online).
-    dir: Optional[str] = None
+    # Folder with the four IDX gzip files (e.g. ../shared/datasets/fashion-mnist), or the
+    # HW4_DATA_DIR variable; relative paths resolve against the directory hw4-train was started
+    # from. null means keras.datasets (downloads when online).
+    dir: Optional[str] = "${oc.env:HW4_DATA_DIR,null}"
     # Stratified subset of the development and test sets, for quick runs; null means all.
     limit: Optional[int] = None
+    # The homework's 8:2 train/validation split of the development set.
     val_fraction: float = 0.2
     # Seed of the train/validation split (and of data.limit's subset), apart from trainer.seed:
     # repeats over trainer.seed then vary initialisation and batch order, not the data.
@@ -68,7 +76,7 @@ class LenetConfig(ModelConfig):
 class OptimizerConfig:
     # A Keras optimizer identifier (adam, sgd, rmsprop, adamw, ...), see keras.optimizers.get.
     name: str = MISSING
-    lr: float = 1e-3
+    lr: float = MISSING  # each optimizer's own default (conf/optimizer/*.yaml)
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,18 +123,22 @@ class TrainerConfig:
 
 @dataclass
 class TrackingConfig:
-    # Any MLflow tracking URI; relative sqlite paths resolve against the launch directory.
-    uri: str = "sqlite:///mlruns/mlflow.db"
+    # Any MLflow tracking URI: MLFLOW_TRACKING_URI when set, else the embedded sqlite store under
+    # mlruns/; relative sqlite paths resolve against the launch directory.
+    uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlruns/mlflow.db}"
     experiment: str = "hw4"
     # Artifact root for experiments this project creates in a local sqlite store.
     artifact_root: str = "mlruns/artifacts"
-    run_name: Optional[str] = None
+    run_name: Optional[str] = None  # null: <model>-<optimizer>-lr<lr>
     log_model: bool = True
     # MLflow's system metrics (CPU, memory, ...) sampled during each run.
     system_metrics: bool = False
     # Seconds one store call keeps retrying transient errors (a database or server restart)
     # before the run gives up; it then ends resumable: KILLED, or RUNNING if the store is gone.
     retry_s: float = 90.0
+    # What a sweep ranks by, what hw4-train returns to a sweeper (Optuna's direction follows it)
+    # and what hw4-promote promotes by: a validation metric of the best epoch (names.OBJECTIVES).
+    objective: str = names.OBJECTIVE
 
 
 @dataclass
@@ -144,9 +156,9 @@ class Config:
 class ScratchConfig:
     """`hw4-scratch`: Part 1's setup plus a short gradient-descent demo."""
 
-    seed: int = 0
+    seed: int = 0  # the homework's seed-0 data
     n_samples: int = 1000
-    lr: float = 0.5
+    lr: float = 0.5  # the gradient-descent demo after the homework's single pass
     steps: int = 100
     parent_run_id: Optional[str] = None  # nest the run under this one (hw4-homework)
     tracking: TrackingConfig = MISSING
@@ -169,7 +181,9 @@ class PromoteConfig:
     """`hw4-promote`: register a sweep's best model in the Model Registry."""
 
     parent: Optional[str] = None  # a sweep's parent run id; null = the latest sweep
-    metric: str = names.OBJECTIVE  # a child metric; lower is better for losses, higher otherwise
+    # A child metric; lower is better for losses, higher otherwise. null: what the sweep ranked
+    # by (its tracking.objective, in the parent's ranked_by tag).
+    metric: Optional[str] = None
     name: str = "fashion-mnist"  # registered model name
     alias: str = "champion"
     # Promote a winner with failed, killed, pruned or missing seeds (refused by default).
@@ -208,6 +222,10 @@ class ReportConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    # The groups whose only option is their schema: its defaults are the only ones.
+    cs.store(group="data", name="fashion_mnist", node=DataConfig)
+    cs.store(group="trainer", name="default", node=TrainerConfig)
+    cs.store(group="tracking", name="default", node=TrackingConfig)
     # Not in the model group: a schema is not a model to choose (model=glob(*), --help).
     cs.store(name="model_schema", node=ModelConfig, package="model")
     cs.store(name="lenet_schema", node=LenetConfig, package="model")
@@ -219,6 +237,26 @@ def register_configs() -> None:
     # A short random id, drawn once per launch (Hydra copies resolver caches into every job's
     # config): sweep folders started in the same second stay apart.
     OmegaConf.register_new_resolver("hw4.launch_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
+    # Optuna's direction from tracking.objective (conf/hparams_search/optuna_lr.yaml).
+    OmegaConf.register_new_resolver("hw4.direction", objective_direction, replace=True)
+
+
+def objective_direction(objective: str) -> str:
+    if objective not in names.OBJECTIVES:
+        raise ConfigError(f"tracking.objective must be one of {', '.join(names.OBJECTIVES)}, got {objective}")
+    return names.OBJECTIVES[objective]
+
+
+# The preset groups conf/config.yaml's defaults list holds (as `optional <group>: null`).
+PRESET_GROUPS = ("experiment", "sweep", "debug")
+
+
+def plain_preset_overrides(args: list[str]) -> list[str]:
+    """`+experiment=X` as `experiment=X` (likewise sweep, debug): Hydra refuses to append a group
+    that the defaults list already holds, and `+` was how hw4's docs chose presets before they
+    joined the list, so both spellings keep working."""
+    plus = tuple(f"+{group}=" for group in PRESET_GROUPS)
+    return [arg[1:] if arg.startswith(plus) else arg for arg in args]
 
 
 def run_app(config_name: str, task: Callable[[DictConfig], Any]) -> None:
@@ -272,6 +310,8 @@ def check(cfg: DictConfig) -> None:
             problems.append(message)
 
     t, d, m, o = cfg.trainer, cfg.data, cfg.model, cfg.optimizer
+    if OmegaConf.is_missing(o, "lr"):  # an optimizer YAML of the user's own without its rate
+        raise ConfigError(f"optimizer {o.get('name', '')!r}: lr is missing (set optimizer.lr)")
     need(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     need(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     need(t.steps_per_execution >= 1, f"trainer.steps_per_execution must be >= 1, got {t.steps_per_execution}")
@@ -306,5 +346,9 @@ def check(cfg: DictConfig) -> None:
         f"data.limit must be at least the number of classes ({n_classes}), got {d.limit}",
     )
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment must not be empty")
+    need(
+        cfg.tracking.objective in names.OBJECTIVES,
+        f"tracking.objective must be one of {', '.join(names.OBJECTIVES)}, got {cfg.tracking.objective}",
+    )
     if problems:
         raise ConfigError("; ".join(problems))

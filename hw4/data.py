@@ -90,8 +90,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     expected = math.prod(dims)
     if len(raw) - header != expected:
         raise DataError(
-            f"{path}: truncated or padded IDX data: header says {dims} = {expected} bytes, "
-            f"found {len(raw) - header}"
+            f"{path}: truncated or padded IDX data: header says {dims} = {expected} bytes, found {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -111,7 +110,7 @@ def load_idx_dir(folder: str | Path, n_classes: int = 10) -> RawData:
 
 def load_keras(n_classes: int = 10) -> RawData:
     """keras.datasets' copy: its cache ($KERAS_HOME/datasets/fashion-mnist) or a download."""
-    from hw4 import quiet
+    from hw4.runtime import quiet
 
     quiet.load_tensorflow()
     import keras
@@ -140,20 +139,14 @@ def validate(raw: RawData, sources: dict, n_classes: int) -> None:
         if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
             raise DataError(f"{sources[images]}: images must be 28x28, found shape {x.shape}")
         if len(x) != len(y):
-            raise DataError(
-                f"{sources[images]} has {len(x)} images but {sources[labels]} has {len(y)} labels"
-            )
+            raise DataError(f"{sources[images]} has {len(x)} images but {sources[labels]} has {len(y)} labels")
         if len(x) == 0:
             raise DataError(f"{sources[images]}: holds no images")
         if y.max() >= n_classes:
-            raise DataError(
-                f"{sources[labels]}: labels must be in 0-{n_classes - 1}, found {int(y.max())}"
-            )
+            raise DataError(f"{sources[labels]}: labels must be in 0-{n_classes - 1}, found {int(y.max())}")
 
 
-def stratified_subset(
-    x: np.ndarray, y: np.ndarray, size: int, seed: int, what: str
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_subset(x: np.ndarray, y: np.ndarray, size: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     if size > len(y):
         raise DataError(f"data.limit={size} is larger than the {what} set ({len(y)} samples)")
     if size == len(y):

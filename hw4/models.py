@@ -23,9 +23,7 @@ import keras
 from keras import layers
 
 
-def _hidden(
-    linear: Callable[..., layers.Layer], dropout: float, batch_norm: bool, bn_momentum: float
-) -> list:
+def _hidden(linear: Callable[..., layers.Layer], dropout: float, batch_norm: bool, bn_momentum: float) -> list:
     """A hidden layer with a fused ReLU, then the configured regularisation.
 
     `linear(activation)` makes the Dense/Conv2D layer.

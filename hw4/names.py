@@ -25,8 +25,11 @@ TEST_LOSS, TEST_ACCURACY = "test_loss", "test_categorical_accuracy"
 BEST_VAL_ACCURACY, BEST_VAL_LOSS, BEST_EPOCH = "best_val_categorical_accuracy", "best_val_loss", "best_epoch"
 # The epoch whose weights produced the test metrics and the logged model (0-based).
 EVALUATED_EPOCH = "evaluated_epoch"
-# What sweeps rank by: the best epoch's validation accuracy, not the last epoch's.
+# What sweeps rank by (tracking.objective): by default the best epoch's validation accuracy, not
+# the last epoch's. Only validation metrics: the test set stays out of model selection.
 OBJECTIVE = BEST_VAL_ACCURACY
+OBJECTIVES = {BEST_VAL_ACCURACY: "maximize", BEST_VAL_LOSS: "minimize"}  # and Optuna's direction
+RANKED_BY = "ranked_by"  # the sweep parent's tag: the objective it ranked its children by
 
 # Tags.
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)

@@ -30,9 +30,7 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "") -> 
     # Fixed margins: figures every run draws skip the constrained layout's cost (half the time).
     fig = Figure(figsize=(11, 4))
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.84 if title else 0.9, wspace=0.2)
-    for ax, metric, label in zip(
-        fig.subplots(1, 2), (names.LOSS, names.ACCURACY), ("loss", "accuracy")
-    ):
+    for ax, metric, label in zip(fig.subplots(1, 2), (names.LOSS, names.ACCURACY), ("loss", "accuracy")):
         for prefix, split in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric)
             if values is not None:
@@ -57,9 +55,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
     return fig
 
 
-def image_grid(
-    images: np.ndarray, titles: Sequence[str], rows: int = 5, cols: int = 5, title: str = ""
-) -> Figure:
+def image_grid(images: np.ndarray, titles: Sequence[str], rows: int = 5, cols: int = 5, title: str = "") -> Figure:
     """The first rows*cols images (28x28, any scale) in a grid, each with its title below it.
 
     One image (a mosaic with white gaps for the titles) on one axes: drawing 25 subplots, each
@@ -108,12 +104,14 @@ def overlaid_curves(curves: Mapping[str, tuple], ylabel: str) -> Figure:
 def metric_vs_lr(points, metric: str) -> Figure:
     """`metric` against the learning rate on a log axis: one marker per configuration (the mean
     over its seeds, ±1 std error bars where there are repeats; open when incomplete), a line per
-    `points["line"]`. `points` has columns line, lr, mean, std and complete (hw4.compare.lr_points)."""
+    `points["line"]`. `points` has columns line, lr, mean, std and complete (hw4.commands.compare.lr_points)."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     for line, rows in points.groupby("line", sort=True):
         rows = rows.sort_values("lr")
-        (drawn, *_) = ax.errorbar(rows["lr"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3, label=line)
+        (drawn, *_) = ax.errorbar(
+            rows["lr"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3, label=line
+        )
         if "complete" in rows:  # open markers: failed, killed, pruned or missing seeds
             open_ = rows[~rows["complete"].astype(bool)]
             ax.plot(open_["lr"], open_["mean"], "o", color=drawn.get_color(), markerfacecolor="white", zorder=3)

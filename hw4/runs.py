@@ -48,7 +48,9 @@ UNNAMED = "config"  # a configuration labelled by its config_key
 TAG_LIMIT = 5000  # characters of a tag value (MLflow's smallest limit across its stores)
 
 
-def search_all(client: Any, experiment_ids: list[str], filter_string: str = "", order_by: Optional[list[str]] = None) -> list:
+def search_all(
+    client: Any, experiment_ids: list[str], filter_string: str = "", order_by: Optional[list[str]] = None
+) -> list:
     """Every run matching `filter_string`, page by page (no silent cap at one page), each
     page read through the store's retry policy."""
     from hw4 import tracking
@@ -57,7 +59,7 @@ def search_all(client: Any, experiment_ids: list[str], filter_string: str = "", 
     token = None
     while True:
         page = tracking.retry(
-            lambda: client.search_runs(
+            lambda token=token: client.search_runs(
                 experiment_ids, filter_string=filter_string, order_by=order_by, max_results=PAGE, page_token=token
             ),
             "search runs",
@@ -123,7 +125,9 @@ def get_run(client: Any, run_id: str, what: str) -> Any:
         store = tracking.redact(client.tracking_uri)
         if tracking.does_not_exist(exc):
             raise ConfigError(f"{what}: no such run in {store}") from None
-        raise TrackingError(f"{what}: cannot read the run from {store}: {exc.error_code}: {tracking.first_line(exc)}") from exc
+        raise TrackingError(
+            f"{what}: cannot read the run from {store}: {exc.error_code}: {tracking.first_line(exc)}"
+        ) from exc
 
 
 def _number(value: Any, cast: type = float) -> Any:
@@ -300,7 +304,9 @@ def aggregates(frame: pd.DataFrame, column: str) -> pd.DataFrame:
         values = pd.to_numeric(finished[metric], errors="coerce").groupby(key, sort=False)
         stats[f"{metric}_mean"] = values.mean()
         stats[f"{metric}_std"] = values.std(ddof=1)  # NaN for a single run
-    stats["seeds"] = finished["seed"].groupby(key, sort=False).apply(lambda s: ",".join(_seed_text(v) for v in sorted(s)))
+    stats["seeds"] = (
+        finished["seed"].groupby(key, sort=False).apply(lambda s: ",".join(_seed_text(v) for v in sorted(s)))
+    )
     return pd.DataFrame(stats)
 
 
@@ -311,7 +317,9 @@ def _seed_text(seed: Any) -> str:
 def rank(configurations: pd.DataFrame, mean: str, higher: bool, first_started: pd.Series) -> pd.DataFrame:
     """Complete configurations first, then incomplete ones, each by their `mean` (best first);
     configurations without a value last; ties to the configuration that started first."""
-    key = configurations.assign(_ranked=configurations[mean].notna(), _first=first_started.reindex(configurations.index))
+    key = configurations.assign(
+        _ranked=configurations[mean].notna(), _first=first_started.reindex(configurations.index)
+    )
     order = key.sort_values(
         ["_ranked", "complete", mean, "_first"], ascending=[False, False, not higher, True], kind="stable"
     )
@@ -391,7 +399,7 @@ def labels(values: pd.DataFrame) -> pd.Series:
 
 
 def join_labels(texts: list[str]) -> str:
-    """"lr 1e-3", "lr 3e-3" -> "lr 1e-3 and 3e-3" (the key once when all name the same one)."""
+    """ "lr 1e-3", "lr 3e-3" -> "lr 1e-3 and 3e-3" (the key once when all name the same one)."""
     heads = {t.split(" ", 1)[0] for t in texts}
     same_key = heads != {UNNAMED} and len(heads) == 1 and all(" " in t and " / " not in t for t in texts)
     parts = texts[:1] + [t.split(" ", 1)[1] if same_key else t for t in texts[1:]]
@@ -544,12 +552,12 @@ def best_run(
     return candidates.loc[values.idxmax() if higher_is_better(metric) else values.idxmin()]
 
 
-def summarize(children: list) -> tuple[dict[str, Any], pd.DataFrame]:
+def summarize(children: list, metric: str = names.OBJECTIVE) -> tuple[dict[str, Any], pd.DataFrame]:
     """Counts by status, the best configuration (complete ones first, then by mean over seeds)
     and its best seed, whether it stands out (`tied_with_best`, `verdict`), and the
-    per-configuration table (`group`). Ranked by best-epoch validation accuracy
-    (names.OBJECTIVE); runs replaced by a later attempt are left out by the caller. Strings
-    are for tags, numbers (and booleans) for metrics."""
+    per-configuration table (`group`). Ranked by `metric`, the sweep's tracking.objective (by
+    default the best epoch's validation accuracy); runs replaced by a later attempt are left
+    out by the caller. Strings are for tags, numbers (and booleans) for metrics."""
     statuses = [run.info.status for run in children]
     frame = table(children)
     summary: dict[str, Any] = {
@@ -558,15 +566,15 @@ def summarize(children: list) -> tuple[dict[str, Any], pd.DataFrame]:
         "jobs_failed": statuses.count(FAILED),
         "jobs_killed": statuses.count(KILLED),
         "jobs_pruned": int(frame["pruned"].sum()) if not frame.empty else 0,
-        "ranked_by": names.OBJECTIVE,
+        names.RANKED_BY: metric,
     }
-    configurations = group(frame, names.OBJECTIVE, sweep=True)
-    summary["verdict"] = verdict(configurations)
+    configurations = group(frame, metric, sweep=True)
+    summary["verdict"] = verdict(configurations, metric)
     if not configurations.empty:
         summary.update(
             configurations=len(configurations), configurations_complete=int(configurations["complete"].sum())
         )
-    best = best_run(frame, names.OBJECTIVE, configurations=configurations)
+    best = best_run(frame, metric, configurations=configurations)
     if best is not None:
         row = configurations.loc[best["config_key"]]
         summary.update(

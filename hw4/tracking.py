@@ -28,9 +28,10 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hw4 import names, system
+from hw4 import names
 from hw4.config import TrackingConfig
 from hw4.errors import TrackingError
+from hw4.runtime import system
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,8 +72,6 @@ def redact(text: str) -> str:
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Params as they may be recorded: every string value redacted (tracking.uri above all)."""
     return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
-
-
 
 
 def resolve_uri(uri: str, base_dir: str | Path) -> str:
@@ -116,7 +115,6 @@ def is_transient(exc: BaseException) -> bool:
     a server that is overloaded or restarting. Not: a missing run, a bad value, a permission."""
     import requests
     import sqlalchemy.exc
-
     from mlflow.protos.databricks_pb2 import REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE, ErrorCode
 
     while exc is not None:
@@ -124,7 +122,8 @@ def is_transient(exc: BaseException) -> bool:
                             requests.exceptions.RetryError, ConnectionError, TimeoutError)):  # fmt: skip
             return True
         if isinstance(exc, MlflowException) and exc.error_code in (
-            ErrorCode.Name(TEMPORARILY_UNAVAILABLE), ErrorCode.Name(REQUEST_LIMIT_EXCEEDED)
+            ErrorCode.Name(TEMPORARILY_UNAVAILABLE),
+            ErrorCode.Name(REQUEST_LIMIT_EXCEEDED),
         ):
             return True
         exc = exc.__cause__ or exc.__context__
@@ -401,9 +400,7 @@ def check_resumable(client: MlflowClient, run_id: str, params: Mapping[str, Any]
         if not names.is_bookkeeping(key) and key in run.data.params and run.data.params[key] != str(value)
     ]
     if differences:
-        raise TrackingError(
-            f"trainer.resume={run_id}: settings differ from the run's: {', '.join(differences)}"
-        )
+        raise TrackingError(f"trainer.resume={run_id}: settings differ from the run's: {', '.join(differences)}")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -462,17 +459,12 @@ def where_to_see(uri: str, experiment_id: str, run_id: Optional[str] = None) -> 
     uri = redact(uri)
     if urlparse(uri).scheme in ("http", "https"):
         return f"see it at {uri.rstrip('/')}/{page}"
-    return (
-        f"see it: mlflow ui --backend-store-uri {uri} --port {UI_PORT}, "
-        f"then http://127.0.0.1:{UI_PORT}/{page}"
-    )
+    return f"see it: mlflow ui --backend-store-uri {uri} --port {UI_PORT}, then http://127.0.0.1:{UI_PORT}/{page}"
 
 
 def git_commit(directory: str | Path) -> Optional[str]:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -567,7 +559,6 @@ class RunLogger:
             "log model",
         )
 
-
     def _logged_model(self, name: str, experiment_id: str) -> Any:
         """This run's logged model `name`, created once: a retry after a lost answer finds the
         one the store already made."""
@@ -628,6 +619,7 @@ def start_run(
     experiment_id: str,
     run_name: str,
     tags: Optional[Mapping[str, Any]] = None,
+    *,
     parent_run_id: Optional[str] = None,
     run_id: Optional[str] = None,
 ) -> Iterator[RunLogger]:
@@ -680,5 +672,7 @@ def end_run(client: Any, run_id: str, status: int | str) -> None:
     except Exception as exc:
         if not is_transient(exc):
             raise
-        log.error("run %s could not be ended (%s): it stays RUNNING and resumes like a KILLED run", run_id, first_line(exc))
+        log.error(
+            "run %s could not be ended (%s): it stays RUNNING and resumes like a KILLED run", run_id, first_line(exc)
+        )
         raise

@@ -14,15 +14,16 @@ from typing import Callable, Mapping, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_framework_config  # no public way to disable determinism
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import confusion_matrix
+from tensorflow.python.framework import config as tf_framework_config  # no public way to disable determinism
 
-from hw4 import names, system
-from hw4.signals import RunSignals, Stopped, signal_name
+from hw4 import names
 from hw4.data import Splits
 from hw4.errors import ConfigError, Hw4Error
+from hw4.runtime import system
+from hw4.runtime.signals import RunSignals, Stopped, signal_name
 
 log = logging.getLogger(__name__)
 LOSS = "categorical_crossentropy"
@@ -143,8 +144,9 @@ class BestEpoch(keras.callbacks.EarlyStopping):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         if self.stopped_epoch:
-            log.info("early stopping after epoch %d: no better validation accuracy for %s epochs",
-                     epoch + 1, self.patience)
+            log.info(
+                "early stopping after epoch %d: no better validation accuracy for %s epochs", epoch + 1, self.patience
+            )
 
 
 class MedianPruner(keras.callbacks.Callback):
@@ -296,9 +298,7 @@ class EpochOrder(keras.callbacks.Callback):
         self.epoch.assign(epoch)
 
 
-def as_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None
-) -> tf.data.Dataset:
+def as_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Batches from memory, reshuffled every epoch with a seeded order, prefetched."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle_seed is not None:
@@ -311,6 +311,7 @@ def fit(
     splits: Splits,
     trainer: DictConfig,
     callbacks: list[keras.callbacks.Callback],
+    *,
     initial_epoch: int = 0,
     past_history: Mapping[str, list[float]] | None = None,
     signals: RunSignals | None = None,
@@ -356,8 +357,7 @@ def fit(
     losses = history.get(names.LOSS, [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(
-            f"loss became {losses[-1]} in epoch {len(losses)}; training stopped "
-            "(lower optimizer.lr?)"
+            f"loss became {losses[-1]} in epoch {len(losses)}; training stopped (lower optimizer.lr?)"
         )
     return history
 

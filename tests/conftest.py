@@ -16,6 +16,15 @@ REAL_DATA = REPO.parent / "shared" / "datasets" / "fashion-mnist"
 N_CLASSES = 10
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (pytest-xdist#1241)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `serial` (a process group and its signals, a server's ports, a browser, a
+    store stopped for real) run on one xdist worker, one after another, beside the other tests."""
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     """Serialise uint8 data in the IDX layout: magic, one big-endian uint32 per dimension, data."""
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
@@ -81,3 +90,15 @@ def real_data_dir() -> Path:
     if not all((REAL_DATA / name).is_file() for name in IDX_FILES.values()):
         pytest.skip(f"the real Fashion-MNIST is not at {REAL_DATA} (only on the project's machines)")
     return REAL_DATA
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of the module's own (tests/services.py); skips where none is installed."""
+    from services import Postgres
+
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.remove()

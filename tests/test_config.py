@@ -31,7 +31,7 @@ def make(*overrides: str):
     ],
 )
 def test_experiment_presets_match_the_homework(preset, model, lr, epochs):
-    cfg = make(f"+experiment={preset}")
+    cfg = make(f"experiment={preset}")
     assert cfg.model.name == model
     assert (cfg.optimizer.name, cfg.optimizer.lr) == ("adam", lr)
     assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (epochs, 128)
@@ -40,7 +40,7 @@ def test_experiment_presets_match_the_homework(preset, model, lr, epochs):
 
 
 def test_command_line_overrides_beat_presets():
-    cfg = make("+experiment=part4_lenet", "optimizer.lr=0.003", "trainer.epochs=2")
+    cfg = make("experiment=part4_lenet", "optimizer.lr=0.003", "trainer.epochs=2")
     assert (cfg.optimizer.lr, cfg.trainer.epochs) == (0.003, 2)
 
 
@@ -119,10 +119,100 @@ def test_schemas_are_not_selectable_models():
     assert "model: lenet, lenet_bn, lenet_dropout, mlp" in help_text and "schema" not in help_text
 
 
-@pytest.mark.parametrize("command", ["hw4-train", "hw4-compare", "hw4-promote", "hw4-report", "hw4-scratch", "hw4-clean"])
+@pytest.mark.parametrize(
+    "command", ["hw4-train", "hw4-compare", "hw4-promote", "hw4-report", "hw4-scratch", "hw4-clean"]
+)
 def test_each_command_has_a_help_page_of_its_own(command):
     result = subprocess.run([command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith(f"{command}: ") and "powered by Hydra" not in result.stdout
     assert "== Examples ==" in result.stdout and f"\n{command}" in result.stdout
     assert "schema" not in result.stdout and "Traceback" not in result.stderr
+
+
+SCHEMA_OF = {
+    "config.yaml": config.Config, "compare.yaml": config.CompareConfig, "promote.yaml": config.PromoteConfig,
+    "report.yaml": config.ReportConfig, "clean.yaml": config.CleanConfig, "scratch.yaml": config.ScratchConfig,
+}  # fmt: skip
+GROUP_SCHEMA = {"model": config.LenetConfig, "optimizer": config.OptimizerConfig, "data": config.DataConfig,
+                "trainer": config.TrainerConfig, "tracking": config.TrackingConfig}  # fmt: skip
+
+
+def repeated_defaults(values, schema, where: str) -> list[str]:
+    """The keys of `values` (a YAML mapping) set to the default its schema already has."""
+    import dataclasses
+
+    from omegaconf import MISSING, DictConfig
+
+    repeated = []
+    for f in dataclasses.fields(schema):
+        if f.name not in values or isinstance(values[f.name], DictConfig):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else MISSING
+        if default is not MISSING and values[f.name] == default:
+            repeated.append(f"{where}: {f.name}")
+    return repeated
+
+
+def test_each_default_is_set_in_one_place():
+    """Issue 23, item 5: a default lives in its schema (hw4/config.py); no YAML repeats it."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    conf = Path(config.CONFIG_DIR)
+    repeated = []
+    for name, schema in SCHEMA_OF.items():
+        values = OmegaConf.load(conf / name)
+        repeated += repeated_defaults(values, schema, name)
+        for group, group_schema in GROUP_SCHEMA.items():  # e.g. scratch.yaml's tracking: block
+            if group in values and group in {f for f in schema.__dataclass_fields__}:
+                repeated += repeated_defaults(values[group], group_schema, f"{name} {group}")
+    for group in ("model", "optimizer"):
+        for path in sorted((conf / group).glob("*.yaml")):
+            repeated += repeated_defaults(OmegaConf.load(path), GROUP_SCHEMA[group], f"{group}/{path.name}")
+    assert not repeated, repeated
+    for group in ("data", "trainer", "tracking"):  # these groups are their schemas
+        assert not list((conf / group).glob("*.yaml")), f"conf/{group}/ repeats {GROUP_SCHEMA[group].__name__}"
+
+
+@pytest.mark.parametrize("spelling", ["experiment=part4_lenet_bn", "+experiment=part4_lenet_bn"])
+def test_presets_are_chosen_with_or_without_a_plus(spelling):
+    cfg = make(*config.plain_preset_overrides([spelling, "+sweep=lr"]))
+    assert (cfg.model.name, cfg.trainer.epochs) == ("lenet_bn", 15)
+
+
+def test_debug_fast_is_a_short_quiet_run_over_any_preset():
+    cfg = make("experiment=part4_lenet_bn", "debug=fast")
+    assert (cfg.model.name, cfg.trainer.epochs, cfg.trainer.verbose) == ("lenet_bn", 2, 0)
+    assert (cfg.data.limit, cfg.tracking.log_model) == (400, False)
+    config.check(cfg)
+
+
+@pytest.mark.parametrize(
+    "objective, direction", [("best_val_categorical_accuracy", "maximize"), ("best_val_loss", "minimize")]
+)
+def test_the_objective_sets_optunas_direction(objective, direction):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
+    with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["hparams_search=optuna_lr", f"tracking.objective={objective}"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.sweeper.direction == direction
+
+
+def test_the_objective_is_a_validation_metric():
+    with pytest.raises(
+        ConfigError, match="tracking.objective must be one of best_val_categorical_accuracy, best_val_loss"
+    ):
+        config.check(make("tracking.objective=test_categorical_accuracy"))
+
+
+def test_an_optimizer_without_a_learning_rate_is_one_clear_error():
+    """OptimizerConfig.lr has no default: each optimizer's YAML sets its own."""
+    cfg = make()
+    cfg.optimizer.lr = "???"  # an optimizer YAML of the user's own that sets none
+    with pytest.raises(ConfigError, match="optimizer 'adam': lr is missing"):
+        config.check(cfg)

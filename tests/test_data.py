@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import idx_bytes, write_idx
+
 from hw4 import data
 from hw4.data import IDX_FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 from hw4.errors import DataError

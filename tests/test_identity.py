@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from conftest import write_dataset
+
 from hw4 import data, names
 
 BASE = {"model.name": "mlp", "optimizer.lr": 1e-3, names.SEED: 0, "trainer.prune": None, names.DATA_DIGEST: "aaaa"}

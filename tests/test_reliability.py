@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_tracking import locked
 
 from hw4 import tracking
-from test_tracking import locked
 
 EPOCHS = 30
 
@@ -61,13 +61,12 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_sigterm_ends_the_run_killed(tiny_data_dir, tracking_uri, tmp_path):
-    """A single run (Ctrl-C: tests/test_sweep.py sends it to a whole process group, and
+    """A single run (Ctrl-C: tests/sweep/test_sweep.py sends it to a whole process group, and
     tests/test_training.py covers both signals in-process)."""
-    process = start_and_wait_for_epochs(
-        train_args(tiny_data_dir, tracking_uri), tmp_path, tracking_uri, epochs=2
-    )
+    process = start_and_wait_for_epochs(train_args(tiny_data_dir, tracking_uri), tmp_path, tracking_uri, epochs=2)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     client, run = only_run(tracking_uri)
@@ -75,6 +74,7 @@ def test_sigterm_ends_the_run_killed(tiny_data_dir, tracking_uri, tmp_path):
     assert len(steps(client, run.info.run_id, "loss")) >= 2  # the epochs done so far are kept
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_signal_after_the_last_epoch_began_lets_the_run_finish_then_stops(tmp_path, tracking_uri):
     """The run is complete but for its last epoch or its evaluation: it ends FINISHED with its
@@ -94,6 +94,7 @@ def test_a_signal_after_the_last_epoch_began_lets_the_run_finish_then_stops(tmp_
     assert steps(client, run.info.run_id, "loss") == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path):
     client = tracking.connect(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(client, "hw4", None)
@@ -190,6 +191,7 @@ def test_a_deleted_experiment_is_a_clear_error(tracking_uri, tmp_path):
     assert result.returncode == 1 and "MLflow experiment 'gone' is deleted" in result.stderr
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_dir, tracking_uri, tmp_path):
     client = tracking.connect(tracking_uri)
@@ -210,6 +212,7 @@ def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_di
     assert steps(client, run.run_id, "val_loss") == [0, 1, 2]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
     from conftest import write_dataset
@@ -219,7 +222,9 @@ def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
     process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=1)
     try:
         _, run = only_run(tracking_uri)
-        result = subprocess.run([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True)
+        result = subprocess.run(
+            [*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True
+        )
         assert result.returncode == 1
         assert f"run {run.info.run_id} is being trained by a live process (pid {process.pid}" in result.stderr
         assert process.poll() is None  # the first process trains on, its run untouched
@@ -230,6 +235,7 @@ def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
         process.wait()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracking_uri):
     """trainer.deterministic=true: SIGKILL after epoch 2, resume, and the validation loss of
@@ -239,16 +245,25 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
     epochs = 8
     args = train_args(data_dir, tracking_uri, f"trainer.epochs={epochs}", "trainer.deterministic=true")
-    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    client, run = only_run(tracking_uri)
-    assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
-    assert 3 <= len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
-    resumed = subprocess.run([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    alone = subprocess.run([*args, "tracking.experiment=alone"], cwd=tmp_path, capture_output=True, text=True)
-    assert alone.returncode == 0, alone.stderr[-3000:]
+    # The same run left alone, into its own experiment; started first, so that it trains while
+    # the other is killed and resumed (the two share nothing but the store).
+    alone = subprocess.Popen([*args, "tracking.experiment=alone"], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        client, run = only_run(tracking_uri)
+        assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
+        assert 3 <= len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
+        resumed = subprocess.run(
+            [*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        _, alone_stderr = alone.communicate(timeout=600)
+    finally:
+        alone.kill()  # a no-op once it has ended
+    assert alone.returncode == 0, alone_stderr[-3000:]
 
     def val_loss(run_id):
         return [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]

@@ -25,7 +25,7 @@ def write(uri: str) -> tuple[object, str, str]:
     for lr, seed, best_val, test in RUNS:
         params = {"model.name": "mlp", "optimizer.lr": lr, names.SEED: seed, "data.dir": f"/data/{seed}"}
         tags = {names.CONFIG_KEY: names.config_key(params), names.JOB_KEY: names.job_key(params)}
-        with tracking.start_run(client, experiment_id, f"mlp-lr{lr}", tags, parent) as run:
+        with tracking.start_run(client, experiment_id, f"mlp-lr{lr}", tags, parent_run_id=parent) as run:
             run.log_params(params)
             run.log_metrics({names.BEST_VAL_ACCURACY: best_val, names.TEST_ACCURACY: test})
     return client, experiment_id, parent
@@ -75,7 +75,13 @@ def child(client, experiment_id: str, parent: str, lr: str, seed: int, best_val=
     `history` (validation accuracy per epoch), `metrics` and `params` (extra config)."""
     from mlflow.entities import Metric, Param
 
-    params = {"model.name": "mlp", "optimizer.name": "adam", "optimizer.lr": lr, names.SEED: seed, **more.get("params", {})}
+    params = {
+        "model.name": "mlp",
+        "optimizer.name": "adam",
+        "optimizer.lr": lr,
+        names.SEED: seed,
+        **more.get("params", {}),
+    }
     tags = {names.CONFIG_KEY: names.config_key(params), names.JOB_KEY: names.job_key(params), names.PARENT_RUN: parent}
     if more.get("pruned"):
         tags[names.PRUNED] = "true"
@@ -133,7 +139,9 @@ def test_failed_seeds_count_and_an_incomplete_configuration_ranks_after_complete
 
 def test_a_sweep_grid_plans_every_seed_it_ran_for_every_configuration(tracking_uri):
     # lr 1e-2's seed 2 never got a run (a stopped sweep): still planned, so incomplete.
-    summary, configurations = summary_of(tracking_uri, [("1e-3", s, 0.80 + s / 100) for s in range(3)] + [("1e-2", 0, 0.90), ("1e-2", 1, 0.91)])
+    summary, configurations = summary_of(
+        tracking_uri, [("1e-3", s, 0.80 + s / 100) for s in range(3)] + [("1e-2", 0, 0.90), ("1e-2", 1, 0.91)]
+    )
     by_lr = configurations.set_index("optimizer.lr")
     assert by_lr.loc["1e-2", ["n", "planned", "complete"]].tolist() == [2, 3, False]
     assert summary["best_lr"] == 1e-3 and summary["configurations_complete"] == 1
@@ -144,7 +152,9 @@ def test_a_sweep_grid_plans_every_seed_it_ran_for_every_configuration(tracking_u
 
 def test_a_pruned_seed_is_finished_but_not_a_full_seed(tracking_uri):
     pruned = ("1e-2", 2, 0.99, "FINISHED", {"pruned": True})
-    summary, configurations = summary_of(tracking_uri, [("1e-3", s, 0.85) for s in range(3)] + [("1e-2", 0, 0.90), ("1e-2", 1, 0.91), pruned])
+    summary, configurations = summary_of(
+        tracking_uri, [("1e-3", s, 0.85) for s in range(3)] + [("1e-2", 0, 0.90), ("1e-2", 1, 0.91), pruned]
+    )
     by_lr = configurations.set_index("optimizer.lr")
     assert by_lr.loc["1e-2", ["n", "planned", "pruned", "complete"]].tolist() == [3, 3, 1, False]
     assert summary["best_lr"] == 1e-3 and summary["jobs_pruned"] == 1
@@ -173,7 +183,11 @@ def test_overlapping_seeds_are_within_noise_of_the_best(tracking_uri):
 def test_a_clear_winner_and_zero_spread_say_so_without_warnings(tracking_uri):
     import warnings
 
-    same = [("1e-3", s, 0.9) for s in range(2)] + [("3e-3", s, 0.9) for s in range(2)] + [("1e-2", s, 0.8) for s in range(2)]
+    same = (
+        [("1e-3", s, 0.9) for s in range(2)]
+        + [("3e-3", s, 0.9) for s in range(2)]
+        + [("1e-2", s, 0.8) for s in range(2)]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no NaN from 0/0
         summary, configurations = summary_of(tracking_uri, same)
@@ -207,7 +221,14 @@ def test_losses_rank_lowest_first_everywhere(tracking_uri):
 
 
 def test_labels_name_configurations_by_what_varies():
-    assert [runs.short_value(v) for v in ("0.001", "0.0003", "0.00025", "0.5", "10", "adam")] == ["1e-3", "3e-4", "2.5e-4", "0.5", "10", "adam"]
+    assert [runs.short_value(v) for v in ("0.001", "0.0003", "0.00025", "0.5", "10", "adam")] == [
+        "1e-3",
+        "3e-4",
+        "2.5e-4",
+        "0.5",
+        "10",
+        "adam",
+    ]
     values = runs.pd.DataFrame({"model.name": ["mlp"], "optimizer.lr": ["0.001"]}, index=["abc"])
     assert runs.labels(values).tolist() == ["model mlp / lr 1e-3"]
     assert runs.join_labels(["lr 1e-3", "lr 3e-3", "lr 1e-2"]) == "lr 1e-3, 3e-3 and 1e-2"
@@ -254,7 +275,7 @@ class SmallPages:
 
 
 def test_the_report_reads_every_page_of_a_homework_parent(tracking_uri, tmp_path):
-    from hw4 import report
+    from hw4.commands import report
 
     client, experiment_id, parent = sweep_of(tracking_uri, [])
     for seed in range(3):
@@ -269,11 +290,13 @@ def test_the_report_reads_every_page_of_a_homework_parent(tracking_uri, tmp_path
 
 
 def test_the_report_takes_the_best_epoch_from_the_runs_metrics(tracking_uri, tmp_path):
-    from hw4 import report
+    from hw4.commands import report
 
     client, experiment_id, parent = sweep_of(tracking_uri, [])
     # The logged best epoch (a resumed run's, say) is not the history's maximum: the metric wins.
-    run_id = child(client, experiment_id, parent, "1e-3", 0, 0.81, history=[0.81, 0.92, 0.85], metrics={names.BEST_EPOCH: 0})
+    run_id = child(
+        client, experiment_id, parent, "1e-3", 0, 0.81, history=[0.81, 0.92, 0.85], metrics={names.BEST_EPOCH: 0}
+    )
     section = report.training_section(client, rename(client, run_id), tmp_path, tmp_path)
     assert (section["best_val_epoch"], section["best_val_accuracy"], section["final_val_accuracy"]) == (1, 0.81, 0.85)
     assert section["figures"] == {} and section["summary"] is None  # absent artifacts: None, not an error
@@ -289,12 +312,16 @@ def rename(client, run_id: str):
 
 
 def test_the_report_ranks_sweeps_by_their_mean_over_seeds(tracking_uri):
-    from hw4 import report
+    from hw4.commands import report
 
-    client, experiment_id, lucky = sweep_of(tracking_uri, [("1e-2", 0, 0.95), ("1e-2", 1, 0.65), ("1e-3", 0, 0.70), ("1e-3", 1, 0.72)])
+    client, experiment_id, lucky = sweep_of(
+        tracking_uri, [("1e-2", 0, 0.95), ("1e-2", 1, 0.65), ("1e-3", 0, 0.70), ("1e-3", 1, 0.72)]
+    )
     summary, _ = runs.summarize(runs.training_runs(client, experiment_id, lucky))
     client.log_metric(lucky, names.BEST_VAL_ACCURACY, summary[names.BEST_VAL_ACCURACY])  # 0.95, one lucky seed
-    client.log_metric(lucky, "best_config_mean_val_categorical_accuracy", summary["best_config_mean_val_categorical_accuracy"])  # 0.80
+    client.log_metric(
+        lucky, "best_config_mean_val_categorical_accuracy", summary["best_config_mean_val_categorical_accuracy"]
+    )  # 0.80
     client.set_tag(lucky, "best_model", "mlp")
     client.set_tag(lucky, "verdict", summary["verdict"])
     steady = client.create_run(experiment_id, tags={names.SWEEP_ROLE: "parent"}).info.run_id  # no summary logged
@@ -311,7 +338,7 @@ def test_the_report_lets_store_errors_through_but_not_absent_artifacts(tracking_
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
-    from hw4 import report
+    from hw4.commands import report
 
     client, _, parent = sweep_of(tracking_uri, [])
     assert report._artifact(client, parent, "absent.txt", tmp_path) is None

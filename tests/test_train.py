@@ -33,9 +33,7 @@ EPOCH_METRICS = ("loss", "categorical_accuracy", "val_loss", "val_categorical_ac
 
 
 def hw4_train(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["hw4-train", "trainer.verbose=2", *overrides], cwd=cwd, capture_output=True, text=True
-    )
+    return subprocess.run(["hw4-train", "trainer.verbose=2", *overrides], cwd=cwd, capture_output=True, text=True)
 
 
 def all_artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
@@ -107,7 +105,9 @@ def test_train_logs_a_complete_run(tiny_data_dir, _migrated_store, tmp_path):
     # add up to the total, and the figures were drawn in the background.
     timings = json.loads(Path(client.download_artifacts(run_id, "timing.json", str(tmp_path))).read_text())
     steps = timings["steps_s"]
-    assert {"startup", "imports", "store", "data", "build", "fit", "evaluate", "log_model", "wait_background"} <= set(steps)
+    assert {"startup", "imports", "store", "data", "build", "fit", "evaluate", "log_model", "wait_background"} <= set(
+        steps
+    )
     assert sum(steps.values()) + timings["other_s"] == pytest.approx(timings["total_s"], abs=0.01)
     assert {"sample_grids", "evaluation_figures"} <= set(timings["background_s"])
     assert metrics["time_total_s"] == timings["total_s"] and metrics["time_fit_s"] == steps["fit"]
@@ -136,7 +136,7 @@ def test_the_split_follows_data_split_seed_not_trainer_seed(tiny_data_dir):
     from hydra import compose, initialize_config_dir
 
     from hw4.config import CONFIG_DIR, register_configs
-    from hw4.train import load_data
+    from hw4.steps import load_data
 
     register_configs()
     validation = {}
@@ -161,6 +161,7 @@ def test_bad_data_fails_fast_with_one_line_and_no_run(data_copy, tracking_uri, t
 START_UP_NOISE = re.compile(r"^[IWE]\d{4} |oneDNN|cuInit|cuda|absl|CPU instructions|rebuild TensorFlow")
 
 
+@pytest.mark.slow
 def test_a_run_prints_no_start_up_noise_and_an_honest_progress_bar(tiny_data_dir, tracking_uri, tmp_path):
     # 320 training images in batches of 16: 20 steps an epoch, the last compiled call (16 steps
     # at a time by default) runs only 4.
@@ -180,12 +181,12 @@ def test_a_run_prints_no_start_up_noise_and_an_honest_progress_bar(tiny_data_dir
 
 
 def test_tensorflow_start_up_lines_show_with_the_switch_and_real_errors_always():
-    from hw4 import quiet
+    from hw4.runtime import quiet
 
     assert not quiet.keep("I0000 00:00:1 port.cc:153] oneDNN custom operations are on. You may see")
     assert not quiet.keep("E0000 00:00:1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error")
     assert quiet.keep("E0000 00:00:1 some_kernel.cc:10] Out of memory while allocating a tensor")
-    load = [sys.executable, "-c", "from hw4 import quiet; quiet.load_tensorflow()"]
+    load = [sys.executable, "-c", "from hw4.runtime import quiet; quiet.load_tensorflow()"]
     silent = subprocess.run(load, capture_output=True, text=True)
     shown = subprocess.run(load, capture_output=True, text=True, env={**os.environ, "HW4_TF_LOGS": "1"})
     assert silent.returncode == shown.returncode == 0

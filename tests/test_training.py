@@ -11,12 +11,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from hw4 import data, names
-from hw4.config import CONFIG_DIR
+from hw4.config import TrainerConfig
 
 keras = pytest.importorskip("keras")
 from hw4 import checkpoints, models, training  # noqa: E402  (needs Keras)
 
-TRAINER = OmegaConf.load(f"{CONFIG_DIR}/trainer/default.yaml")
+TRAINER = OmegaConf.structured(TrainerConfig)  # the defaults, from their one place
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_history_has_one_value_per_epoch_with_checkpoints(splits, tmp_path):
     state = checkpoints.CheckpointState()
     callback = checkpoints.EpochCheckpoint(tmp_path / "ckpt", state)
     # The caller hands the checkpoint's own history as the past (as hw4.train does).
-    history = training.fit(compiled_mlp(), splits, trainer, [callback], 0, state.history)
+    history = training.fit(compiled_mlp(), splits, trainer, [callback], initial_epoch=0, past_history=state.history)
     assert {len(values) for values in history.values()} == {3}
     assert state.history["loss"] == history["loss"]
 
@@ -44,7 +44,9 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     folder = tmp_path / "ckpt"
     first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
     state = checkpoints.CheckpointState()
-    training.fit(compiled_mlp(), splits, first, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    training.fit(
+        compiled_mlp(), splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
+    )
     # The latest epoch and, as its fallback, the one before (issue 21, item 1.6).
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["epoch-0000", "epoch-0001"]
 
@@ -54,7 +56,7 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     full = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
     history = training.fit(
         model, splits, full, [checkpoints.EpochCheckpoint(folder, restored)],
-        restored.epoch + 1, restored.history,
+        initial_epoch=restored.epoch + 1, past_history=restored.history,
     )  # fmt: skip
     assert {len(values) for values in history.values()} == {4}
     assert history["loss"][:2] == state.history["loss"]
@@ -78,7 +80,9 @@ def test_numpy_and_tf_data_pipelines_train_alike(splits):
     for history in (numpy_run, tf_run):
         assert history["loss"][-1] < 0.5 * history["loss"][0]  # both learn
     assert numpy_run["loss"] != tf_run["loss"]  # two different batch orders, not one pipeline twice
-    np.testing.assert_allclose(numpy_run["val_categorical_accuracy"][-1], tf_run["val_categorical_accuracy"][-1], atol=0.1)
+    np.testing.assert_allclose(
+        numpy_run["val_categorical_accuracy"][-1], tf_run["val_categorical_accuracy"][-1], atol=0.1
+    )
     np.testing.assert_allclose(numpy_run["loss"], tf_run["loss"], rtol=0.3)  # epoch by epoch, alike
 
 
@@ -105,14 +109,17 @@ def test_restore_best_keeps_the_best_epoch_across_a_resume(splits, tmp_path):
     best = training.BestEpoch(None, True)
     state = checkpoints.CheckpointState()
     callbacks = [best, checkpoints.EpochCheckpoint(folder, state, lambda: best.best_weights), RecordWeights(weights)]
-    training.fit(compiled_mlp(), splits, first, callbacks, 0, state.history)
+    training.fit(compiled_mlp(), splits, first, callbacks, past_history=state.history)
 
     model, restored, kept = checkpoints.load(folder)
     assert kept is not None
     model.optimizer.learning_rate.assign(50.0)  # ruin the epochs after the resume
     resumed = training.BestEpoch(None, True, restored.history, kept)
     full = OmegaConf.merge(first, {"epochs": 4})
-    history = training.fit(model, splits, full, [resumed, RecordWeights(weights)], restored.epoch + 1, restored.history)
+    history = training.fit(
+        model, splits, full, [resumed, RecordWeights(weights)],
+        initial_epoch=restored.epoch + 1, past_history=restored.history,
+    )  # fmt: skip
     best_epoch = training.best_epoch(history)[names.BEST_EPOCH]
     assert best_epoch < 2 and resumed.best_epoch == best_epoch
     assert_same_weights(model.get_weights(), weights[best_epoch])
@@ -130,7 +137,10 @@ def test_early_stopping_counts_epochs_without_improvement_across_a_resume(resume
     model = compiled_mlp()
     start = 0
     if resume_after:
-        past = {names.VAL_ACCURACY: accuracies[:resume_after], names.VAL_LOSS: [1 - a for a in accuracies[:resume_after]]}
+        past = {
+            names.VAL_ACCURACY: accuracies[:resume_after],
+            names.VAL_LOSS: [1 - a for a in accuracies[:resume_after]],
+        }
         callback = training.BestEpoch(2, False, past)
         start = resume_after
     callback.set_model(model)
@@ -270,7 +280,7 @@ def test_a_signal_stops_training_after_the_epoch_it_came_in(splits):
 
 
 def test_a_signal_in_the_last_epoch_lets_training_complete(splits):
-    from hw4.signals import RunSignals
+    from hw4.runtime.signals import RunSignals
 
     with RunSignals() as signals:
         history, state = fit_with_signals(splits, epochs=3, at=2, signals=signals)
@@ -298,7 +308,7 @@ class RequestStop(keras.callbacks.Callback):
 
 
 def test_a_sweeps_stop_file_stops_training_after_the_epoch_like_a_signal(splits, tmp_path):
-    from hw4.signals import RunSignals
+    from hw4.runtime.signals import RunSignals
 
     stop_file = tmp_path / "stop_requested"
     state = checkpoints.CheckpointState()
@@ -306,13 +316,15 @@ def test_a_sweeps_stop_file_stops_training_after_the_epoch_like_a_signal(splits,
     with RunSignals(stop_file) as signals:
         assert not signals.stop_requested
         with pytest.raises(KeyboardInterrupt, match="SIGTERM: stopped after epoch 2$") as stopped:
-            training.fit(compiled_mlp(), splits, trainer, [RequestStop(stop_file, at=1), EpochCounter(state)], signals=signals)
+            training.fit(
+                compiled_mlp(), splits, trainer, [RequestStop(stop_file, at=1), EpochCounter(state)], signals=signals
+            )
     assert state.epoch == 1 and stopped.value.signum == signal.SIGTERM  # named by the launcher
     assert signals.received is None  # no signal came to this process
 
 
 def test_a_first_signal_in_a_sweep_job_asks_the_whole_sweep_to_stop(tmp_path):
-    from hw4.signals import RunSignals
+    from hw4.runtime.signals import RunSignals
 
     stop_file = tmp_path / "sweep" / "stop_requested"
     with RunSignals(stop_file) as signals:
@@ -322,7 +334,7 @@ def test_a_first_signal_in_a_sweep_job_asks_the_whole_sweep_to_stop(tmp_path):
 
 
 def test_run_signals_restore_the_handlers_they_replaced():
-    from hw4.signals import RunSignals
+    from hw4.runtime.signals import RunSignals
 
     def mine(signum, frame):
         pass
@@ -342,12 +354,14 @@ def test_run_signals_restore_the_handlers_they_replaced():
 def test_resuming_logs_the_epoch_a_kill_cut_off_between_its_checkpoint_and_its_metrics(splits, tmp_path, tracking_uri):
     """The checkpoint is written before the epoch's metrics go to MLflow. A kill between the two
     leaves the store one epoch behind: resuming logs that epoch from the checkpoint, once."""
-    from hw4 import tracking, train
+    from hw4 import steps, tracking
 
     trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0})
     folder = tmp_path / "ckpt"
     state = checkpoints.CheckpointState()
-    training.fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    training.fit(
+        compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
+    )
     client = tracking.connect(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(client, "gap", None)
     with pytest.raises(KeyboardInterrupt):
@@ -356,7 +370,12 @@ def test_resuming_logs_the_epoch_a_kill_cut_off_between_its_checkpoint_and_its_m
                 run.log_metrics(state.epoch_logs(epoch), step=epoch)
             raise KeyboardInterrupt
     with tracking.start_run(client, experiment_id, "r", run_id=run.run_id) as reopened:
-        model, restored, _ = train.restore_or_build(None, reopened, folder, True, {}, None, splits, None)
+        ctx = steps.RunContext(
+            cfg=None, job=None, launch_dir=str(tmp_path), params={}, raw=None, splits=splits, signals=None,
+            clock=None, resume_id=run.run_id, run=reopened, folder=folder,
+        )  # fmt: skip
+        start = steps.restore_or_build(ctx)
+    model, restored = start.model, start.state
     assert restored.epoch == 2 and model is not None
     for name in (names.LOSS, names.VAL_LOSS):
         history = client.get_metric_history(run.run_id, name)
@@ -384,7 +403,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_epoch_before(splits, tmp_
     folder = tmp_path / "ckpt"
     trainer = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
     state = checkpoints.CheckpointState()
-    training.fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    training.fit(
+        compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
+    )
     assert (folder / "LATEST").read_text() == "epoch-0001"
     (folder / "epoch-0001" / checkpoints.MODEL_FILE).write_bytes(b"")  # what a lost write leaves
     model, restored, _ = checkpoints.load(folder)
@@ -399,11 +420,17 @@ def test_a_checkpoint_is_flushed_to_disk_before_latest_names_it(splits, tmp_path
     folder = tmp_path / "ckpt"
     order = []
     real_fsync, real_replace = checkpoints._fsync, checkpoints.os.replace
-    monkeypatch.setattr(checkpoints, "_fsync", lambda path: (order.append(("fsync", Path(path).name)), real_fsync(path)))
-    monkeypatch.setattr(checkpoints.os, "replace", lambda a, b: (order.append(("replace", Path(b).name)), real_replace(a, b)))
+    monkeypatch.setattr(
+        checkpoints, "_fsync", lambda path: (order.append(("fsync", Path(path).name)), real_fsync(path))
+    )
+    monkeypatch.setattr(
+        checkpoints.os, "replace", lambda a, b: (order.append(("replace", Path(b).name)), real_replace(a, b))
+    )
     trainer = OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0})
     state = checkpoints.CheckpointState()
-    training.fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], 0, state.history)
+    training.fit(
+        compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
+    )
     switched = order.index(("replace", "LATEST"))
     flushed = {name for kind, name in order[:switched] if kind == "fsync"}
     assert {checkpoints.MODEL_FILE, checkpoints.STATE_FILE, "epoch-0000"} <= flushed

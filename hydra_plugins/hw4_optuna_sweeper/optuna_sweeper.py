@@ -7,7 +7,7 @@ too (a traceback, exit 1, the parent left to the exit handler); and a failed tri
 search unless `max_failure_rate` allows it. `StoppableOptunaSweeper` puts a thin launcher in front
 of the plugin's own:
 
-- before and after each batch of trials it reads the sweep's stop file (hw4/signals.py): once a
+- before and after each batch of trials it reads the sweep's stop file (hw4/runtime/signals.py): once a
   stop was asked for, no further batch is launched and the sweep ends as a stopped grid sweep
   ends (its running jobs KILLED with their checkpoints, the parent KILLED, exit 128 + signal);
 - a trial that returned NaN is told FAIL (no value) instead of breaking the plugin.
@@ -22,20 +22,20 @@ import math
 from typing import Any, Optional, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import DictConfig
 
-from hw4.signals import Stopped, signal_name, stop_signal
+from hw4.runtime.signals import Stopped, signal_name, stop_signal
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 
 class StoppingLauncher:
     """The sweeper's launcher, which stops the search once the sweep's stop file exists."""
 
     def __init__(self, launcher: Any, config: DictConfig):
-        from hw4 import sweep
+        from hw4.sweep import context
 
         self.launcher = launcher
-        self.stop_file = sweep.sweep_dir(config.hydra) / sweep.STOP_FILE
+        self.stop_file = context.sweep_dir(config.hydra) / context.STOP_FILE
 
     def _check(self) -> None:
         if self.stop_file.exists():

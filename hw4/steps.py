@@ -1,0 +1,297 @@
+"""The steps of one training run, each on one typed `RunContext`.
+
+`hw4.train` wires them, top to bottom: prepare the context (store, data, tags), open the run,
+restore or build the model, fit, evaluate and log. TensorFlow, MLflow and scikit-learn are
+imported inside the steps, never at import time, so `hw4-train --help` stays fast; their types
+are imported for type checkers only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hw4 import names
+from hw4.errors import ConfigError
+from hw4.runtime import timing
+
+if TYPE_CHECKING:
+    import keras
+
+    from hw4.artifacts import Background
+    from hw4.checkpoints import CheckpointState
+    from hw4.data import RawData, Splits
+    from hw4.runtime.signals import RunSignals
+    from hw4.sweep.job import Job
+    from hw4.tracking import RunLogger
+
+
+@dataclass(kw_only=True)
+class RunContext:
+    """One run's state, handed from step to step. The first group is known once the config is
+    checked and the data loaded; `run`, `folder` and `background` once the run is open."""
+
+    cfg: DictConfig
+    job: Job
+    launch_dir: str
+    params: dict[str, Any]  # as the run logs them (run_params)
+    raw: RawData
+    splits: Splits
+    signals: RunSignals
+    clock: timing.Timings
+    resume_id: Optional[str] = None  # the run to reopen: trainer.resume, or a continued sweep's
+    tags: dict[str, Any] = field(default_factory=dict)
+    run: Optional[RunLogger] = None
+    folder: Optional[Path] = None  # the run's checkpoints
+    background: Optional[Background] = None  # figures drawn while the run goes on
+
+
+@dataclass
+class StartingPoint:
+    """What training starts from: a checkpoint's model and state, or a new compiled model."""
+
+    model: keras.Model
+    state: CheckpointState
+    best_weights: Optional[list] = None  # the best epoch's weights, kept by trainer.restore_best
+
+
+@dataclass
+class Fitted:
+    """What fit left: the full history, tags saying why training stopped, and the epoch whose
+    weights the model now holds."""
+
+    history: dict[str, list[float]]
+    stop_tags: dict[str, Any]
+    evaluated_epoch: int
+
+
+def run_name(cfg: DictConfig) -> str:
+    return cfg.tracking.run_name or f"{cfg.model.name}-{cfg.optimizer.name}-lr{cfg.optimizer.lr:g}"
+
+
+def checkpoint_folder(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
+    return Path(launch_dir) / cfg.trainer.checkpoint_dir / run_id
+
+
+def lock_file(cfg: DictConfig, launch_dir: str, run_id: str) -> Path:
+    from hw4.runtime import locks
+
+    return locks.lock_path(Path(launch_dir) / cfg.trainer.checkpoint_dir, run_id)
+
+
+def load_data(cfg: DictConfig) -> tuple[RawData, Splits]:
+    """The raw arrays and the prepared splits; the split follows data.split_seed only. Kept for
+    the next job of a sweep in this process (see data.load_prepared)."""
+    from hw4 import data
+
+    return data.load_prepared(
+        cfg.data.dir,
+        input_shape=cfg.model.input_shape,
+        n_classes=len(cfg.data.class_names),
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.data.split_seed,
+        limit=cfg.data.limit,
+    )
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config, flattened, as a run records it: credentials masked (tracking.uri),
+    and the data's content digest, which the run's identity hashes instead of data.dir."""
+    from hw4 import data, tracking
+
+    params = tracking.redact_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    params[names.DATA_DIGEST] = data.source_digest(cfg.data.dir)
+    return params
+
+
+def run_tags(ctx: RunContext, *, threads: int) -> dict[str, Any]:
+    from hw4 import tracking
+
+    cfg = ctx.cfg
+    source = tracking.source_tags("hw4-train", ctx.launch_dir)
+    return {
+        **source,
+        "model": cfg.model.name,
+        "optimizer": cfg.optimizer.name,
+        "overrides": " ".join(tracking.redact(o) for o in HydraConfig.get().overrides.task),
+        "git_commit": source.get("mlflow.source.git.commit", "none"),
+        "tf_threads": threads,
+        names.CONFIG_KEY: names.config_key(ctx.params),
+        names.JOB_KEY: names.job_key(ctx.params),
+        names.PLAN_KEY: names.plan_key(ctx.params),
+        **ctx.job.tags,
+    }
+
+
+@contextlib.contextmanager
+def opened_run(ctx: RunContext) -> Iterator[RunLogger]:
+    """Open (or reopen) the run; every resource it takes (lock, figure thread, system metrics)
+    is released before the run ends with the status of how the block ended."""
+    from hw4 import artifacts, checkpoints, tracking
+    from hw4.runtime import locks
+    from hw4.sweep import context, job
+
+    cfg, client = ctx.cfg, ctx.job.client
+    with contextlib.ExitStack() as stack:
+        if ctx.resume_id:  # locked before the run is reopened: a live process's run stays untouched
+            stack.enter_context(locks.RunLock(lock_file(cfg, ctx.launch_dir, ctx.resume_id), ctx.resume_id))
+            # Again, now that no other process can end it: it may have finished since the check
+            # made before the data loaded.
+            tracking.check_resumable(client, ctx.resume_id, ctx.params)
+        ctx.run = stack.enter_context(
+            tracking.start_run(
+                client,
+                ctx.job.experiment_id,
+                run_name(cfg),
+                tags=ctx.tags,
+                parent_run_id=ctx.job.parent_run_id,
+                run_id=ctx.resume_id,
+            )  # fmt: skip
+        )
+        run_id = ctx.job.run_id = ctx.run.run_id
+        context.mark_started()
+        if ctx.job.parent_run_id is None and not ctx.resume_id:  # a sweep's continue command resumes its jobs
+            print(f"run {run_id}: if it is interrupted, continue it with the same command and trainer.resume={run_id}")
+        if not ctx.resume_id:
+            stack.enter_context(locks.RunLock(lock_file(cfg, ctx.launch_dir, run_id), run_id))
+        job.supersede(client, ctx.job.supersedes, run_id)  # FAILED attempts this run replaces
+        for replaced in ctx.job.supersedes:  # their checkpoints will not be resumed
+            checkpoints.remove(checkpoint_folder(cfg, ctx.launch_dir, replaced))
+        stack.enter_context(tracking.system_metrics(client, run_id, cfg.tracking.system_metrics))
+        ctx.background = stack.enter_context(artifacts.Background(ctx.clock))  # ends before the run does
+        ctx.folder = checkpoint_folder(cfg, ctx.launch_dir, run_id)
+        yield ctx.run
+
+
+def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
+    """What a new run records before training: config, model summary, data, sample grids (drawn
+    in the background)."""
+    from hw4 import artifacts, data, models
+
+    cfg, run = ctx.cfg, ctx.run
+    hydra_cfg = HydraConfig.get()
+    # A run reopened before its first epoch holds the params of its first attempt: MLflow refuses
+    # to change one, and the bookkeeping ones (trainer.resume, data.dir) may differ; the others
+    # were checked equal (tracking.check_resumable).
+    logged = run.client.get_run(run.run_id).data.params
+    run.log_params({k: v for k, v in ctx.params.items() if k not in logged})
+    if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
+        run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
+    run.log_text(models.summary_text(model), artifacts.SUMMARY)
+    summary = artifacts.data_summary(ctx.raw, ctx.splits)
+    run.log_dict(summary, artifacts.DATA_SUMMARY)
+    digest = data.digest(ctx.raw)
+    run.log_dataset(cfg.data.name, digest, cfg.data.dir or "keras.datasets", summary["prepared_shapes"])
+    ctx.background.submit("sample_grids", artifacts.log_sample_grids, run, ctx.raw, digest, list(cfg.data.class_names))
+
+
+def logged_epochs(run: RunLogger) -> set[int]:
+    return {m.step for m in run.client.get_metric_history(run.run_id, names.LOSS)}
+
+
+def restore_or_build(ctx: RunContext) -> StartingPoint:
+    """The checkpoint of a resumed run, else a new compiled model whose run gets its inputs
+    logged. Epochs a checkpoint holds but the store missed (a kill between the two) are logged."""
+    from hw4 import checkpoints, training
+
+    run, resumed = ctx.run, bool(ctx.resume_id)
+    logged = logged_epochs(run) if resumed else set()
+    if resumed and checkpoints.exists(ctx.folder):
+        model, state, best_weights = checkpoints.load(ctx.folder)
+        for epoch in range(state.epoch + 1):
+            if epoch not in logged:
+                run.log_metrics(state.epoch_logs(epoch), step=epoch)
+        print(f"resuming run {run.run_id} after epoch {state.epoch + 1}")
+        return StartingPoint(model, state, best_weights)
+    if logged:
+        raise ConfigError(f"trainer.resume={run.run_id}: no checkpoint was kept for that run")
+    if resumed:
+        print(f"run {run.run_id} ended before its first epoch: training it from the start")
+    cfg = ctx.cfg
+    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
+    optimizer = training.build_optimizer(cfg.optimizer)
+    training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
+    log_run_inputs(ctx, model)
+    return StartingPoint(model, checkpoints.CheckpointState())
+
+
+def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
+    """Fit with checkpoints, per-epoch metrics, early stopping, best weights and pruning as
+    configured."""
+    from hw4 import checkpoints, training
+    from hw4.sweep import job
+
+    trainer, run, state = ctx.cfg.trainer, ctx.run, start.state
+    best = None
+    if trainer.early_stopping or trainer.restore_best:
+        best = training.BestEpoch(trainer.early_stopping, trainer.restore_best, state.history, start.best_weights)
+    callbacks = [best] if best else []  # first: the checkpoint saves the best weights it holds
+    if trainer.checkpoint:
+        run.set_tags({"checkpoint_dir": ctx.folder})
+        kept = (lambda: best.best_weights) if trainer.restore_best else None
+        callbacks.append(checkpoints.EpochCheckpoint(ctx.folder, state, kept))
+    logged = logged_epochs(run) if state.epoch >= 0 else set()
+    callbacks.append(training.EpochMetricsLogger(run.log_metrics, frozenset(logged)))
+    pruner = None
+    if trainer.prune == "median" and ctx.job.parent_run_id:
+        pruner = training.MedianPruner(job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after)
+        callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
+    ctx.signals.check()  # a signal before training: stop before the first epoch
+    try:
+        history = training.fit(
+            start.model, ctx.splits, trainer, callbacks,
+            initial_epoch=state.epoch + 1, past_history=state.history, signals=ctx.signals,
+        )  # fmt: skip
+    except training.TrainingDiverged:
+        checkpoints.remove(ctx.folder)  # its last weights are NaN: nothing to resume
+        raise
+    tags: dict[str, Any] = {}
+    if pruner and pruner.pruned_at is not None:
+        tags.update({names.PRUNED: "true", names.PRUNED_AT: pruner.pruned_at})
+    if best and best.stopped_epoch:
+        tags[names.EARLY_STOPPED_AT] = best.stopped_epoch
+    restored = best is not None and trainer.restore_best and best.best_weights is not None
+    evaluated = best.best_epoch if restored else len(history[names.LOSS]) - 1
+    return Fitted(history, tags, evaluated)
+
+
+def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> float:
+    """Test metrics, best-epoch metrics, figures (in the background) and the model; returns the
+    sweep objective."""
+    from hw4 import artifacts, training
+
+    cfg, run, splits, background = ctx.cfg, ctx.run, ctx.splits, ctx.background
+    evaluation = ctx.clock.call("evaluate", training.evaluate, model, splits, cfg.trainer.eval_batch_size)
+    best = training.best_epoch(fitted.history)
+    run.log_metrics({**evaluation.metrics(), **best, names.EVALUATED_EPOCH: fitted.evaluated_epoch})
+    run.set_tags(fitted.stop_tags)
+    background.submit(
+        "evaluation_figures", artifacts.log_evaluation, run, fitted.history, splits.x_test, splits.test_labels,
+        evaluation.predicted, evaluation.confusion, list(cfg.data.class_names), title=run_name(cfg),
+    )  # fmt: skip
+    run.log_dict(artifacts.first_sample_output(model, splits), artifacts.FIRST_SAMPLE)
+    print(
+        f"test loss {evaluation.test_loss:.4f}, test accuracy {evaluation.test_accuracy:.4f} "
+        f"(weights of epoch {fitted.evaluated_epoch + 1}; best validation accuracy "
+        f"{best.get(names.BEST_VAL_ACCURACY, float('nan')):.4f} at epoch "
+        f"{int(best.get(names.BEST_EPOCH, -1)) + 1}; run {run.run_id})"
+    )
+    if cfg.tracking.log_model:
+        example = slice(0, artifacts.MODEL_EXAMPLES)
+        ctx.clock.call(
+            "log_model", run.log_keras_model, model, splits.x_test[example], evaluation.probabilities[example]
+        )
+    ctx.clock.call("wait_background", background.wait)
+    return float(best.get(cfg.tracking.objective, float("nan")))
+
+
+def log_timings(ctx: RunContext) -> None:
+    timings = ctx.clock.report()
+    ctx.run.log_metrics(timing.as_metrics(timings))
+    ctx.run.log_dict(timings, timing.ARTIFACT)

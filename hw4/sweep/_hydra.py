@@ -1,0 +1,41 @@
+"""The one place hw4 reads Hydra's private API.
+
+`planned_jobs` expands a grid the way Hydra's basic sweeper will, through
+`hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments`, which is not public.
+If a Hydra release moves or changes it, the import or the call fails here and is logged: the
+sweep's `jobs_planned` and `jobs_not_run` counts are then unknown, and nothing else depends on
+it (tests/sweep/test_sweep.py checks the counts).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def planned_jobs(config: DictConfig) -> Optional[int]:
+    """How many jobs this launch will run: the grid of Hydra's basic sweeper (its params and the
+    command's overrides, as it expands them), or a sweeper's n_trials (Optuna); None if unknown."""
+    sweeper = config.hydra.sweeper
+    if str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        try:
+            return _basic_sweeper_grid_size(sweeper, list(config.hydra.overrides.task))
+        except (ImportError, AttributeError, TypeError) as exc:  # a Hydra whose private API moved
+            log.warning("the sweep's planned jobs are unknown: Hydra's BasicSweeper changed (%s)", exc)
+            return None
+    trials = sweeper.get("n_trials")
+    return int(trials) if trials is not None else None
+
+
+def _basic_sweeper_grid_size(sweeper: DictConfig, task_overrides: list[str]) -> int:
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + task_overrides
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None))

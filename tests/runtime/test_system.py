@@ -1,0 +1,100 @@
+"""The cores a process may use (affinity and cgroup quota, not the machine's count), and how
+it ends (exit_now)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from hw4.runtime import system
+
+
+@pytest.fixture
+def cpu_max(tmp_path, monkeypatch):
+    path = tmp_path / "cpu.max"
+    monkeypatch.setattr(system, "CGROUP_CPU_MAX", path)
+    return path
+
+
+def test_usable_cores_follow_the_affinity(cpu_max, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert system.usable_cores() == 3  # no cgroup file: the affinity alone
+    cpu_max.write_text("max 100000\n")
+    assert system.usable_cores() == 3  # no quota
+
+
+@pytest.mark.parametrize(("quota", "cores"), [("150000 100000", 2), ("50000 100000", 1), ("800000 100000", 3)])
+def test_a_cgroup_quota_caps_the_cores(cpu_max, monkeypatch, quota, cores):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    cpu_max.write_text(quota + "\n")
+    assert system.usable_cores() == cores
+
+
+def test_parallel_sweep_jobs_split_the_usable_cores(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from hw4.sweep import job as sweep
+
+    assert sweep.jobs_at_once(-1, system.usable_cores()) == system.usable_cores()
+    training = pytest.importorskip("hw4.training")
+    monkeypatch.setattr(system, "usable_cores", lambda: 4)
+    seen = {}
+    monkeypatch.setattr(
+        training.tf.config.threading, "set_intra_op_parallelism_threads", lambda n: seen.update(intra=n)
+    )
+    monkeypatch.setattr(
+        training.tf.config.threading, "set_inter_op_parallelism_threads", lambda n: seen.update(inter=n)
+    )
+    trainer = OmegaConf.create({"seed": 0, "precision": "float32", "deterministic": False, "threads": None})
+    training.configure_runtime(trainer, parallel_jobs=2)
+    assert seen == {"intra": 2, "inter": 2}
+
+
+EXIT_SCRIPT = """
+import atexit, subprocess, sys, threading, time
+from pathlib import Path
+from hw4.runtime import system
+
+out = Path(sys.argv[1])
+atexit.register(lambda: out.joinpath("atexit").write_text("ran"))
+if sys.argv[2] == "thread":  # a non-daemon thread still working: the exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.5), out.joinpath("thread").write_text("done"))).start()
+if sys.argv[2] == "child":  # a child still running: the normal exit
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+print("buffered line", end="")  # stdout is a pipe, so block-buffered: lost unless flushed
+system.exit_now(3)
+"""
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("running", ["nothing", "thread", "child"])
+def test_exit_now_keeps_what_a_normal_exit_keeps(tmp_path, running):
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    command = [sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), running]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 3 and done.stdout == "buffered line", done.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    if running == "thread":
+        assert (tmp_path / "thread").read_text() == "done"
+
+
+@pytest.mark.serial
+def test_exit_now_sees_what_still_runs():
+    already = system.others_running()  # e.g. an MLflow download pool left by earlier tests
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait, name="worker")
+    worker.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert system.others_running() == [*already, "worker", f"process {child.pid}"]
+    finally:
+        release.set()
+        worker.join()
+        child.kill()
+        child.wait()
+    assert system.others_running() == already
