@@ -31,9 +31,9 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 
 
-# Each default below is the only one: the groups data, trainer and tracking are these schemas
-# themselves (register_configs), with no YAML that repeats them. Override on the command line, or
-# in an experiment or debug preset (conf/experiment, conf/debug).
+# Each default below is the only one: data, trainer and tracking are no config groups, just these
+# schemas' fields (Config), with no YAML that repeats them. Override them on the command line, or
+# in a preset (conf/experiment, conf/sweep, conf/debug).
 
 
 @dataclass
@@ -143,13 +143,13 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
     # Any, not ModelConfig: a model YAML of the user's own (--config-dir) may carry its builder's
     # own arguments, which `check_model_arguments` checks against the builder's signature.
     model: Any = MISSING
     optimizer: OptimizerConfig = MISSING
-    trainer: TrainerConfig = MISSING
-    tracking: TrackingConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -161,7 +161,7 @@ class ScratchConfig:
     lr: float = 0.5  # the gradient-descent demo after the homework's single pass
     steps: int = 100
     parent_run_id: Optional[str] = None  # nest the run under this one (hw4-homework)
-    tracking: TrackingConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -173,7 +173,7 @@ class CompareConfig:
     group: bool = True  # one row per configuration (repeats over seeds), or one per run
     diff: Optional[list[str]] = None  # two run ids: print the config keys whose values differ
     out: str = "outputs/compare"
-    tracking: TrackingConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -188,7 +188,7 @@ class PromoteConfig:
     alias: str = "champion"
     # Promote a winner with failed, killed, pruned or missing seeds (refused by default).
     allow_incomplete: bool = False
-    tracking: TrackingConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
@@ -197,8 +197,8 @@ class CleanConfig:
 
     killed: bool = False  # also KILLED runs, and RUNNING ones whose process died (resumable)
     dry_run: bool = False  # list what would go, delete nothing
-    trainer: TrainerConfig = MISSING  # trainer.checkpoint_dir: where hw4-train keeps them
-    tracking: TrackingConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # trainer.checkpoint_dir, as hw4-train
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 # String-valued switches and their values (true/false arrive from YAML as booleans).
@@ -216,24 +216,27 @@ class ReportConfig:
 
     parent: Optional[str] = None  # null = the latest hw4-homework run of tracking.experiment
     out: str = "reports"
-    tracking: TrackingConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-def register_configs() -> None:
+# Each app's primary config (conf/<name>.yaml) and the schema it starts from.
+APP_SCHEMAS = {
+    "config": Config, "scratch": ScratchConfig, "compare": CompareConfig, "report": ReportConfig,
+    "promote": PromoteConfig, "clean": CleanConfig,
+}  # fmt: skip
+
+
+def register_configs(*apps: str) -> None:
+    """Store the schemas of `apps` (all when none is named) in Hydra's ConfigStore. A console
+    script registers its own only: Hydra deep-copies the whole store for every config group
+    `--help` lists, so each schema more costs every command's help."""
     cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
-    # The groups whose only option is their schema: its defaults are the only ones.
-    cs.store(group="data", name="fashion_mnist", node=DataConfig)
-    cs.store(group="trainer", name="default", node=TrainerConfig)
-    cs.store(group="tracking", name="default", node=TrackingConfig)
-    # Not in the model group: a schema is not a model to choose (model=glob(*), --help).
-    cs.store(name="model_schema", node=ModelConfig, package="model")
-    cs.store(name="lenet_schema", node=LenetConfig, package="model")
-    cs.store(name="scratch_schema", node=ScratchConfig)
-    cs.store(name="compare_schema", node=CompareConfig)
-    cs.store(name="report_schema", node=ReportConfig)
-    cs.store(name="promote_schema", node=PromoteConfig)
-    cs.store(name="clean_schema", node=CleanConfig)
+    for app in apps or APP_SCHEMAS:
+        cs.store(name=f"{app}_schema", node=APP_SCHEMAS[app])
+        if app == "config":
+            # Not in the model group: a schema is not a model to choose (model=glob(*), --help).
+            cs.store(name="model_schema", node=ModelConfig, package="model")
+            cs.store(name="lenet_schema", node=LenetConfig, package="model")
     # A short random id, drawn once per launch (Hydra copies resolver caches into every job's
     # config): sweep folders started in the same second stay apart.
     OmegaConf.register_new_resolver("hw4.launch_id", lambda: uuid.uuid4().hex[:6], use_cache=True, replace=True)
@@ -264,7 +267,7 @@ def run_app(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     besides hw4-train (hw4-compare, hw4-report, hw4-promote, hw4-scratch) start through here."""
     import hydra
 
-    register_configs()
+    register_configs(config_name)
     hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)()
 
 

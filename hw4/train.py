@@ -26,7 +26,7 @@ from hw4.runtime.signals import RunSignals, signal_name
 if TYPE_CHECKING:
     from hw4.sweep.job import Job
 
-config.register_configs()
+config.register_configs("config")
 
 
 def train(ctx: steps.RunContext) -> float:

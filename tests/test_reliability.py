@@ -212,7 +212,6 @@ def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_di
     assert steps(client, run.run_id, "val_loss") == [0, 1, 2]
 
 
-@pytest.mark.serial
 @pytest.mark.slow
 def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
     from conftest import write_dataset

@@ -20,7 +20,7 @@ from services import Postgres, mlflow_server
 
 from hw4 import names
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]
+pytestmark = pytest.mark.slow
 OUTAGE_S = 30
 SWEEP_EPOCHS, RUN_EPOCHS = 10, 40  # each still training when the outage begins
 
@@ -79,6 +79,7 @@ def assert_whole(client: MlflowClient, run, epochs: int) -> None:
     assert names.TEST_ACCURACY in run.data.metrics
 
 
+@pytest.mark.serial  # stops the real PostgreSQL for 30 s
 def test_a_database_restart_mid_run_loses_nothing_directly_or_through_mlflow_server(postgres, tmp_path):
     """One outage for both stores (a shorter suite): a 3-job sweep on a direct postgresql://
     store, and a single run through `mlflow server` on the same PostgreSQL."""
