@@ -193,7 +193,7 @@ def test_debug_fast_is_a_short_quiet_run_over_any_preset():
     "objective, direction", [("best_val_categorical_accuracy", "maximize"), ("best_val_loss", "minimize")]
 )
 def test_the_objective_sets_optunas_direction(objective, direction):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
+    pytest.importorskip("optuna", reason="the optuna extra is not installed")
     with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):
         cfg = compose(
             "config",

@@ -126,7 +126,7 @@ def test_a_job_failing_before_training_still_gets_a_failed_child(tiny_data_dir, 
 
 
 def test_optuna_search_nests_its_trials(tiny_data_dir, tracking_uri, tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna", reason="the optuna extra is not installed")
     result = subprocess.run(
         [
             "hw4-train",
@@ -152,7 +152,7 @@ def test_optuna_search_nests_its_trials(tiny_data_dir, tracking_uri, tmp_path):
 def test_a_failed_trial_is_told_fail_and_the_search_goes_on(tiny_data_dir, tracking_uri, tmp_path):
     """Issue 21, section 5: the plugin's max_failure_rate=0.0 aborted the search at the first
     failed trial; hw4's preset lets the others run (conf/hparams_search/optuna_lr.yaml)."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna", reason="the optuna extra is not installed")
     result = subprocess.run(
         [
             "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1",
@@ -176,7 +176,7 @@ def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri
     further trial, the parent KILLED, no RUNNING run and no process left."""
     import psutil
 
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    pytest.importorskip("optuna", reason="the optuna extra is not installed")
     from conftest import write_dataset
     from test_reliability import start_and_wait_for, steps
 
