@@ -1,19 +1,22 @@
 """The search itself: Optuna's ask-and-tell loop over Hydra's launcher.
 
 Each batch: ask the study for `n_jobs` trials (their parameters drawn from the search space),
-launch them as one batch of Hydra jobs (any launcher: basic, joblib, Ray, submitit), and tell
+launch them as one batch of Hydra jobs (through the configured launcher), and tell
 the study how each ended. A job's return value is the trial's value; a job that failed, or
 returned NaN (a diverged or stopped run), is told FAIL. Before and after each batch the sweep's
-stop file (hw4/runtime/signals.py) is read: once a stop was asked for, the batch's trials are
-told FAIL (so that a later launch retries them), and the sweep ends as a stopped grid ends.
+stop file (hw4/runtime/signals.py) is read: once a stop was asked for, the stopped trials are
+told FAIL and queued in the study again (the next launch tries them first), and the sweep ends
+as a stopped grid ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -57,20 +60,43 @@ def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dic
     """The swept parameters' distributions and the fixed overrides, from Hydra's grammar."""
     sampled, fixed = {}, {}
     for override in OverridesParser.create().parse_overrides(arguments):
-        found = distribution(override)
-        target = sampled if isinstance(found, BaseDistribution) else fixed
-        target[override.get_key_element()] = found
+        key, found = override.get_key_element(), distribution(override)
+        sampled.pop(key, None), fixed.pop(key, None)  # the command line's overrides hydra.sweeper.params
+        (sampled if isinstance(found, BaseDistribution) else fixed)[key] = found
     return sampled, fixed
 
 
 def storage_url(storage: Optional[str], launch_dir: str) -> Optional[str]:
     """A relative sqlite path, as the launch folder's (its folder created)."""
     prefix = "sqlite:///"
-    if not storage or not storage.startswith(prefix) or Path(storage[len(prefix) :]).is_absolute():
+    if not storage or not storage.startswith(prefix) or storage == prefix + ":memory:":
+        return storage
+    if Path(storage[len(prefix) :]).is_absolute():
+        Path(storage[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
         return storage
     path = Path(launch_dir, storage[len(prefix) :])
     path.parent.mkdir(parents=True, exist_ok=True)
     return prefix + str(path)
+
+
+@contextlib.contextmanager
+def creating(storage: Optional[str]) -> Iterator[Any]:
+    """The storage to open the study in. A sqlite file is opened under an exclusive file lock, so
+    that two launches creating a new file at once do not race on its tables, and waits up to
+    60 s for a lock on the database instead of SQLite's 5 s."""
+    if not storage or not storage.startswith("sqlite:///") or storage.endswith(":memory:"):
+        yield storage
+        return
+    with open(storage[len("sqlite:///") :] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def next_job_number(sweep_dir: Path) -> int:
+    """After the job folders a launch into the same sweep folder already made (Hydra names them
+    by job number), so that a continued search does not overwrite them."""
+    numbers = [int(p.name) for p in sweep_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 def trial_value(job_return: JobReturn) -> Optional[float]:
@@ -122,27 +148,31 @@ class OptunaSweeperImpl:
         from hw4.sweep import context
 
         self.stop_file = context.sweep_dir(config.hydra) / context.STOP_FILE
+        self.job_idx = next_job_number(context.sweep_dir(config.hydra))
 
-    def check_stop(self, trials: Sequence[optuna.trial.Trial] = (), study: Optional[optuna.Study] = None) -> None:
-        if not self.stop_file.exists():
-            return
-        for trial in trials:  # stopped: not complete, so that a later launch samples them again
-            study.tell(trial, state=TrialState.FAIL)
-        signum = stop_signal(self.stop_file)
-        raise Stopped(signum, f"search stopped ({signal_name(signum)}): no further trials")
+    def check_stop(self) -> None:
+        if self.stop_file.exists():
+            signum = stop_signal(self.stop_file)
+            raise Stopped(signum, f"search stopped ({signal_name(signum)}): no further trials")
 
     def open_study(self) -> optuna.Study:
+        from hw4.errors import ConfigError
         from hw4.tracking import redact
 
         storage = storage_url(self.storage, self.config.hydra.runtime.cwd)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=storage,
-            sampler=self.sampler,
-            direction=self.direction,
-            load_if_exists=True,
-        )
+        with creating(storage) as opened:
+            study = optuna.create_study(
+                study_name=self.study_name, storage=opened, sampler=self.sampler, direction=self.direction,
+                load_if_exists=True,
+            )  # fmt: skip
+        if study.direction.name.lower() != str(self.direction).lower():  # an existing study keeps its own
+            raise ConfigError(
+                f"Optuna study {study.study_name} {study.direction.name.lower()}s, this search would "
+                f"{self.direction} (tracking.objective): choose another hydra.sweeper.study_name"
+            )
         done = len(study.get_trials(deepcopy=False))
+        if done:  # a seeded sampler would draw the first launch's values again
+            self.sampler.reseed_rng()
         log.info("Optuna study %s in %s: %d trial(s) so far", study.study_name, redact(storage or "memory"), done)
         return study
 
@@ -155,17 +185,26 @@ class OptunaSweeperImpl:
             batch = min(to_go, self.n_jobs)
             trials = [study.ask(fixed_distributions=sampled) for _ in range(batch)]
             overrides = [tuple(f"{k}={v}" for k, v in {**trial.params, **fixed}.items()) for trial in trials]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException:  # a second Ctrl-C, a dead worker: no trial stays RUNNING
+                for trial in trials:
+                    study.tell(trial, state=TrialState.FAIL)
+                raise
             self.job_idx += len(returns)
-            self.check_stop(trials, study)
+            stopped = self.stop_file.exists()
             failed = []
             for trial, job_return in zip(trials, returns):
                 value = trial_value(job_return)
-                if value is None:
-                    study.tell(trial, state=TrialState.FAIL)
-                    failed.append(job_return)
-                else:
+                if value is not None:
                     study.tell(trial, value)
+                    continue
+                study.tell(trial, state=TrialState.FAIL)
+                if stopped:  # its run is KILLED with a checkpoint: the next launch tries it first
+                    study.enqueue_trial(trial.params, skip_if_exists=False)
+                else:
+                    failed.append(job_return)
+            self.check_stop()
             if failed and len(failed) / len(returns) > self.max_failure_rate:
                 log.error(
                     "%d of %d trials failed (max_failure_rate=%s)", len(failed), len(returns), self.max_failure_rate

@@ -24,14 +24,15 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.hw4_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    # Any optuna.samplers class and its arguments, e.g. _target_: optuna.samplers.RandomSampler.
+    # A sampler that needs no search space up front (TPE, random, CMA-ES, QMC; not GridSampler),
+    # e.g. _target_: optuna.samplers.RandomSampler.
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None})
     direction: str = "maximize"  # or minimize
     storage: Optional[str] = DEFAULT_STORAGE  # null: in memory, gone with the process
     study_name: Optional[str] = None  # with storage, identifies the study: a launch again continues it
     n_trials: int = 20  # trials this launch adds to the study
     n_jobs: int = 2  # trials asked for, and launched, at once
-    # The share of a batch's trials that may fail (told FAIL) before the search stops.
+    # The share of a batch's (n_jobs) trials that may fail (told FAIL) and the search go on.
     max_failure_rate: float = 1.0
     params: Optional[Dict[str, str]] = None  # the search space, in Hydra's override grammar
 
