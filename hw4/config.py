@@ -244,9 +244,16 @@ def register_configs(*apps: str) -> None:
     OmegaConf.register_new_resolver("hw4.direction", objective_direction, replace=True)
 
 
-def objective_direction(objective: str) -> str:
+def objective_problem(objective: str) -> Optional[str]:
     if objective not in names.OBJECTIVES:
-        raise ConfigError(f"tracking.objective must be one of {', '.join(names.OBJECTIVES)}, got {objective}")
+        return f"tracking.objective must be one of {', '.join(names.OBJECTIVES)}, got {objective}"
+    return None
+
+
+def objective_direction(objective: str) -> str:
+    problem = objective_problem(objective)
+    if problem:
+        raise ConfigError(problem)
     return names.OBJECTIVES[objective]
 
 
@@ -349,9 +356,7 @@ def check(cfg: DictConfig) -> None:
         f"data.limit must be at least the number of classes ({n_classes}), got {d.limit}",
     )
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment must not be empty")
-    need(
-        cfg.tracking.objective in names.OBJECTIVES,
-        f"tracking.objective must be one of {', '.join(names.OBJECTIVES)}, got {cfg.tracking.objective}",
-    )
+    problem = objective_problem(cfg.tracking.objective)
+    need(problem is None, problem or "")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -59,6 +59,8 @@ class StartingPoint:
     model: keras.Model
     state: CheckpointState
     best_weights: Optional[list] = None  # the best epoch's weights, kept by trainer.restore_best
+    # Epochs the store holds for the run: fit logs the others (read once, when the run resumes).
+    logged_epochs: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -208,7 +210,7 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
             if epoch not in logged:
                 run.log_metrics(state.epoch_logs(epoch), step=epoch)
         print(f"resuming run {run.run_id} after epoch {state.epoch + 1}")
-        return StartingPoint(model, state, best_weights)
+        return StartingPoint(model, state, best_weights, frozenset(logged | set(range(state.epoch + 1))))
     if logged:
         raise ConfigError(f"trainer.resume={run.run_id}: no checkpoint was kept for that run")
     if resumed:
@@ -236,8 +238,7 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
         run.set_tags({"checkpoint_dir": ctx.folder})
         kept = (lambda: best.best_weights) if trainer.restore_best else None
         callbacks.append(checkpoints.EpochCheckpoint(ctx.folder, state, kept))
-    logged = logged_epochs(run) if state.epoch >= 0 else set()
-    callbacks.append(training.EpochMetricsLogger(run.log_metrics, frozenset(logged)))
+    callbacks.append(training.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
     pruner = None
     if trainer.prune == "median" and ctx.job.parent_run_id:
         pruner = training.MedianPruner(job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after)

@@ -74,8 +74,9 @@ def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
 
 
-def resolve_uri(uri: str, base_dir: str | Path) -> str:
-    """Make a relative sqlite path absolute against `base_dir` and create its folder.
+def resolve_uri(uri: str, base_dir: str | Path, *, what: str = "tracking.uri") -> str:
+    """Make a relative sqlite path absolute against `base_dir` and create its folder. `what`
+    names the setting in errors (the Optuna sweeper's storage goes through here too).
 
     Hydra jobs may run in their own folder (hydra.job.chdir=True), so relative paths must not
     depend on the process's working directory.
@@ -83,14 +84,14 @@ def resolve_uri(uri: str, base_dir: str | Path) -> str:
     scheme = urlparse(uri).scheme.split("+")[0]
     if scheme not in KNOWN_SCHEMES:
         raise TrackingError(
-            f"tracking.uri {redact(uri)!r} is not a tracking URI: expected sqlite:///PATH, "
+            f"{what} {redact(uri)!r} is not a tracking URI: expected sqlite:///PATH, "
             "http(s)://HOST:PORT, postgresql://... or another MLflow store"
         )
     if scheme != "sqlite":
         return uri
     path = uri[len("sqlite:///") :]
     if not path or uri[: len("sqlite:///")] != "sqlite:///":
-        raise TrackingError(f"tracking.uri {redact(uri)!r}: a sqlite URI reads sqlite:///relative/path.db")
+        raise TrackingError(f"{what} {redact(uri)!r}: a sqlite URI reads sqlite:///relative/path.db")
     if path == ":memory:":
         return uri
     db = Path(path) if Path(path).is_absolute() else Path(base_dir) / path

@@ -67,16 +67,10 @@ def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dic
 
 
 def storage_url(storage: Optional[str], launch_dir: str) -> Optional[str]:
-    """A relative sqlite path, as the launch folder's (its folder created)."""
-    prefix = "sqlite:///"
-    if not storage or not storage.startswith(prefix) or storage == prefix + ":memory:":
-        return storage
-    if Path(storage[len(prefix) :]).is_absolute():
-        Path(storage[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
-        return storage
-    path = Path(launch_dir, storage[len(prefix) :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return prefix + str(path)
+    """A relative sqlite path, as the launch folder's (its folder created), as for MLflow's store."""
+    from hw4.tracking import resolve_uri
+
+    return resolve_uri(storage, launch_dir, what="hydra.sweeper.storage") if storage else None
 
 
 @contextlib.contextmanager
