@@ -30,6 +30,8 @@ EVALUATED_EPOCH = "evaluated_epoch"
 OBJECTIVE = BEST_VAL_ACCURACY
 OBJECTIVES = {BEST_VAL_ACCURACY: "maximize", BEST_VAL_LOSS: "minimize"}  # and Optuna's direction
 RANKED_BY = "ranked_by"  # the sweep parent's tag: the objective it ranked its children by
+# The per-epoch metric each objective is the best of: what a job reports to its Optuna trial.
+EPOCH_METRIC_OF = {BEST_VAL_ACCURACY: VAL_ACCURACY, BEST_VAL_LOSS: VAL_LOSS}
 
 # Tags.
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)
@@ -44,6 +46,9 @@ SWEEP_ROLE = "sweep"  # "parent" on a sweep's parent run
 JOB_NUM = "hydra_job_num"
 SUPERSEDED_BY = "superseded_by"
 PRUNED, PRUNED_AT = "pruned", "pruned_at_epoch"
+# An Optuna search's job: its study and trial number (hw4.sweep.study). The parent run of a
+# search holds the study's summary under tags and metrics named optuna_*.
+OPTUNA_STUDY, OPTUNA_TRIAL = "optuna_study", "optuna_trial"
 STOPPED_BY = "stopped_by"  # a sweep parent stopped by a signal: which one
 EARLY_STOPPED_AT = "early_stopped_at_epoch"
 ERROR = "error"

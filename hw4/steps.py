@@ -158,6 +158,8 @@ def opened_run(ctx: RunContext) -> Iterator[RunLogger]:
         )
         run_id = ctx.job.run_id = ctx.run.run_id
         context.mark_started()
+        if ctx.job.trial is not None:
+            ctx.job.trial.link(run_id)
         if ctx.job.parent_run_id is None and not ctx.resume_id:  # a sweep's continue command resumes its jobs
             print(f"run {run_id}: if it is interrupted, continue it with the same command and trainer.resume={run_id}")
         if not ctx.resume_id:
@@ -240,8 +242,12 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
         callbacks.append(checkpoints.EpochCheckpoint(ctx.folder, state, kept))
     callbacks.append(training.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
     pruner = None
-    if trainer.prune == "median" and ctx.job.parent_run_id:
+    if ctx.job.trial is not None:  # an Optuna search: the study's pruner decides
+        ctx.job.trial.report_history(state.history)
+        pruner = training.EpochPruner(ctx.job.trial.decide)
+    elif trainer.prune == "median" and ctx.job.parent_run_id:
         pruner = training.MedianPruner(job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after)
+    if pruner:
         callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
     ctx.signals.check()  # a signal before training: stop before the first epoch
     try:

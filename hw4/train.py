@@ -107,6 +107,8 @@ def main(cfg: DictConfig) -> float:
     sweep_job.find_earlier_attempts(job, params)
     if job.finished is not None:  # a continued sweep: this configuration and seed are done
         context.mark_started()
+        if job.trial is not None:
+            job.trial.found_finished(job.client, job.finished)
         print(f"already finished as run {job.finished.info.run_id}: not trained again")
         return job.finished.data.metrics.get(cfg.tracking.objective, float("nan"))
     resume_id = cfg.trainer.resume or job.resume_run_id

@@ -149,7 +149,26 @@ class BestEpoch(keras.callbacks.EarlyStopping):
             )
 
 
-class MedianPruner(keras.callbacks.Callback):
+class EpochPruner(keras.callbacks.Callback):
+    """Stops training after an epoch whose logs `decide(epoch, logs)` finds hopeless: it returns
+    why (logged), or None to go on. The epoch is saved and logged first (this callback comes
+    last). The decision rules: `MedianPruner` (grid sweeps, siblings read from the store) and an
+    Optuna trial's pruner (hw4.sweep.study.JobTrial.decide)."""
+
+    def __init__(self, decide: Callable[[int, Mapping[str, float]], str | None]):
+        super().__init__()
+        self.decide = decide
+        self.pruned_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        reason = self.decide(epoch, dict(logs or {}))
+        if reason:
+            self.pruned_at = epoch
+            self.model.stop_training = True
+            log.warning("pruned after epoch %d: %s", epoch + 1, reason)
+
+
+class MedianPruner(EpochPruner):
     """Stops a sweep job whose validation accuracy falls below its siblings' median.
 
     `sibling_values(epoch)` returns the other jobs' validation accuracies at that epoch (read
@@ -160,25 +179,23 @@ class MedianPruner(keras.callbacks.Callback):
     MIN_SIBLINGS = 2
 
     def __init__(self, sibling_values: Callable[[int], list[float]], after: int):
-        super().__init__()
+        super().__init__(self.below_median)
         self.sibling_values = sibling_values
         self.after = after
-        self.pruned_at: int | None = None
 
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        if epoch + 1 < self.after or not logs or names.VAL_ACCURACY not in logs:
-            return
+    def below_median(self, epoch: int, logs: Mapping[str, float]) -> str | None:
+        if epoch + 1 < self.after or names.VAL_ACCURACY not in logs:
+            return None
         values = self.sibling_values(epoch)
         if len(values) < self.MIN_SIBLINGS:
-            return
+            return None
         median = float(np.median(values))
-        if logs[names.VAL_ACCURACY] < median:
-            self.pruned_at = epoch
-            self.model.stop_training = True
-            log.warning(
-                "pruned after epoch %d: validation accuracy %.4f is below the median %.4f of %d "
-                "sibling runs", epoch + 1, logs[names.VAL_ACCURACY], median, len(values),
-            )  # fmt: skip
+        if logs[names.VAL_ACCURACY] >= median:
+            return None
+        return (
+            f"validation accuracy {logs[names.VAL_ACCURACY]:.4f} is below the median {median:.4f} "
+            f"of {len(values)} sibling runs"
+        )
 
 
 class StepProgbar(keras.utils.Progbar):

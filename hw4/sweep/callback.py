@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hw4 import names
 from hw4.runtime.signals import HANDLED, RunSignals, signal_name, stop_signal
+from hw4.sweep import study
 from hw4.sweep._hydra import planned_jobs
 from hw4.sweep.context import STARTED_DIR, STOP_FILE, SweepContext, mark_started, opened_in, store_uri, sweep_dir
 from hw4.sweep.job import attempts, supersede
@@ -138,9 +139,12 @@ class MlflowSweepCallback(Callback):
         shutil.rmtree(folder / STARTED_DIR, ignore_errors=True)
         # Hydra has not changed directory yet: this is the folder the user launched from.
         self._uri = tracking.resolve_uri(config.tracking.uri, os.getcwd())
-        earlier = SweepContext.load(folder)
+        earlier, from_study = SweepContext.load(folder), False
+        if earlier is None:  # an Optuna study launched again, in a new folder: its parent run
+            earlier = study.recorded_parent(config, tracking.redact(self._uri))
+            from_study = earlier is not None
         if earlier is not None:
-            self.context = self._reopen(earlier)
+            self.context = self._reopen(earlier, unless_running=from_study)
         if self.context is None:
             self.context = self._create_parent(config)
         self.context.launched_at = int(time.time() * 1000)
@@ -161,7 +165,7 @@ class MlflowSweepCallback(Callback):
         overrides = [tracking.redact(o) for o in config.hydra.overrides.task]
         definition = {
             "overrides": overrides,
-            "sweeper": OmegaConf.to_container(config.hydra.sweeper, resolve=False),
+            "sweeper": tracking.redact_params(OmegaConf.to_container(config.hydra.sweeper, resolve=False)),
             "launcher": OmegaConf.to_container(config.hydra.launcher, resolve=False),
         }
         parent = tracking.create_run(
@@ -180,10 +184,12 @@ class MlflowSweepCallback(Callback):
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
         return SweepContext(tracking.redact(self._uri), experiment_id, parent.info.run_id, sweep_id)
 
-    def _reopen(self, earlier: SweepContext) -> Optional[SweepContext]:
+    def _reopen(self, earlier: SweepContext, *, unless_running: bool = False) -> Optional[SweepContext]:
         """Continue the sweep of an existing folder under its parent run, if the store has it.
         Only the store's answer that the run does not exist starts a new parent; any other
-        error (after retries) stops the launch, so a blink of the store cannot fork the sweep."""
+        error (after retries) stops the launch, so a blink of the store cannot fork the sweep.
+        `unless_running`: a parent that is RUNNING belongs to a launch still going on (an Optuna
+        study shared by two launches at once): this launch gets a parent of its own."""
         from hw4 import tracking
         from hw4.errors import TrackingError
 
@@ -198,6 +204,9 @@ class MlflowSweepCallback(Callback):
         if parent is None:
             log.warning("sweep folder names parent run %s, which %s does not hold: new parent",
                         earlier.parent_run_id, tracking.redact(self._uri))  # fmt: skip
+            return None
+        if unless_running and parent.info.status == "RUNNING":
+            log.info("parent run %s of this study is running (another launch): new parent", earlier.parent_run_id)
             return None
         client.update_run(parent.info.run_id, status="RUNNING")
         if names.STOPPED_BY in parent.data.tags:  # the earlier launch's stop

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from hw4 import names
 from hw4.runtime import system
+from hw4.sweep import study
 from hw4.sweep.context import SweepContext, current_context, opened_in, store_uri
 
 
@@ -80,6 +81,7 @@ class Job:
     resume_run_id: Optional[str] = None  # a KILLED (or dead RUNNING) attempt to continue
     supersedes: list[str] = field(default_factory=list)  # FAILED attempts the new run replaces
     run_id: Optional[str] = None  # the run this job opened, once it exists
+    trial: Any = None  # an Optuna search's trial (hw4.sweep.study.JobTrial), reported to every epoch
 
 
 def open_job(settings: DictConfig, launch_dir: str) -> Job:
@@ -98,7 +100,11 @@ def open_job(settings: DictConfig, launch_dir: str) -> Job:
     # The launcher checked the store already: a job that starts while it blinks waits for it
     # (the retry policy) rather than failing at once.
     client = tracking.client_for(store_uri(context, settings.uri, launch_dir))
-    return Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
+    job = Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
+    job.trial = study.current_trial(settings.objective)
+    if job.trial is not None:
+        job.tags.update(job.trial.tags)
+    return job
 
 
 def find_earlier_attempts(job: Job, params: dict) -> None:

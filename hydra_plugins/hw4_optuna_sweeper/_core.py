@@ -7,16 +7,18 @@ returned NaN (a diverged or stopped run), is told FAIL. Before and after each ba
 stop file (hw4/runtime/signals.py) is read: once a stop was asked for, the stopped trials are
 told FAIL and queued in the study again (the next launch tries them first), and the sweep ends
 as a stopped grid ends.
+
+Each job gets its trial (`hydra.sweeper.study_name` and `hydra.sweeper.trial` in its Hydra
+config): it reports every epoch to it and stops when the study's pruner says so
+(hw4/sweep/study.py). A job that was pruned returns normally; its trial is told PRUNED here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,6 +32,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from hw4.runtime.signals import Stopped, signal_name, stop_signal
+from hw4.sweep import study as studies
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"
@@ -66,26 +69,6 @@ def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dic
     return sampled, fixed
 
 
-def storage_url(storage: Optional[str], launch_dir: str) -> Optional[str]:
-    """A relative sqlite path, as the launch folder's (its folder created), as for MLflow's store."""
-    from hw4.tracking import resolve_uri
-
-    return resolve_uri(storage, launch_dir, what="hydra.sweeper.storage") if storage else None
-
-
-@contextlib.contextmanager
-def creating(storage: Optional[str]) -> Iterator[Any]:
-    """The storage to open the study in. A sqlite file is opened under an exclusive file lock, so
-    that two launches creating a new file at once do not race on its tables, and waits up to
-    60 s for a lock on the database instead of SQLite's 5 s."""
-    if not storage or not storage.startswith("sqlite:///") or storage.endswith(":memory:"):
-        yield storage
-        return
-    with open(storage[len("sqlite:///") :] + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
-
-
 def next_job_number(sweep_dir: Path) -> int:
     """After the job folders a launch into the same sweep folder already made (Hydra names them
     by job number), so that a continued search does not overwrite them."""
@@ -110,6 +93,7 @@ class OptunaSweeperImpl:
         self,
         *,
         sampler: Any,
+        pruner: Any,
         direction: str,
         storage: Optional[str],
         study_name: Optional[str],
@@ -117,6 +101,7 @@ class OptunaSweeperImpl:
         n_jobs: int,
         max_failure_rate: float,
         params: Optional[DictConfig],
+        trial: Optional[int] = None,  # set on each job's config, never on the sweep's
     ) -> None:
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
@@ -125,6 +110,10 @@ class OptunaSweeperImpl:
         # Hydra instantiates the sweeper's config recursively: the sampler arrives built; a plain
         # config (a sweeper made by hand) is built here.
         self.sampler = sampler if isinstance(sampler, optuna.samplers.BaseSampler) else instantiate(sampler)
+        if isinstance(pruner, optuna.pruners.BasePruner) or pruner is None:
+            self.pruner = pruner or optuna.pruners.NopPruner()
+        else:
+            self.pruner = instantiate(pruner)
         self.direction = direction
         self.storage = storage
         self.study_name = study_name
@@ -153,11 +142,11 @@ class OptunaSweeperImpl:
         from hw4.errors import ConfigError
         from hw4.tracking import redact
 
-        storage = storage_url(self.storage, self.config.hydra.runtime.cwd)
-        with creating(storage) as opened:
+        storage = studies.storage_url(self.storage, self.config.hydra.runtime.cwd)
+        with studies.creating(storage) as opened:
             study = optuna.create_study(
-                study_name=self.study_name, storage=opened, sampler=self.sampler, direction=self.direction,
-                load_if_exists=True,
+                study_name=self.study_name, storage=opened, sampler=self.sampler, pruner=self.pruner,
+                direction=self.direction, load_if_exists=True,
             )  # fmt: skip
         if study.direction.name.lower() != str(self.direction).lower():  # an existing study keeps its own
             raise ConfigError(
@@ -173,23 +162,40 @@ class OptunaSweeperImpl:
     def sweep(self, arguments: list[str]) -> None:
         sampled, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         study = self.open_study()
+        self.remember_parent(study)
+        try:
+            self.run_trials(study, sampled, fixed)
+        finally:  # a stopped or failed search records its study too
+            self.report(study)
+
+    def job_overrides(self, study: optuna.Study, trial: optuna.Trial, fixed: dict[str, str]) -> tuple[str, ...]:
+        """The trial's parameters, the fixed overrides, and where the job finds its trial."""
+        name = study.study_name.replace("'", "\\'")  # quoted: Hydra's grammar
+        handed = (f"hydra.sweeper.study_name='{name}'", f"hydra.sweeper.{studies.TRIAL}={trial.number}")
+        return tuple(f"{k}={v}" for k, v in {**trial.params, **fixed}.items()) + handed
+
+    def run_trials(self, study: optuna.Study, sampled: dict, fixed: dict[str, str]) -> None:
         to_go = self.n_trials
         while to_go > 0:
             self.check_stop()
             batch = min(to_go, self.n_jobs)
             trials = [study.ask(fixed_distributions=sampled) for _ in range(batch)]
-            overrides = [tuple(f"{k}={v}" for k, v in {**trial.params, **fixed}.items()) for trial in trials]
+            overrides = [self.job_overrides(study, trial, fixed) for trial in trials]
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException:  # a second Ctrl-C, a dead worker: no trial stays RUNNING
                 for trial in trials:
-                    study.tell(trial, state=TrialState.FAIL)
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 raise
             self.job_idx += len(returns)
             stopped = self.stop_file.exists()
             failed = []
+            now = {t.number: t for t in study.get_trials(deepcopy=False)}  # with what the jobs wrote
             for trial, job_return in zip(trials, returns):
                 value = trial_value(job_return)
+                if value is not None and studies.pruned_at(now[trial.number]) is not None:
+                    study.tell(trial, state=TrialState.PRUNED)  # its last reported value
+                    continue
                 if value is not None:
                     study.tell(trial, value)
                     continue
@@ -207,13 +213,34 @@ class OptunaSweeperImpl:
                     _ = job_return.return_value  # re-raises the job's own error, if it raised one
                 raise RuntimeError(f"{len(failed)} of {len(returns)} trials failed")
             to_go -= batch
-        self.report(study)
+
+    def sweep_context(self) -> Any:
+        from hw4.sweep.context import SweepContext, sweep_dir
+
+        return SweepContext.load(sweep_dir(self.config.hydra))  # hw4's callback wrote it, if configured
+
+    def remember_parent(self, study: optuna.Study) -> None:
+        """The next launch of this study continues under this launch's parent run."""
+        context = self.sweep_context()
+        if context is not None:
+            studies.record_parent(study, context)
 
     def report(self, study: optuna.Study) -> None:
-        completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": len(study.trials)}
-        if completed:
-            best = study.best_trial
-            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
-            log.info("Best parameters: %s, value %s (trial %d)", best.params, best.value, best.number)
+        """The study's summary: in the sweep folder, in the log, and on the parent run."""
+        summary = studies.study_summary(study)
+        if "best_params" in summary:
+            log.info("Best parameters: %s, value %s (trial %d)", summary["best_params"], summary["best_value"],
+                     summary["best_trial"])  # fmt: skip
+        results = {"name": "optuna", **summary, "trials": len(study.trials), "states": summary["trials"]}
         OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir, RESULTS_FILE))
+        context = self.sweep_context()
+        if context is None:
+            return
+        from hw4 import tracking
+        from hw4.sweep.context import store_uri
+
+        try:
+            client = tracking.client_for(store_uri(context, self.config.tracking.uri, self.config.hydra.runtime.cwd))
+            studies.log_study(client, context.parent_run_id, study)
+        except Exception as exc:  # the sweep's own summary still gets written, and the parent ended
+            log.error("study %s: its summary could not be logged (%s)", study.study_name, tracking.first_line(exc))

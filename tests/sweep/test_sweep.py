@@ -176,7 +176,7 @@ def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri
     further trial, the parent KILLED, no RUNNING run and no process left."""
     import psutil
 
-    pytest.importorskip("optuna", reason="the optuna extra is not installed")
+    optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
     from conftest import write_dataset
     from test_reliability import start_and_wait_for, steps
 
@@ -202,6 +202,20 @@ def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri
     assert child.info.status == "KILLED"
     assert Path(child.data.tags["checkpoint_dir"]).is_dir()
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+
+    # Issue 22: the same search again, in a new folder, asks the stopped trial again first (it was
+    # queued), under the same parent, and resumes its run from the checkpoint.
+    again = [a for a in args if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.n_trials="))]
+    again += ["hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}"]
+    result = subprocess.run(again, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming run {child.info.run_id}" in result.stdout
+    client, parent_again, children = parent_and_children(tracking_uri)
+    assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
+    assert [(c.info.run_id, c.info.status) for c in children] == [(child.info.run_id, "FINISHED")]
+    study = optuna.load_study(study_name="lr-mlp-adam", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert study.trials[1].params == study.trials[0].params
 
 
 def test_lr_sweep_preset_is_a_log_spaced_grid():

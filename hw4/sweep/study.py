@@ -1,0 +1,223 @@
+"""An Optuna search's study, as both sides of the search see it.
+
+The sweeper (hydra_plugins/hw4_optuna_sweeper) opens the study and hands each job its trial as
+two overrides of the job's Hydra config, `hydra.sweeper.study_name` and `hydra.sweeper.trial`
+(its number).
+The job (`current_trial`) opens the same storage, reports its validation metric to that trial
+after every epoch and asks the study's pruner whether to go on. Everything goes through the
+storage, so jobs in joblib workers and on Ray nodes prune as the launcher's own jobs do.
+
+The sweeper alone tells Optuna how a trial ended: a job marks a pruned trial (a user attribute)
+and its MLflow run ends FINISHED, tagged `pruned`; the sweeper then tells it PRUNED.
+
+A study also remembers its MLflow parent run (`record_parent`): a later launch of the same study,
+in a new sweep folder, continues under that parent (`recorded_parent`), unless the parent is
+still running (another launch, at the same time: it gets a parent of its own).
+
+Optuna is imported inside the functions: the config-only paths never load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from hw4 import names
+from hw4.sweep.context import SweepContext
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+TRIAL = "trial"  # the key of hydra.sweeper the sweeper sets for each job: its trial's number
+PRUNED_ATTR = names.PRUNED_AT  # a trial's user attribute: the epoch its job was pruned after
+RUN_ATTR = "mlflow_run_id"  # a trial's user attribute: its MLflow run
+PARENT_ATTR = "mlflow_parent"  # a study's user attribute: the sweep context of its parent run
+IMPORTANCES_FILE = "optuna_importances.json"
+TRIALS_FILE = "optuna_trials.csv"
+STUDY_FILE = "optuna_study.json"
+
+
+def storage_url(storage: Optional[str], launch_dir: str) -> Optional[str]:
+    """A relative sqlite path, as the launch folder's (its folder created), as for MLflow's store."""
+    from hw4.tracking import resolve_uri
+
+    return resolve_uri(storage, launch_dir, what="hydra.sweeper.storage") if storage else None
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """The storage at `url`; on sqlite, waiting up to 60 s for a lock instead of SQLite's 5 s
+    (parallel jobs report their epochs to one file)."""
+    import optuna
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+
+
+@contextlib.contextmanager
+def creating(storage: Optional[str]) -> Iterator[Any]:
+    """The storage to create or open a study in. A sqlite file is opened under an exclusive file
+    lock, so that two launches creating a new file at once do not race on its tables."""
+    if not storage or not storage.startswith("sqlite:///") or storage.endswith(":memory:"):
+        yield storage
+        return
+    with open(storage[len("sqlite:///") :] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield rdb_storage(storage)
+
+
+def pruned_at(trial: optuna.trial.FrozenTrial) -> Optional[int]:
+    """The epoch after which the trial's job was pruned, or None. A frozen trial as the storage
+    holds it now: an asked trial's own user attributes are cached when it is asked."""
+    value = trial.user_attrs.get(PRUNED_ATTR)
+    return None if value is None else int(value)
+
+
+@dataclass
+class JobTrial:
+    """The Optuna trial a job of a search runs, opened through the study's storage."""
+
+    trial: optuna.Trial
+    metric: str  # the per-epoch metric reported: the one tracking.objective is the best of
+
+    @property
+    def tags(self) -> dict[str, Any]:
+        return {names.OPTUNA_STUDY: self.trial.study.study_name, names.OPTUNA_TRIAL: self.trial.number}
+
+    def link(self, run_id: str) -> None:
+        self.trial.set_user_attr(RUN_ATTR, run_id)
+
+    def found_finished(self, client: Any, run: Any) -> None:
+        """This trial's configuration and seed already ran (a continued search): the trial takes
+        that run's record, its epochs and whether it was pruned."""
+        self.link(run.info.run_id)
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, self.metric))
+        for epoch, value in history:
+            if math.isfinite(value):
+                self.trial.report(value, epoch)
+        if run.data.tags.get(names.PRUNED) == "true":
+            self.trial.set_user_attr(PRUNED_ATTR, int(run.data.tags.get(names.PRUNED_AT, 0)))
+
+    def report_history(self, history: Mapping[str, list[float]]) -> None:
+        """A resumed run's earlier epochs, reported to this (perhaps new) trial first."""
+        for epoch, value in enumerate(history.get(self.metric, [])):
+            if math.isfinite(value):
+                self.trial.report(float(value), epoch)
+
+    def decide(self, epoch: int, logs: Mapping[str, float]) -> Optional[str]:
+        """Report the epoch's value; why to stop if the study's pruner prunes the trial, else None."""
+        value = logs.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return None
+        self.trial.report(float(value), epoch)
+        if not self.trial.should_prune():
+            return None
+        self.trial.set_user_attr(PRUNED_ATTR, epoch)
+        pruner = type(self.trial.study.pruner).__name__
+        return f"{self.metric} {value:.4f}: {pruner} prunes trial {self.trial.number} of study {self.trial.study.study_name}"
+
+
+def current_trial(objective: str) -> Optional[JobTrial]:
+    """The trial this job runs, in an Optuna search (hydra.sweeper.trial set); else None."""
+    hydra_cfg = HydraConfig.get()
+    sweeper = hydra_cfg.sweeper
+    if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get(TRIAL) is None:
+        return None
+    import optuna
+    from hydra.utils import instantiate
+
+    storage = rdb_storage(storage_url(sweeper.storage, hydra_cfg.runtime.cwd))
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), int(sweeper.trial)
+    )
+    return JobTrial(optuna.trial.Trial(study, trial_id), names.EPOCH_METRIC_OF[objective])
+
+
+def recorded_parent(config: DictConfig, store: str) -> Optional[SweepContext]:
+    """The parent run an earlier launch of this Optuna search recorded on its study, if the study
+    exists and was tracked in `store` (a redacted URI); else None. The launcher's callback asks
+    this before it creates a parent run."""
+    sweeper = config.hydra.sweeper
+    if TRIAL not in sweeper or not sweeper.get("storage"):
+        return None  # not hw4's Optuna sweeper, or a study in memory
+    import optuna
+
+    url = storage_url(sweeper.storage, config.hydra.runtime.cwd)
+    with creating(url) as storage:
+        try:
+            study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
+        except KeyError:  # no such study yet
+            return None
+    recorded = study.user_attrs.get(PARENT_ATTR)
+    if not recorded or recorded.get("tracking_uri") != store:
+        return None
+    fields = {f.name for f in dataclasses.fields(SweepContext)}
+    return SweepContext(**{k: v for k, v in recorded.items() if k in fields})
+
+
+def record_parent(study: optuna.Study, context: SweepContext) -> None:
+    """Remember the launch's parent run on the study, for the next launch (`recorded_parent`)."""
+    kept = dataclasses.asdict(context)
+    for launch_only in ("launched_at", "launch_id"):
+        kept.pop(launch_only)
+    study.set_user_attr(PARENT_ATTR, kept)
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    """Best trial, trial states and parameter importances (Optuna's default evaluator)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    summary: dict[str, Any] = {"study_name": study.study_name, "direction": study.direction.name.lower()}
+    summary["trials"] = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
+        summary["best_run_id"] = best.user_attrs.get(RUN_ATTR)
+    summary["importances"] = {}
+    if len(complete) >= 2:
+        try:
+            summary["importances"] = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError) as exc:  # e.g. every trial has the same parameters
+            log.info("no parameter importances for study %s: %s", study.study_name, exc)
+    return summary
+
+
+def log_study(client: Any, parent_run_id: str, study: optuna.Study) -> dict[str, Any]:
+    """Record the study's summary on the search's parent run: tags and metrics named optuna_*,
+    the summary, the importances and every trial as artifacts."""
+    from hw4.tracking import RunLogger
+
+    summary = study_summary(study)
+    logger = RunLogger(client, parent_run_id)
+    tags = {names.OPTUNA_STUDY: study.study_name}
+    if "best_params" in summary:
+        tags["optuna_best_params"] = json.dumps(summary["best_params"])
+        tags["optuna_best_trial"] = summary["best_trial"]
+    tags.update({f"optuna_importance.{k}": f"{v:.4f}" for k, v in summary["importances"].items()})
+    logger.set_tags(tags)
+    metrics = {f"optuna_trials_{state}": n for state, n in summary["trials"].items()}
+    if "best_value" in summary:
+        metrics["optuna_best_value"] = summary["best_value"]
+    logger.log_metrics(metrics)
+    logger.log_dict(summary, STUDY_FILE)
+    logger.log_dict(summary["importances"], IMPORTANCES_FILE)
+    frame = study.trials_dataframe()
+    if not frame.empty:
+        logger.log_text(frame.to_csv(index=False), TRIALS_FILE)
+    return summary
