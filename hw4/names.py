@@ -66,6 +66,7 @@ BOOKKEEPING = (
     "trainer.checkpoint",
     "trainer.checkpoint_dir",
     "tracking.",  # every tracking setting
+    "sweep.",  # how a sweep was planned (sweep=refine's options), not what a job trains
 )
 SEED = "trainer.seed"
 DATA_DIGEST = "data.digest"  # a content hash of the data files, added to the params by hw4-train

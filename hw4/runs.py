@@ -450,13 +450,18 @@ def tied_with_best(finished: pd.DataFrame, configurations: pd.DataFrame, column:
     return pd.DataFrame(rows, index=configurations.index, columns=["tied_with_best", "p_value"])
 
 
-def tied_set(configurations: pd.DataFrame) -> str:
-    """The best configuration's label and those of the configurations within noise of it,
-    comma-separated (the best alone when the others are distinguishable or too few to tell)."""
+def tied_keys(configurations: pd.DataFrame) -> list[str]:
+    """The config keys of the best configuration and of those within noise of it (the best
+    alone when the others are distinguishable or too few to tell), best first."""
     if configurations.empty:
-        return ""
+        return []
     tied = (configurations["tied_with_best"] == BEST) | (configurations["p_value"] >= ALPHA)
-    return ", ".join(configurations.loc[tied, "label"])
+    return list(configurations.index[tied])
+
+
+def tied_set(configurations: pd.DataFrame) -> str:
+    """The labels of `tied_keys`, comma-separated."""
+    return ", ".join(configurations.loc[tied_keys(configurations), "label"])
 
 
 def describe(row: pd.Series) -> str:

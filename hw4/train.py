@@ -20,8 +20,10 @@ from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig
 
 from hw4 import config, steps
+from hw4.errors import Hw4Error
 from hw4.runtime import quiet, timing
 from hw4.runtime.signals import RunSignals, signal_name
+from hw4.sweep import refine
 
 if TYPE_CHECKING:
     from hw4.sweep.job import Job
@@ -66,14 +68,26 @@ def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Job) -> float:
     raise SystemExit(128 + signum)
 
 
+def expanded(expand: Callable[[list[str]], list[str]], args: list[str]) -> list[str]:
+    """`expand(args)`, its error (before Hydra, which would report it) as one line, exit 1."""
+    try:
+        return expand(args)
+    except Hw4Error as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def accepts_plus_presets(app: Callable[..., float]) -> Callable[..., float]:
-    """Let `hw4-train +experiment=X` mean `experiment=X` (config.plain_preset_overrides): applied
-    to the command line before Hydra parses it; a config passed in (compose API) is left alone."""
+    """Let `hw4-train +experiment=X` mean `experiment=X` (config.plain_preset_overrides), and
+    expand `sweep=refine` into the finer grid it runs (hw4.sweep.refine): applied to the command
+    line before Hydra parses it; a config passed in (compose API) is left alone."""
 
     @functools.wraps(app)
     def from_the_command_line(*args: Any, **kwargs: Any) -> float:
         if not args and not kwargs:
             sys.argv[1:] = config.plain_preset_overrides(sys.argv[1:])
+            if refine.PRESET in sys.argv:
+                sys.argv[1:] = expanded(refine.expand, sys.argv[1:])
         return app(*args, **kwargs)
 
     return from_the_command_line

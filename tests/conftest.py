@@ -102,3 +102,13 @@ def postgres():
         yield server
     finally:
         server.remove()
+
+
+# An Optuna search on the tiny data whose pruning is known in advance (tests/sweep/test_optuna.py,
+# tests/integration/test_server.py). 1e-7 learns nothing: with the sampler's seed 0 and two trials
+# at a time, the first batch draws 1e-7 and 0.01, the second 1e-7 twice, which the median of the
+# first batch prunes after their first epoch.
+PRUNABLE = [
+    "optimizer.lr=choice(0.01,0.0000001)", "hydra.sweeper.pruner.n_startup_trials=1",
+    "hydra.sweeper.pruner.n_warmup_steps=0", "trainer.epochs=3",
+]  # fmt: skip

@@ -25,24 +25,25 @@ DEFAULT_STORAGE = "${oc.env:HW4_OPTUNA_STORAGE,sqlite:///mlruns/optuna.db}"
 
 # Pruners, by name (hydra/sweeper/pruner=NAME; their arguments as hydra.sweeper.pruner.KEY=...).
 # A step is an epoch (0-based, as MLflow's steps). The defaults suit searches of 8 to 30 trials of
-# 5 to 20 epochs: no decision in a trial's first epoch, nor before two trials have finished.
+# 5 to 20 epochs: no decision in a trial's first epoch; median and percentile wait for two
+# finished trials, successive halving and Hyperband compare with whatever reached the rung.
 PRUNERS: Dict[str, Dict[str, Any]] = {
     "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1},
-    "percentile": {
+    "percentile": {  # keeps the top 25% at each step: stricter than the median
         "_target_": "optuna.pruners.PercentilePruner",
         "percentile": 25.0,
         "n_startup_trials": 2,
         "n_warmup_steps": 1,
     },
-    # ASHA: rungs after epochs 2, 6, 18 (steps 1, 5, 17 ...), a third of the trials going on from each.
+    # ASHA: decisions at steps 1, 3, 9 (after epochs 2, 4, 10), a third of the trials going on.
     "successive_halving": {
         "_target_": "optuna.pruners.SuccessiveHalvingPruner",
-        "min_resource": 2,
+        "min_resource": 1,
         "reduction_factor": 3,
     },
     "hyperband": {
         "_target_": "optuna.pruners.HyperbandPruner",
-        "min_resource": 2,
+        "min_resource": 1,
         "max_resource": "${trainer.epochs}",
         "reduction_factor": 3,
     },

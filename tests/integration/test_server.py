@@ -271,3 +271,28 @@ def test_a_ray_sweep_logs_one_parent_and_three_children_to_the_server(
     assert {run.data.tags["tf_threads"] for run in children} == {"1"}
     # Job outputs land beside the launch, although Ray runs jobs in its workers' own folder.
     assert len(list(workdir.glob("multirun/*/*/*/.hydra"))) == 3
+
+
+def test_an_optuna_search_on_ray_workers_prunes_through_the_study(ray_head, tiny_data_dir, tmp_path):
+    """Issue 22: trials run as Ray tasks, 2 at a time, each reporting its epochs to its trial in
+    the study's storage; the median of the first batch prunes the second batch's hopeless rates
+    (as in tests/sweep/test_optuna.py, where joblib workers run them)."""
+    optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
+    from conftest import PRUNABLE
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    command = [
+        "hw4-train", "hparams_search=optuna_lr", "hydra/launcher=ray_cluster",
+        f"hydra.launcher.ray.init.address={ray_head.gcs}", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+        *PRUNABLE, "trainer.verbose=0", "tracking.log_model=false", f"data.dir={tiny_data_dir}", f"tracking.uri={uri}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=ray_head.env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="lr-mlp-adam", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    client = MlflowClient(uri)
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["tf_threads"] == "1"  # a Ray task's one CPU
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_categorical_accuracy")}
+        assert trial.intermediate_values == pytest.approx(history)

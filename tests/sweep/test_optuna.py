@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from hw4 import names
 
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
+from conftest import PRUNABLE  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hw4.sweep import study as studies  # noqa: E402
@@ -40,14 +41,6 @@ def parents(uri: str) -> list:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("hw4")
     return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get(names.SWEEP_ROLE) == "parent"]
-
-
-PRUNABLE = [
-    # 1e-7 learns nothing: with the sampler's seed 0 the first batch (two trials in parallel)
-    # draws 1e-7 and 0.01, the second 1e-7 twice, which the median of the first batch prunes.
-    "optimizer.lr=choice(0.01,0.0000001)", "hydra.sweeper.pruner.n_startup_trials=1",
-    "hydra.sweeper.pruner.n_warmup_steps=0", "trainer.epochs=3",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,159 @@
+"""Coarse to fine: `hw4-train +sweep=refine sweep.from=<parent run id>`.
+
+Reads a finished learning-rate sweep from the store, takes the rates tied with its best (Welch's
+t-test over seeds, hw4.runs), and runs a finer log-spaced grid around them with the same seeds
+and the same other overrides, as a continuation under the same parent run: the parent's summary
+then ranks old and new rates together, and `hw4-compare parent=<id>` shows them side by side.
+
+It works on the command line, before Hydra parses it (`expand`): the refine options become the
+sweep's own overrides (`optimizer.lr=a,b,c trainer.seed=0,1,2 ...`), and the new sweep folder
+gets the parent's context file, so the sweep callback continues that parent as it continues any
+sweep folder. The printed continue command of a stopped refinement is then a plain sweep's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hw4 import names
+from hw4.errors import ConfigError
+
+PRESET = "sweep=refine"
+FROM, POINTS = "sweep.from", "sweep.points"
+DEFAULT_POINTS = 5
+# Keys the refinement sets itself; the original's values for them are dropped.
+SET_HERE = ("optimizer.lr", names.SEED, "tracking.uri", "hydra.sweep.dir", "sweep", "hparams_search")
+
+
+def fine_grid(grid: list[float], tied: list[float], points: int) -> list[float]:
+    """`points` log-spaced rates over the span of the tied rates, out to half a grid step beyond
+    them on each side (the log midpoint with the next coarse rate), without the rates that ran
+    already (within a tenth of a grid step); rounded to 3 significant digits."""
+    coarse = sorted(set(grid))
+    logs = [math.log(v) for v in coarse]
+    steps = [b - a for a, b in zip(logs, logs[1:])]
+    step = sorted(steps)[len(steps) // 2] if steps else math.log(10)
+    low, high = coarse.index(min(tied)), coarse.index(max(tied))
+    start = (logs[low] + logs[low - 1]) / 2 if low > 0 else logs[low] - step / 2
+    stop = (logs[high] + logs[high + 1]) / 2 if high < len(coarse) - 1 else logs[high] + step / 2
+    spaced = [start + (stop - start) * i / (points - 1) for i in range(points)] if points > 1 else [start]
+    new = [v for v in spaced if all(abs(v - done) > step / 10 for done in logs)]
+    return sorted({float(f"{math.exp(v):.3g}") for v in new})
+
+
+@dataclass
+class Refinement:
+    """What the finer grid runs: the original sweep's other overrides, its seeds, the new rates,
+    and its parent run (as the sweep context the callback reopens)."""
+
+    overrides: list[str]
+    seeds: list[int]
+    rates: list[float]
+    tied: list[float]
+    context: Any  # hw4.sweep.context.SweepContext
+
+
+def option(args: list[str], key: str) -> Optional[str]:
+    found = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    return found[-1] if found else None
+
+
+def original_overrides(client: Any, parent_id: str) -> list[str]:
+    """The task overrides the original sweep was launched with (its sweep.json), without the keys
+    the refinement sets; any other swept key is refused: only a learning-rate sweep is refined."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with tempfile.TemporaryDirectory() as folder:
+        definition = json.loads(Path(client.download_artifacts(parent_id, "sweep.json", folder)).read_text())
+    kept = []
+    for override in OverridesParser.create().parse_overrides(definition.get("overrides", [])):
+        key = override.get_key_element().lstrip("+~")
+        if key in SET_HERE:
+            continue
+        if override.is_sweep_override():
+            raise ConfigError(f"{FROM}={parent_id}: that sweep also swept {key}; only a learning-rate sweep is refined")
+        kept.append(override.input_line)
+    return kept
+
+
+def plan(client: Any, parent_id: str, points: int) -> Refinement:
+    """Read the finished sweep `parent_id` and plan its finer grid."""
+    from hw4 import runs, tracking
+    from hw4.sweep.context import SweepContext
+
+    parent = tracking.get_run_or_none(client, parent_id)
+    if parent is None or parent.data.tags.get(names.SWEEP_ROLE) != "parent":
+        raise ConfigError(
+            f"{FROM}={parent_id}: no sweep parent run of that id in {tracking.redact(client.tracking_uri)}"
+        )
+    if parent.info.status != "FINISHED":
+        raise ConfigError(f"{FROM}={parent_id}: that sweep is {parent.info.status}; finish it first")
+    experiment_id = parent.info.experiment_id
+    children = runs.training_runs(client, experiment_id, parent_id)
+    frame = runs.table(children)
+    finished = runs.finished_runs(frame)
+    grid = sorted({float(v) for v in finished["lr"].dropna()})
+    if len(grid) < 2:
+        raise ConfigError(f"{FROM}={parent_id}: that sweep finished {len(grid)} learning rate(s); refining needs 2")
+    configurations = runs.group(frame, parent.data.tags.get(names.RANKED_BY, names.OBJECTIVE), sweep=True)
+    tied = sorted({float(v) for v in frame[frame["config_key"].isin(runs.tied_keys(configurations))]["lr"]})
+    seeds = sorted({int(run.data.params[names.SEED]) for run in children if names.SEED in run.data.params})
+    context = SweepContext(
+        tracking.redact(client.tracking_uri), experiment_id, parent_id, parent.data.tags.get(names.SWEEP_ID, parent_id)
+    )
+    rates = fine_grid(grid, tied, points)
+    return Refinement(original_overrides(client, parent_id), seeds or [0], rates, tied, context)
+
+
+def tracking_uri(args: list[str]) -> str:
+    """The store the command names (tracking.uri=...), else the schema's default (which reads
+    MLFLOW_TRACKING_URI)."""
+    from omegaconf import OmegaConf
+
+    from hw4.config import TrackingConfig
+
+    return option(args, "tracking.uri") or OmegaConf.create({"uri": TrackingConfig.uri}).uri
+
+
+def expand(args: list[str]) -> list[str]:
+    """The command line with `sweep=refine sweep.from=ID [sweep.points=N]` replaced by the finer
+    grid's own overrides (a multirun continuing that sweep's parent); others unchanged."""
+    if PRESET not in args:
+        return args
+    parent_id = option(args, FROM)
+    if not parent_id:
+        raise ConfigError(f"{PRESET} needs {FROM}=<the parent run id of a finished learning-rate sweep>")
+    points = option(args, POINTS) or str(DEFAULT_POINTS)
+    if not points.isdigit() or int(points) < 1:
+        raise ConfigError(f"{POINTS} must be a whole number >= 1, got {points}")
+    from hw4 import tracking
+
+    own = [a for a in args if a not in (PRESET, "-m", "--multirun") and not a.startswith("sweep.")]
+    client = tracking.connect(tracking.resolve_uri(tracking_uri(own), os.getcwd()))
+    refinement = plan(client, parent_id, int(points))
+    if not refinement.rates:
+        raise ConfigError(f"{FROM}={parent_id}: no new rate between the tied ones; try a larger {POINTS}")
+    folder = option(own, "hydra.sweep.dir") or str(
+        Path(os.getcwd(), "multirun", f"refine-{parent_id[:8]}-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    )
+    refinement.context.save(Path(folder))  # the callback continues this parent (hw4.sweep.callback)
+    print(
+        f"refining sweep {refinement.context.sweep_id}: tied rates {refinement.tied} -> new rates "
+        f"{refinement.rates}, seeds {refinement.seeds}, under parent run {parent_id}"
+    )
+    mine = {a.split("=", 1)[0].lstrip("+~") for a in own if "=" in a}
+    return [
+        "--multirun",
+        *[o for o in refinement.overrides if o.split("=", 1)[0].lstrip("+~") not in mine],  # the command line wins
+        *[a for a in own if not a.startswith("hydra.sweep.dir=")],
+        "optimizer.lr=" + ",".join(f"{v:g}" for v in refinement.rates),
+        f"{names.SEED}=" + ",".join(str(s) for s in refinement.seeds),
+        f"hydra.sweep.dir={folder}",
+    ]
