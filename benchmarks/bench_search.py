@@ -32,6 +32,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from hw4 import names, runs
+from hw4.sweep.context import SweepContext
 
 GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]  # conf/sweep/lr.yaml
 COMMON = ["+experiment=part3_mlp", "trainer.epochs=10", "trainer.verbose=0", "tracking.log_model=false"]
@@ -59,11 +60,28 @@ def launch(strategy: str, *, data: Path, folder: Path, trials: int, extra: list[
 
 
 def parent_of(strategy: str, folder: Path) -> str:
-    return json.loads((folder / strategy / "mlflow_sweep.json").read_text())["parent_run_id"]
+    return SweepContext.load(folder / strategy).parent_run_id
 
 
 def nearest_grid_rate(lr: float) -> float:
     return min(GRID, key=lambda g: abs(math.log(g) - math.log(lr)))
+
+
+def trials(folder: Path, strategy: str) -> list[dict]:
+    """Each trial of a strategy's study: number, state, rate, epochs reported (trained)."""
+    import optuna
+
+    storage = f"sqlite:///{folder / 'mlruns' / 'optuna.db'}"
+    study = optuna.load_study(study_name=f"bench-{strategy}", storage=storage)
+    return [
+        {
+            "trial": t.number,
+            "state": t.state.name,
+            "lr": t.params.get("optimizer.lr"),
+            "epochs": len(t.intermediate_values),
+        }
+        for t in study.trials
+    ]
 
 
 def measure(strategy: str, client: MlflowClient, parent: str, wall: float) -> dict:
@@ -79,8 +97,8 @@ def measure(strategy: str, client: MlflowClient, parent: str, wall: float) -> di
         row.update(best_lr=summary["best_lr"], tied_lrs=sorted({float(v) for v in tied}))
         row["best_value"] = summary["best_config_mean_val_categorical_accuracy"]
     else:
-        row["best_lr"] = json.loads(parent_run.data.tags["optuna_best_params"])["optimizer.lr"]
-        row["best_value"] = parent_run.data.metrics["optuna_best_value"]
+        row["best_lr"] = json.loads(parent_run.data.tags[names.OPTUNA_BEST_PARAMS])["optimizer.lr"]
+        row["best_value"] = parent_run.data.metrics[names.OPTUNA_BEST_VALUE]
     return row
 
 
@@ -99,6 +117,8 @@ def main() -> None:
         wall = launch(strategy, data=data, folder=folder, trials=options.trials, extra=options.extra)
         client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
         rows.append(measure(strategy, client, parent_of(strategy, folder), wall))
+        if strategy != "grid":
+            rows[-1]["trials"] = trials(folder, strategy)
         print(f"{strategy}: {rows[-1]}", file=sys.stderr)
     grid = next((r for r in rows if r["strategy"] == "grid"), None)
     print(
@@ -116,6 +136,11 @@ def main() -> None:
         )
     if grid:
         print(f"\nThe grid's answer: best lr {grid['best_lr']:g}, tied with it: {grid['tied_lrs']}")
+    for row in rows:
+        for trial in row.get("trials", []):
+            print(
+                f"{row['strategy']} trial {trial['trial']}: {trial['state']}, lr {trial['lr']:.3g}, {trial['epochs']} epochs"
+            )
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps({"rows": rows, "folder": str(folder), "trials": options.trials}, indent=2))
 

@@ -42,13 +42,21 @@ JOB_KEY = "job_key"
 PLAN_KEY = "plan_key"
 LAUNCH_ID = "launch_id"  # which launch of a sweep last opened the run (a continue is a new launch)
 SWEEP_ID = "sweep_id"
-SWEEP_ROLE = "sweep"  # "parent" on a sweep's parent run
+SWEEP_ROLE, PARENT_ROLE = "sweep", "parent"  # SWEEP_ROLE=PARENT_ROLE on a sweep's parent run
 JOB_NUM = "hydra_job_num"
 SUPERSEDED_BY = "superseded_by"
 PRUNED, PRUNED_AT = "pruned", "pruned_at_epoch"
 # An Optuna search's job: its study and trial number (hw4.sweep.study). The parent run of a
 # search holds the study's summary under tags and metrics named optuna_*.
 OPTUNA_STUDY, OPTUNA_TRIAL = "optuna_study", "optuna_trial"
+OPTUNA_BEST_PARAMS, OPTUNA_BEST_TRIAL, OPTUNA_BEST_VALUE = (
+    "optuna_best_params",
+    "optuna_best_trial",
+    "optuna_best_value",
+)
+OPTUNA_IMPORTANCE = "optuna_importance."  # + the parameter: its importance in the study
+OPTUNA_TRIALS = "optuna_trials_"  # + a trial state (complete, pruned, fail, ...): how many
+SWEEP_DEFINITION = "sweep.json"  # the parent's artifact: overrides, sweeper and launcher
 STOPPED_BY = "stopped_by"  # a sweep parent stopped by a signal: which one
 EARLY_STOPPED_AT = "early_stopped_at_epoch"
 ERROR = "error"
@@ -66,7 +74,6 @@ BOOKKEEPING = (
     "trainer.checkpoint",
     "trainer.checkpoint_dir",
     "tracking.",  # every tracking setting
-    "sweep.",  # how a sweep was planned (sweep=refine's options), not what a job trains
 )
 SEED = "trainer.seed"
 DATA_DIGEST = "data.digest"  # a content hash of the data files, added to the params by hw4-train

@@ -96,7 +96,7 @@ def training_runs(client: Any, experiment_id: str, parent_run_id: Optional[str] 
     return [
         run
         for run in sweep_runs(client, experiment_id, parent_run_id)
-        if run.data.tags.get(names.SWEEP_ROLE) != "parent"
+        if run.data.tags.get(names.SWEEP_ROLE) != names.PARENT_ROLE
         and ("model.name" in run.data.params or names.JOB_NUM in run.data.tags)
     ]
 

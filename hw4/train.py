@@ -77,7 +77,7 @@ def expanded(expand: Callable[[list[str]], list[str]], args: list[str]) -> list[
         raise SystemExit(1) from None
 
 
-def accepts_plus_presets(app: Callable[..., float]) -> Callable[..., float]:
+def expands_presets(app: Callable[..., float]) -> Callable[..., float]:
     """Let `hw4-train +experiment=X` mean `experiment=X` (config.plain_preset_overrides), and
     expand `sweep=refine` into the finer grid it runs (hw4.sweep.refine): applied to the command
     line before Hydra parses it; a config passed in (compose API) is left alone."""
@@ -93,7 +93,7 @@ def accepts_plus_presets(app: Callable[..., float]) -> Callable[..., float]:
     return from_the_command_line
 
 
-@accepts_plus_presets
+@expands_presets
 @hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train, evaluate and track one configuration; returns the sweep objective

@@ -175,12 +175,12 @@ class MlflowSweepCallback(Callback):
             {
                 **tracking.source_tags("hw4-train -m", os.getcwd()),
                 names.SWEEP_ID: sweep_id,
-                names.SWEEP_ROLE: "parent",
+                names.SWEEP_ROLE: names.PARENT_ROLE,
                 "overrides": " ".join(overrides),
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
             },
         )
-        client.log_dict(parent.info.run_id, definition, "sweep.json")
+        client.log_dict(parent.info.run_id, definition, names.SWEEP_DEFINITION)
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
         return SweepContext(tracking.redact(self._uri), experiment_id, parent.info.run_id, sweep_id)
 

@@ -81,7 +81,7 @@ class Job:
     resume_run_id: Optional[str] = None  # a KILLED (or dead RUNNING) attempt to continue
     supersedes: list[str] = field(default_factory=list)  # FAILED attempts the new run replaces
     run_id: Optional[str] = None  # the run this job opened, once it exists
-    trial: Any = None  # an Optuna search's trial (hw4.sweep.study.JobTrial), reported to every epoch
+    trial: Optional[study.JobTrial] = None  # an Optuna search's trial, reported to every epoch
 
 
 def open_job(settings: DictConfig, launch_dir: str) -> Job:

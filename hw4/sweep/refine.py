@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,12 +25,18 @@ from typing import Any, Optional
 
 from hw4 import names
 from hw4.errors import ConfigError
+from hw4.sweep.context import SweepContext
 
 PRESET = "sweep=refine"
 FROM, POINTS = "sweep.from", "sweep.points"
 DEFAULT_POINTS = 5
-# Keys the refinement sets itself; the original's values for them are dropped.
-SET_HERE = ("optimizer.lr", names.SEED, "tracking.uri", "hydra.sweep.dir", "sweep", "hparams_search")
+RATE = "optimizer.lr"
+# What the refinement sets itself: the original's values for them are dropped, and the refine
+# command line may not set them.
+SWEPT = (RATE, names.SEED)
+# The original's choices that the refine command replaces (its own store and presets).
+REPLACED = ("tracking.uri", "sweep", "hparams_search")
+CONFIG_ONLY = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--cfg", "-c")
 
 
 def fine_grid(grid: list[float], tied: list[float], points: int) -> list[float]:
@@ -43,7 +50,7 @@ def fine_grid(grid: list[float], tied: list[float], points: int) -> list[float]:
     low, high = coarse.index(min(tied)), coarse.index(max(tied))
     start = (logs[low] + logs[low - 1]) / 2 if low > 0 else logs[low] - step / 2
     stop = (logs[high] + logs[high + 1]) / 2 if high < len(coarse) - 1 else logs[high] + step / 2
-    spaced = [start + (stop - start) * i / (points - 1) for i in range(points)] if points > 1 else [start]
+    spaced = [start + (stop - start) * i / (points - 1) for i in range(points)] if points > 1 else [(start + stop) / 2]
     new = [v for v in spaced if all(abs(v - done) > step / 10 for done in logs)]
     return sorted({float(f"{math.exp(v):.3g}") for v in new})
 
@@ -57,39 +64,64 @@ class Refinement:
     seeds: list[int]
     rates: list[float]
     tied: list[float]
-    context: Any  # hw4.sweep.context.SweepContext
+    context: SweepContext
 
 
 def option(args: list[str], key: str) -> Optional[str]:
-    found = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-    return found[-1] if found else None
+    """The value `key` has on the command line (Hydra's grammar: quotes removed), or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found = [a for a in args if a.startswith(f"{key}=")]
+    if not found:
+        return None
+    value = OverridesParser.create().parse_override(found[-1]).value()
+    return None if value is None else str(value)
+
+
+def key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def quoted(value: str) -> str:
+    """`value` as one Hydra override value, whatever it holds (commas, spaces, quotes)."""
+    return "'" + value.replace("'", "\\'") + "'"  # a backslash stays as it is unless a quote follows
 
 
 def original_overrides(client: Any, parent_id: str) -> list[str]:
     """The task overrides the original sweep was launched with (its sweep.json), without the keys
-    the refinement sets; any other swept key is refused: only a learning-rate sweep is refined."""
+    the refinement sets; a sweep of any other key (on the command line or in its sweeper's
+    params) is refused: only a learning-rate sweep is refined."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from mlflow.exceptions import MlflowException
 
-    with tempfile.TemporaryDirectory() as folder:
-        definition = json.loads(Path(client.download_artifacts(parent_id, "sweep.json", folder)).read_text())
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(parent_id, names.SWEEP_DEFINITION, folder)
+            definition = json.loads(Path(path).read_text())
+    except (MlflowException, OSError, ValueError) as exc:
+        raise ConfigError(f"{FROM}={parent_id}: its {names.SWEEP_DEFINITION} cannot be read ({exc})") from None
+    swept = set(((definition.get("sweeper") or {}).get("params") or {}).keys())
     kept = []
     for override in OverridesParser.create().parse_overrides(definition.get("overrides", [])):
         key = override.get_key_element().lstrip("+~")
-        if key in SET_HERE:
-            continue
         if override.is_sweep_override():
-            raise ConfigError(f"{FROM}={parent_id}: that sweep also swept {key}; only a learning-rate sweep is refined")
-        kept.append(override.input_line)
+            swept.add(key)
+        if key not in SWEPT + REPLACED and not override.is_sweep_override():
+            kept.append(override.input_line)
+    others = sorted(swept - set(SWEPT))
+    if others:
+        raise ConfigError(
+            f"{FROM}={parent_id}: that sweep also swept {', '.join(others)}; only a learning-rate sweep is refined"
+        )
     return kept
 
 
 def plan(client: Any, parent_id: str, points: int) -> Refinement:
     """Read the finished sweep `parent_id` and plan its finer grid."""
     from hw4 import runs, tracking
-    from hw4.sweep.context import SweepContext
 
     parent = tracking.get_run_or_none(client, parent_id)
-    if parent is None or parent.data.tags.get(names.SWEEP_ROLE) != "parent":
+    if parent is None or parent.data.tags.get(names.SWEEP_ROLE) != names.PARENT_ROLE:
         raise ConfigError(
             f"{FROM}={parent_id}: no sweep parent run of that id in {tracking.redact(client.tracking_uri)}"
         )
@@ -124,8 +156,9 @@ def tracking_uri(args: list[str]) -> str:
 
 def expand(args: list[str]) -> list[str]:
     """The command line with `sweep=refine sweep.from=ID [sweep.points=N]` replaced by the finer
-    grid's own overrides (a multirun continuing that sweep's parent); others unchanged."""
-    if PRESET not in args:
+    grid's own overrides (a multirun continuing that sweep's parent); others unchanged. With
+    `--help` nothing is expanded; with `--cfg` the plan is shown but no sweep folder is made."""
+    if PRESET not in args or any(a in CONFIG_ONLY for a in args if a not in ("--cfg", "-c")):
         return args
     parent_id = option(args, FROM)
     if not parent_id:
@@ -133,27 +166,33 @@ def expand(args: list[str]) -> list[str]:
     points = option(args, POINTS) or str(DEFAULT_POINTS)
     if not points.isdigit() or int(points) < 1:
         raise ConfigError(f"{POINTS} must be a whole number >= 1, got {points}")
+    own = [a for a in args if a not in (PRESET, "-m", "--multirun") and not a.startswith("sweep.")]
+    fixed_here = sorted({key_of(a) for a in own if "=" in a} & set(SWEPT))
+    if fixed_here:
+        raise ConfigError(f"{PRESET} sets {', '.join(fixed_here)} itself (the finer rates, the sweep's seeds)")
+    folder = option(own, "hydra.sweep.dir")
+    if folder and "${" in folder:
+        raise ConfigError(f"{PRESET}: give hydra.sweep.dir as a plain folder, got {folder}")
     from hw4 import tracking
 
-    own = [a for a in args if a not in (PRESET, "-m", "--multirun") and not a.startswith("sweep.")]
     client = tracking.connect(tracking.resolve_uri(tracking_uri(own), os.getcwd()))
     refinement = plan(client, parent_id, int(points))
     if not refinement.rates:
         raise ConfigError(f"{FROM}={parent_id}: no new rate between the tied ones; try a larger {POINTS}")
-    folder = option(own, "hydra.sweep.dir") or str(
-        Path(os.getcwd(), "multirun", f"refine-{parent_id[:8]}-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    )
-    refinement.context.save(Path(folder))  # the callback continues this parent (hw4.sweep.callback)
+    folder = str(Path(os.getcwd(), folder or f"multirun/refine-{parent_id[:8]}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"))
+    if not any(a in ("--cfg", "-c") for a in args):
+        refinement.context.save(Path(folder))  # the callback continues this parent (hw4.sweep.callback)
     print(
         f"refining sweep {refinement.context.sweep_id}: tied rates {refinement.tied} -> new rates "
-        f"{refinement.rates}, seeds {refinement.seeds}, under parent run {parent_id}"
+        f"{refinement.rates}, seeds {refinement.seeds}, under parent run {parent_id}",
+        file=sys.stderr,
     )
-    mine = {a.split("=", 1)[0].lstrip("+~") for a in own if "=" in a}
+    mine = {key_of(a) for a in own if "=" in a}
     return [
         "--multirun",
-        *[o for o in refinement.overrides if o.split("=", 1)[0].lstrip("+~") not in mine],  # the command line wins
+        *[o for o in refinement.overrides if key_of(o) not in mine],  # the refine command line wins
         *[a for a in own if not a.startswith("hydra.sweep.dir=")],
-        "optimizer.lr=" + ",".join(f"{v:g}" for v in refinement.rates),
+        f"{RATE}=" + ",".join(f"{v:g}" for v in refinement.rates),
         f"{names.SEED}=" + ",".join(str(s) for s in refinement.seeds),
-        f"hydra.sweep.dir={folder}",
+        f"hydra.sweep.dir={quoted(folder)}",
     ]

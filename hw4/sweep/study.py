@@ -12,7 +12,8 @@ and its MLflow run ends FINISHED, tagged `pruned`; the sweeper then tells it PRU
 
 A study also remembers its MLflow parent run (`record_parent`): a later launch of the same study,
 in a new sweep folder, continues under that parent (`recorded_parent`), unless the parent is
-still running (another launch, at the same time: it gets a parent of its own).
+still running (another launch, at the same time: it gets a parent of its own, and the study keeps
+the first).
 
 Optuna is imported inside the functions: the config-only paths never load it.
 """
@@ -26,13 +27,14 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hw4 import names
+from hw4.errors import ConfigError
 from hw4.sweep.context import SweepContext
 
 if TYPE_CHECKING:
@@ -116,12 +118,19 @@ class JobTrial:
                 self.trial.report(float(value), epoch)
 
     def decide(self, epoch: int, logs: Mapping[str, float]) -> Optional[str]:
-        """Report the epoch's value; why to stop if the study's pruner prunes the trial, else None."""
+        """Report the epoch's value; why to stop if the study's pruner prunes the trial, else None.
+        A storage that cannot be reached (after SQLite's 60 s wait, or its own retries) costs
+        this epoch's decision, not the run: the trial goes on."""
         value = logs.get(self.metric)
         if value is None or not math.isfinite(value):
             return None
-        self.trial.report(float(value), epoch)
-        if not self.trial.should_prune():
+        try:
+            self.trial.report(float(value), epoch)
+            if not self.trial.should_prune():
+                return None
+        except Exception as exc:  # SQLAlchemy's errors, whatever the database
+            log.warning("trial %d: epoch %d not reported to the study (%s); not pruned now", self.trial.number,
+                        epoch + 1, str(exc).splitlines()[0])  # fmt: skip
             return None
         self.trial.set_user_attr(PRUNED_ATTR, epoch)
         pruner = type(self.trial.study.pruner).__name__
@@ -133,6 +142,9 @@ def current_trial(objective: str) -> Optional[JobTrial]:
     hydra_cfg = HydraConfig.get()
     sweeper = hydra_cfg.sweeper
     if hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get(TRIAL) is None:
+        return None
+    if not sweeper.get("storage"):  # a study in the launcher's memory: no job can reach it
+        log.warning("hydra.sweeper.storage=null: the study is in the launcher's memory; trials are not pruned")
         return None
     import optuna
     from hydra.utils import instantiate
@@ -146,13 +158,21 @@ def current_trial(objective: str) -> Optional[JobTrial]:
     return JobTrial(optuna.trial.Trial(study, trial_id), names.EPOCH_METRIC_OF[objective])
 
 
+def direction_error(study_name: str, has: str, wants: str) -> ConfigError:
+    return ConfigError(
+        f"Optuna study {study_name} {has}s, this search would {wants} (tracking.objective): "
+        "choose another hydra.sweeper.study_name"
+    )
+
+
 def recorded_parent(config: DictConfig, store: str) -> Optional[SweepContext]:
     """The parent run an earlier launch of this Optuna search recorded on its study, if the study
     exists and was tracked in `store` (a redacted URI); else None. The launcher's callback asks
-    this before it creates a parent run."""
+    this before it creates a parent run, so a study that would be refused (the other direction)
+    is refused before any parent is touched."""
     sweeper = config.hydra.sweeper
-    if TRIAL not in sweeper or not sweeper.get("storage"):
-        return None  # not hw4's Optuna sweeper, or a study in memory
+    if TRIAL not in sweeper or not sweeper.get("storage") or not sweeper.get("study_name"):
+        return None  # not hw4's Optuna sweeper, a study in memory, or a new study of Optuna's naming
     import optuna
 
     url = storage_url(sweeper.storage, config.hydra.runtime.cwd)
@@ -161,6 +181,8 @@ def recorded_parent(config: DictConfig, store: str) -> Optional[SweepContext]:
             study = optuna.load_study(study_name=sweeper.study_name, storage=storage)
         except KeyError:  # no such study yet
             return None
+    if study.direction.name.lower() != str(sweeper.direction).lower():
+        raise direction_error(study.study_name, study.direction.name.lower(), sweeper.direction)
     recorded = study.user_attrs.get(PARENT_ATTR)
     if not recorded or recorded.get("tracking_uri") != store:
         return None
@@ -168,8 +190,15 @@ def recorded_parent(config: DictConfig, store: str) -> Optional[SweepContext]:
     return SweepContext(**{k: v for k, v in recorded.items() if k in fields})
 
 
-def record_parent(study: optuna.Study, context: SweepContext) -> None:
-    """Remember the launch's parent run on the study, for the next launch (`recorded_parent`)."""
+def record_parent(study: optuna.Study, context: SweepContext, *, parent_exists: Callable[[str], bool]) -> None:
+    """Remember the launch's parent run on the study, for the next launch (`recorded_parent`).
+    The first parent stays the study's while it exists: a launch that ran beside it (and got a
+    parent of its own) does not take its place."""
+    recorded = study.user_attrs.get(PARENT_ATTR) or {}
+    if recorded.get("parent_run_id") == context.parent_run_id:
+        return
+    if recorded.get("tracking_uri") == context.tracking_uri and parent_exists(recorded["parent_run_id"]):
+        return
     kept = dataclasses.asdict(context)
     for launch_only in ("launched_at", "launch_id"):
         kept.pop(launch_only)
@@ -207,13 +236,13 @@ def log_study(client: Any, parent_run_id: str, study: optuna.Study) -> dict[str,
     logger = RunLogger(client, parent_run_id)
     tags = {names.OPTUNA_STUDY: study.study_name}
     if "best_params" in summary:
-        tags["optuna_best_params"] = json.dumps(summary["best_params"])
-        tags["optuna_best_trial"] = summary["best_trial"]
-    tags.update({f"optuna_importance.{k}": f"{v:.4f}" for k, v in summary["importances"].items()})
+        tags[names.OPTUNA_BEST_PARAMS] = json.dumps(summary["best_params"])
+        tags[names.OPTUNA_BEST_TRIAL] = summary["best_trial"]
+    tags.update({f"{names.OPTUNA_IMPORTANCE}{k}": f"{v:.4f}" for k, v in summary["importances"].items()})
     logger.set_tags(tags)
-    metrics = {f"optuna_trials_{state}": n for state, n in summary["trials"].items()}
+    metrics = {f"{names.OPTUNA_TRIALS}{state}": n for state, n in summary["trials"].items()}
     if "best_value" in summary:
-        metrics["optuna_best_value"] = summary["best_value"]
+        metrics[names.OPTUNA_BEST_VALUE] = summary["best_value"]
     logger.log_metrics(metrics)
     logger.log_dict(summary, STUDY_FILE)
     logger.log_dict(summary["importances"], IMPORTANCES_FILE)

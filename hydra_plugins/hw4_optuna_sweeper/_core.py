@@ -139,7 +139,6 @@ class OptunaSweeperImpl:
             raise Stopped(signum, f"search stopped ({signal_name(signum)}): no further trials")
 
     def open_study(self) -> optuna.Study:
-        from hw4.errors import ConfigError
         from hw4.tracking import redact
 
         storage = studies.storage_url(self.storage, self.config.hydra.runtime.cwd)
@@ -149,10 +148,7 @@ class OptunaSweeperImpl:
                 direction=self.direction, load_if_exists=True,
             )  # fmt: skip
         if study.direction.name.lower() != str(self.direction).lower():  # an existing study keeps its own
-            raise ConfigError(
-                f"Optuna study {study.study_name} {study.direction.name.lower()}s, this search would "
-                f"{self.direction} (tracking.objective): choose another hydra.sweeper.study_name"
-            )
+            raise studies.direction_error(study.study_name, study.direction.name.lower(), self.direction)
         done = len(study.get_trials(deepcopy=False))
         if done:  # a seeded sampler would draw the first launch's values again
             self.sampler.reseed_rng()
@@ -219,28 +215,38 @@ class OptunaSweeperImpl:
 
         return SweepContext.load(sweep_dir(self.config.hydra))  # hw4's callback wrote it, if configured
 
+    def tracking_client(self, context: Any) -> Any:
+        from hw4 import tracking
+        from hw4.sweep.context import store_uri
+
+        return tracking.client_for(store_uri(context, self.config.tracking.uri, self.config.hydra.runtime.cwd))
+
     def remember_parent(self, study: optuna.Study) -> None:
         """The next launch of this study continues under this launch's parent run."""
-        context = self.sweep_context()
-        if context is not None:
-            studies.record_parent(study, context)
-
-    def report(self, study: optuna.Study) -> None:
-        """The study's summary: in the sweep folder, in the log, and on the parent run."""
-        summary = studies.study_summary(study)
-        if "best_params" in summary:
-            log.info("Best parameters: %s, value %s (trial %d)", summary["best_params"], summary["best_value"],
-                     summary["best_trial"])  # fmt: skip
-        results = {"name": "optuna", **summary, "trials": len(study.trials), "states": summary["trials"]}
-        OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir, RESULTS_FILE))
         context = self.sweep_context()
         if context is None:
             return
         from hw4 import tracking
-        from hw4.sweep.context import store_uri
+
+        client = self.tracking_client(context)
+        studies.record_parent(
+            study, context, parent_exists=lambda run_id: tracking.get_run_or_none(client, run_id) is not None
+        )
+
+    def report(self, study: optuna.Study) -> None:
+        """The study's summary: in the sweep folder, in the log, and on the parent run. Runs
+        after a stop or a failure too, so it never raises: the stop or the error goes on."""
+        from hw4 import tracking
 
         try:
-            client = tracking.client_for(store_uri(context, self.config.tracking.uri, self.config.hydra.runtime.cwd))
-            studies.log_study(client, context.parent_run_id, study)
-        except Exception as exc:  # the sweep's own summary still gets written, and the parent ended
-            log.error("study %s: its summary could not be logged (%s)", study.study_name, tracking.first_line(exc))
+            summary = studies.study_summary(study)
+            if "best_params" in summary:
+                log.info("Best parameters: %s, value %s (trial %d)", summary["best_params"], summary["best_value"],
+                         summary["best_trial"])  # fmt: skip
+            results = {"name": "optuna", **summary, "trials": len(study.trials), "states": summary["trials"]}
+            OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir, RESULTS_FILE))
+            context = self.sweep_context()
+            if context is not None:
+                studies.log_study(self.tracking_client(context), context.parent_run_id, study)
+        except Exception as exc:
+            log.error("study %s: its summary could not be written (%s)", study.study_name, tracking.first_line(exc))

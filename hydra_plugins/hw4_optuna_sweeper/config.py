@@ -67,7 +67,7 @@ class OptunaSweeperConf:
     max_failure_rate: float = 1.0
     params: Optional[Dict[str, str]] = None  # the search space, in Hydra's override grammar
     pruner: Any = None  # chosen from the hydra/sweeper/pruner group (PRUNERS)
-    # The sweeper sets these two on each job's config: the study and the trial number it runs.
+    # The sweeper sets it on each job's config (with study_name): the number of the trial it runs.
     trial: Optional[int] = None
 
 

@@ -183,3 +183,18 @@ def test_a_relative_sqlite_storage_is_the_launch_folders(tmp_path):
     assert (tmp_path / "mlruns").is_dir()
     assert studies.storage_url("sqlite:///:memory:", str(tmp_path)) == "sqlite:///:memory:"
     assert studies.storage_url("postgresql://db/optuna", str(tmp_path)) == "postgresql://db/optuna"
+
+
+def test_the_first_parent_stays_the_studys_while_it_exists():
+    """A launch beside the first (its own parent) does not take the study's parent over; once the
+    first parent is gone from the store, the next launch's parent is recorded."""
+    from hw4.sweep.context import SweepContext
+
+    study = optuna.create_study()
+    first, beside = (SweepContext("sqlite:///m.db", "1", run_id, "sweep") for run_id in ("first", "beside"))
+    studies.record_parent(study, first, parent_exists=lambda run_id: True)
+    studies.record_parent(study, beside, parent_exists=lambda run_id: True)
+    assert study.user_attrs[studies.PARENT_ATTR]["parent_run_id"] == "first"
+    studies.record_parent(study, beside, parent_exists=lambda run_id: False)  # the first was deleted
+    assert study.user_attrs[studies.PARENT_ATTR]["parent_run_id"] == "beside"
+    assert "launch_id" not in study.user_attrs[studies.PARENT_ATTR]  # what one launch alone knows

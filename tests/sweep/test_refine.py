@@ -19,6 +19,7 @@ def test_the_fine_grid_spans_the_tied_rates_out_to_half_a_coarse_step_and_skips_
     # From the log midpoint of 1e-4 and 1e-3 to that of 1e-2 and 1e-1, 1e-3 and 1e-2 left out.
     assert rates == [0.000316, 0.00316, 0.0316]
     assert refine.fine_grid(grid, tied=[1e-1], points=3) == [0.0316, 0.316]  # the last: half a step past
+    assert refine.fine_grid(grid, tied=[1e-3, 1e-2], points=1) == [0.00316]  # one point: the centre
     assert all(1e-4 < r < 1e-1 for r in refine.fine_grid(grid, tied=[1e-3], points=7))
 
 
@@ -56,27 +57,38 @@ def test_a_refinement_continues_the_sweep_under_its_parent_with_its_seeds_and_ov
         r.info.run_id for r in client.search_runs([experiment.experiment_id], names.children_filter(parent.info.run_id))
     }
 
-    planned = refine.plan(client, parent.info.run_id, 3)  # the tied rates, as hw4-compare ranks them
-    assert planned.seeds == [0, 1] and planned.rates == refine.fine_grid([1e-4, 1e-2], planned.tied, 3)
+    # The tied rates, as the sweep's own summary names them ("lr 1e-2, lr 1e-4").
+    tied = sorted(float(label.split()[-1]) for label in parent.data.tags["tied_with_best"].split(", "))
+    planned = refine.fine_grid([1e-4, 1e-2], tied, 3)
+
+    # Refused, each in one line: the rate set by hand, and a sweep that did not finish.
+    def refine_command(*more: str) -> subprocess.CompletedProcess:
+        command = ["hw4-train", "+sweep=refine", f"sweep.from={parent.info.run_id}", "sweep.points=3",
+                   f"tracking.uri={tracking_uri}", *more]  # fmt: skip
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+
+    done = refine_command("optimizer.lr=0.5")
+    assert done.returncode == 1 and "sweep=refine sets optimizer.lr itself" in done.stderr, done.stderr
+    client.set_terminated(parent.info.run_id, "KILLED")
+    done = refine_command()
+    assert done.returncode == 1 and "that sweep is KILLED; finish it first" in done.stderr, done.stderr
+    client.set_terminated(parent.info.run_id, "FINISHED")
 
     # The refinement names only the parent: seeds, epochs, data and store come from the sweep.
-    command = ["hw4-train", "+sweep=refine", f"sweep.from={parent.info.run_id}", "sweep.points=3",
-               f"tracking.uri={tracking_uri}"]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    done = refine_command()
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "refining sweep" in done.stdout
+    assert "refining sweep" in done.stderr
 
     children = client.search_runs([experiment.experiment_id], names.children_filter(parent.info.run_id))
     new = [c for c in children if c.info.run_id not in first]
-    assert len(first) == 4 and len(new) == 2 * len(planned.rates)  # the sweep's 2 seeds, none retrained
+    assert len(first) == 4 and len(new) == 2 * len(planned)  # the sweep's 2 seeds, none retrained
     assert {c.data.params[names.SEED] for c in new} == {"0", "1"}
     assert {c.data.params["trainer.epochs"] for c in new} == {"2"} and {c.data.params["data.limit"] for c in new} == {
         "200"
     }
-    assert sorted({float(c.data.params["optimizer.lr"]) for c in new}) == planned.rates
+    assert sorted({float(c.data.params["optimizer.lr"]) for c in new}) == planned
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
     # Old and new rates ranked together in the parent's summary.
-    assert parent.data.metrics["jobs"] == 4 + len(new) and parent.data.metrics["configurations"] == 2 + len(
-        planned.rates
-    )
+    assert parent.data.metrics["jobs"] == 4 + len(new)
+    assert parent.data.metrics["configurations"] == 2 + len(planned)
