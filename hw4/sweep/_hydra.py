@@ -1,5 +1,8 @@
 """The one place hw4 reads Hydra's private API.
 
+`run` runs a task as hydra.main does, for hw4.api, through the Hydra object behind Hydra's
+compose API (`GlobalHydra.instance().hydra`); tests/test_api.py runs it.
+
 `planned_jobs` expands a grid the way Hydra's basic sweeper will, through
 `hydra._internal.core_plugins.basic_sweeper.BasicSweeper.split_arguments`, which is not public.
 If a Hydra release moves or changes it, the import or the call fails here and is logged: the
@@ -10,7 +13,7 @@ it (tests/sweep/test_sweep.py checks the counts).
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
 
@@ -39,3 +42,34 @@ def _basic_sweeper_grid_size(sweeper: DictConfig, task_overrides: list[str]) -> 
     arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + task_overrides
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     return sum(len(batch) for batch in BasicSweeper.split_arguments(parser.parse_overrides(arguments), None))
+
+
+def is_multirun(config_dir: str, config_name: str, overrides: list[str]) -> bool:
+    """Whether `overrides` make a sweep: a swept value (`a,b`, `range(...)`), or a preset that sets
+    hydra.mode=MULTIRUN (composed, without the swept values, to read it)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if any(o.is_sweep_override() for o in parsed):
+        return True
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    return cfg.hydra.mode == RunMode.MULTIRUN
+
+
+def run(config_dir: str, config_name: str, task: Callable[[DictConfig], Any], overrides: list[str], *,
+        multirun: bool) -> Any:  # fmt: skip
+    """Run `task` as hydra.main would (output folder, logging, HydraConfig, callbacks, the
+    sweeper and launcher of a multirun), without hydra.main's exits: through the Hydra object
+    of Hydra's compose API (`GlobalHydra.instance().hydra`, private). Returns the task's value
+    (a run) or the sweeper's; a task's error is raised here."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="hw4-train"):
+        app = GlobalHydra.instance().hydra
+        if multirun:
+            return app.multirun(config_name=config_name, task_function=task, overrides=overrides)
+        return app.run(config_name=config_name, task_function=task, overrides=overrides).return_value

@@ -1,0 +1,119 @@
+"""hw4 from Python, for notebooks: the console scripts' runs, returned as objects.
+
+    from hw4 import api
+    result = api.train(["experiment=part3_mlp", "data.dir=../shared/datasets/fashion-mnist"])
+    result.history["val_categorical_accuracy"], result.test_metrics, result.model, result.ui
+    table = api.sweep(["sweep=lr", "model=mlp", "trainer.epochs=3"])   # one row per configuration
+    api.compare(parent=table.attrs["parent_run_id"])                   # hw4-compare's table
+
+The overrides are hw4-train's, presets and `sweep=refine` included. Each call composes the config
+afresh through Hydra's compose API and runs in this process, with the tracking and the errors of
+the command line: a bad input raises one `hw4.errors.Hw4Error` (or Hydra's own error for a
+config that does not compose). Nothing here exits the process, so a notebook kernel survives
+every call, and calls can follow one another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from hw4 import config, names
+from hw4.errors import ConfigError
+from hw4.sweep import _hydra, refine
+
+if TYPE_CHECKING:
+    import keras
+    import pandas as pd
+
+
+@dataclass
+class TrainResult:
+    """One run, as hw4-train recorded it."""
+
+    run_id: str
+    objective: float  # tracking.objective, as a sweep ranks it
+    history: dict[str, list[float]]  # per-epoch metrics, every epoch (a resumed run's included)
+    test_metrics: dict[str, float]
+    model: keras.Model  # the weights the test metrics are of
+    ui: str  # where to see the run in MLflow's UI
+
+    def _repr_html_(self) -> str:  # a notebook shows this for the cell's value
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.test_metrics.items())
+        return f"<b>run {self.run_id}</b>: {metrics}<br>{self.ui}"
+
+
+def _command_line(overrides: Sequence[str]) -> tuple[list[str], bool]:
+    """The overrides as hw4-train reads them, and whether they ask for a sweep."""
+    args = config.plain_preset_overrides(list(overrides))
+    if refine.PRESET in args:
+        args = [a for a in refine.expand(args) if a != "--multirun"]
+        return args, True
+    return args, _hydra.is_multirun(config.CONFIG_DIR, "config", args)
+
+
+def train(overrides: Sequence[str] = ()) -> TrainResult:
+    """Train, evaluate and track one configuration, as `hw4-train OVERRIDES` does."""
+    from hw4 import train as entrypoint
+    from hw4 import tracking
+
+    args, multirun = _command_line(overrides)
+    if multirun:
+        raise ConfigError("these overrides make a sweep: call api.sweep(...) for it")
+    outcome = _hydra.run(config.CONFIG_DIR, "config", entrypoint.run, args, multirun=False)
+    if outcome.ctx is None:  # already finished (nothing trained), or stopped before the run
+        raise ConfigError(f"no run was trained: {outcome.note}")
+    ctx = outcome.ctx
+    return TrainResult(
+        run_id=ctx.run.run_id,
+        objective=outcome.objective,
+        history=ctx.fitted.history,
+        test_metrics=ctx.evaluation.metrics(),
+        model=ctx.model,
+        ui=tracking.where_to_see(ctx.job.client.tracking_uri, ctx.job.experiment_id, ctx.run.run_id),
+    )
+
+
+def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
+    """Run a sweep (a grid, a preset, `sweep=refine`, an Optuna search), as `hw4-train -m
+    OVERRIDES` does; returns the sweep's per-configuration table, ranked (hw4-compare's
+    statistics), with the parent run id and the summary in `table.attrs`. A sweep a signal
+    stopped raises KeyboardInterrupt once its parent has ended."""
+    from hw4 import runs, tracking
+    from hw4 import train as entrypoint
+    from hw4.sweep.callback import MlflowSweepCallback
+
+    args, _ = _command_line(overrides)
+    MlflowSweepCallback.launched = None
+    _hydra.run(config.CONFIG_DIR, "config", entrypoint.run_for_sweep, args, multirun=True)
+    launched = MlflowSweepCallback.launched
+    if launched is None or launched.context is None:
+        raise ConfigError("the sweep did not start (hydra.callbacks.mlflow_sweep is not configured)")
+    if launched.exit_signal is not None:
+        raise KeyboardInterrupt(f"sweep {launched.context.sweep_id} stopped: parent {launched.context.parent_run_id}")
+    context = launched.context
+    client = tracking.client_for(launched.store_uri)
+    children = runs.training_runs(client, context.experiment_id, context.parent_run_id)
+    summary, table = runs.summarize(children, launched.objective)
+    table.attrs.update(parent_run_id=context.parent_run_id, summary=summary)
+    return table
+
+
+def compare(*, parent: Optional[str] = None, group: bool = True, **tracking_settings: Any) -> pd.DataFrame:
+    """hw4-compare's table as a DataFrame: the runs of the experiment, or of one sweep
+    (`parent`), one row per configuration (`group=True`) or per run. `tracking_settings`: the
+    tracking config's keys (uri, experiment), as on hw4-compare's command line."""
+    from omegaconf import OmegaConf
+
+    from hw4 import runs, tracking
+    from hw4.commands import compare as command
+
+    settings = OmegaConf.merge(OmegaConf.structured(config.TrackingConfig), tracking_settings)
+    client, experiment_id = tracking.open_experiment(settings, ".")
+    found = runs.training_runs(client, experiment_id, parent)
+    frame = runs.table(found)
+    if frame.empty:
+        return frame
+    if not group:
+        return command.run_table(frame)
+    return command.config_table(runs.group(frame, names.OBJECTIVE, sweep=parent is not None))
