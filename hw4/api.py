@@ -2,7 +2,7 @@
 
     from hw4 import api
     result = api.train(["experiment=part3_mlp", "data.dir=../shared/datasets/fashion-mnist"])
-    result.history["val_categorical_accuracy"], result.test_metrics, result.model, result.ui
+    result.history, result.test_metrics, result.model, result.ui     # per-epoch metrics, ..., the UI link
     table = api.sweep(["sweep=lr", "model=mlp", "trainer.epochs=3"])   # one row per configuration
     api.compare(parent=table.attrs["parent_run_id"])                   # hw4-compare's table
 
@@ -54,8 +54,8 @@ def _command_line(overrides: Sequence[str]) -> tuple[list[str], bool]:
 
 def train(overrides: Sequence[str] = ()) -> TrainResult:
     """Train, evaluate and track one configuration, as `hw4-train OVERRIDES` does."""
-    from hw4 import train as entrypoint
     from hw4 import tracking
+    from hw4 import train as entrypoint
 
     args, multirun = _command_line(overrides)
     if multirun:

@@ -97,6 +97,7 @@ def data_summary(raw: RawData, splits: Splits) -> dict:
         "dtype": str(splits.x_train.dtype),
         "pixel_range": [float(splits.x_train.min()), float(splits.x_train.max())],
         "encoding": "one-hot (sklearn label_binarize), float32",
+        "preparation": splits.preparation,
         "first_dev_label": int(raw.y_dev[0]),
         "first_train_target": splits.y_train[0].tolist(),
     }

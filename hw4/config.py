@@ -81,6 +81,43 @@ class OptimizerConfig:
 
 
 @dataclass
+class PrepConfig:
+    """Data preparation, a group (conf/prep): scale (the homework's, the default), standardize or
+    augment. The neutral values below; each option's YAML sets its own."""
+
+    name: str = MISSING
+    max_shift: int = 0  # augment: pixels a training image may move each way
+    flip: bool = False  # augment: flip training images left-right at random
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning rate over training, a group (conf/schedule); optimizer.lr is its peak. The
+    neutral values below; each option's YAML sets its own."""
+
+    name: str = MISSING
+    warmup_epochs: int = 0  # a linear ramp from 0 to the peak over these epochs first
+    min_fraction: float = 0.0  # cosine: the last rate, as a fraction of the peak
+    every: int = 1  # step: epochs between decays
+    factor: float = 1.0  # step: the decay
+    warmup_fraction: float = 0.0  # one_cycle: share of the steps that ramp up
+    start_divisor: float = 1.0  # one_cycle: the first rate is the peak / this
+    end_divisor: float = 1.0  # one_cycle: the last rate is the peak / this
+
+
+@dataclass
+class LrFindConfig:
+    """The learning-rate range test (sweep=lr_find sets enabled): one short run whose rate grows
+    exponentially from min_lr to max_lr over `steps` batches, until the loss explodes."""
+
+    enabled: bool = False
+    min_lr: float = 1e-6
+    max_lr: float = 1.0
+    steps: int = 200
+    explode: float = 4.0  # stop once the smoothed loss passes this many times its lowest
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 20
     batch_size: int = 128
@@ -148,8 +185,11 @@ class Config:
     # own arguments, which `check_model_arguments` checks against the builder's signature.
     model: Any = MISSING
     optimizer: OptimizerConfig = MISSING
+    prep: PrepConfig = MISSING
+    schedule: ScheduleConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    lr_find: LrFindConfig = field(default_factory=LrFindConfig)
 
 
 @dataclass
@@ -311,6 +351,36 @@ def check_model_arguments(model: DictConfig) -> None:
         raise ConfigError(f"model {model.get('name', '')!r}: {target} needs {', '.join(missing)}")
 
 
+PREPS = ("scale", "standardize", "augment")
+SCHEDULES = ("constant", "cosine", "step", "one_cycle")
+
+
+def check_prep_and_schedule(cfg: DictConfig, need: Callable[[bool, str], None]) -> None:
+    p, s, t, f = cfg.prep, cfg.schedule, cfg.trainer, cfg.lr_find
+    need(p.name in PREPS, f"prep must be one of {', '.join(PREPS)}, got {p.name}")
+    need(0 <= p.max_shift <= 8, f"prep.max_shift must be 0 to 8 pixels, got {p.max_shift}")
+    need(
+        p.name != "augment" or str(t.pipeline) == "numpy",
+        "prep=augment needs trainer.pipeline=numpy (it augments the batches that pipeline draws)",
+    )
+    need(s.name in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {s.name}")
+    need(
+        0 <= s.warmup_epochs < t.epochs,
+        f"schedule.warmup_epochs must be 0 to trainer.epochs - 1, got {s.warmup_epochs}",
+    )
+    need(
+        s.every >= 1 and 0 < s.factor <= 1,
+        f"schedule.every must be >= 1 and factor in (0, 1], got {s.every}, {s.factor}",
+    )
+    need(0 <= s.min_fraction <= 1, f"schedule.min_fraction must be in [0, 1], got {s.min_fraction}")
+    need(0 <= s.warmup_fraction < 1, f"schedule.warmup_fraction must be in [0, 1), got {s.warmup_fraction}")
+    need(s.start_divisor >= 1 and s.end_divisor >= 1, "schedule.start_divisor and end_divisor must be >= 1")
+    need(
+        0 < f.min_lr < f.max_lr and f.steps >= 10 and f.explode > 1,
+        f"lr_find needs 0 < min_lr < max_lr, steps >= 10 and explode > 1, got {f.min_lr}, {f.max_lr}, {f.steps}, {f.explode}",
+    )
+
+
 def check(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first value that is out of range."""
     problems = []
@@ -358,5 +428,6 @@ def check(cfg: DictConfig) -> None:
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment must not be empty")
     problem = objective_problem(cfg.tracking.objective)
     need(problem is None, problem or "")
+    check_prep_and_schedule(cfg, need)
     if problems:
         raise ConfigError("; ".join(problems))

@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,7 +45,8 @@ class RawData:
 
 @dataclass
 class Splits:
-    """Model-ready arrays: float32 images in [0, 1], one-hot float32 targets."""
+    """Model-ready arrays: float32 images (in [0, 1], or standardized), one-hot float32 targets,
+    and what the preparation did (`preparation`: its name and, standardized, the statistics)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -53,13 +54,18 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    preparation: dict = field(default_factory=lambda: {"name": "scale"}, compare=False)
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        return [self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test]
 
     @property
     def test_labels(self) -> np.ndarray:
         return self.y_test.argmax(axis=1)
 
     def describe(self) -> dict[str, tuple[int, ...]]:
-        return {name: getattr(self, name).shape for name in self.__dataclass_fields__}
+        return {name: getattr(self, name).shape for name in self.__dataclass_fields__ if name != "preparation"}
 
 
 def digest(raw: RawData) -> str:
@@ -175,6 +181,18 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return label_binarize(labels, classes=list(range(n_classes))).astype(np.float32)
 
 
+def standardized(splits: Splits) -> Splits:
+    """Minus the training images' mean, over their standard deviation (one value each, over
+    every pixel of the training split only: nothing of validation or test leaks in), applied
+    alike to all three."""
+    mean, std = float(splits.x_train.mean(dtype=np.float64)), float(splits.x_train.std(dtype=np.float64))
+    for x in (splits.x_train, splits.x_val, splits.x_test):
+        x -= np.float32(mean)
+        x /= np.float32(std)
+    splits.preparation = {"name": "standardize", "mean": mean, "std": std, "from": "training split"}
+    return splits
+
+
 def prepare(
     raw: RawData,
     input_shape: Sequence[int],
@@ -182,7 +200,11 @@ def prepare(
     val_fraction: float = 0.2,
     seed: int = 0,
     limit: Optional[int] = None,
+    prep: str = "scale",
 ) -> Splits:
+    """The homework's preparation (scale to [0, 1], one-hot, a stratified 8:2 split); `prep`
+    "standardize" standardizes on the training split's statistics. "augment" prepares as
+    "scale": its shifts and flips are drawn on the training batches (hw4.training.EpochOrder)."""
     x_dev, y_dev, x_test, y_test = raw.x_dev, raw.y_dev, raw.x_test, raw.y_test
     if limit is not None:
         x_dev, y_dev = stratified_subset(x_dev, y_dev, limit, seed, "development")
@@ -203,14 +225,16 @@ def prepare(
     except ValueError as exc:  # e.g. a class with a single sample
         raise DataError(f"cannot split the development set stratified: {exc}") from None
 
-    return Splits(
+    splits = Splits(
         x_train=to_model_input(x_train, input_shape),
         y_train=one_hot(y_train, n_classes),
         x_val=to_model_input(x_val, input_shape),
         y_val=one_hot(y_val, n_classes),
         x_test=to_model_input(x_test, input_shape),
         y_test=one_hot(y_test, n_classes),
+        preparation={"name": prep},
     )
+    return standardized(splits) if prep == "standardize" else splits
 
 
 KERAS_SOURCE = "keras.datasets"  # data.dir=null: the published set, through Keras' loader
@@ -261,20 +285,21 @@ def load_prepared(
     val_fraction: float = 0.2,
     seed: int = 0,
     limit: Optional[int] = None,
+    prep: str = "scale",
 ) -> tuple[RawData, Splits]:
     """`load` then `prepare`, kept for the next call with the same files and settings: the jobs
     of a sweep in one process read and prepare the data once. The arrays are read-only, since
     every later job shares them."""
     return _load_prepared(
         str(data_dir) if data_dir else None, files_stamp(data_dir), tuple(input_shape), n_classes,
-        val_fraction, seed, limit,
+        val_fraction, seed, limit, "standardize" if prep == "standardize" else "scale",
     )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
-def _load_prepared(data_dir, _stamp, input_shape, n_classes, val_fraction, seed, limit) -> tuple[RawData, Splits]:
+def _load_prepared(data_dir, _stamp, input_shape, n_classes, val_fraction, seed, limit, prep) -> tuple[RawData, Splits]:
     raw = load(data_dir, n_classes)
-    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit)
-    for array in [*vars(raw).values(), *vars(splits).values()]:
+    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit, prep)
+    for array in [*vars(raw).values(), *splits.arrays]:
         array.setflags(write=False)
     return raw, splits

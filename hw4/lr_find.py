@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 import keras
 import numpy as np
@@ -27,28 +27,23 @@ class Suggestion:
     grid: list[float]  # 5 log-spaced rates over [low, high], as a sweep would run them
 
 
-def smoothed(losses: np.ndarray, beta: float) -> np.ndarray:
-    """Bias-corrected exponential moving average (as Adam's moments are corrected)."""
-    average, out = 0.0, []
-    for i, loss in enumerate(losses, start=1):
-        average = beta * average + (1 - beta) * loss
-        out.append(average / (1 - beta**i))
-    return np.asarray(out)
+def suggest(lrs: np.ndarray, losses: np.ndarray, *, window: float = 0.05, skip: int = 3) -> Optional[Suggestion]:
+    """Where the loss falls fastest against log(rate): the curve smoothed by a centred moving
+    average over `window` of its points (a trailing average would lag, and move the point to
+    higher rates), its first and last `skip` points left out (the edges of the average, the
+    explosion); None with too few points to tell."""
+    from scipy.ndimage import uniform_filter1d
 
-
-def suggest(lrs: np.ndarray, losses: np.ndarray, *, beta: float = 0.9, skip: int = 5) -> Optional[Suggestion]:
-    """Where the smoothed loss falls fastest against log(rate), leaving out the first `skip`
-    batches (the average is still settling) and the last (the explosion); None without enough
-    points to tell."""
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
     keep = np.isfinite(losses)
     lrs, losses = lrs[keep], losses[keep]
-    if len(lrs) < skip + 3:
+    if len(lrs) < 2 * skip + 3:
         return None
-    curve = smoothed(losses, beta)[skip:-1]
-    logs = np.log10(lrs[skip:-1])
+    size = max(3, int(len(losses) * window) | 1)  # odd: centred
+    curve = uniform_filter1d(losses, size=size, mode="nearest")[skip:-skip]
+    logs = np.log10(lrs[skip:-skip])
     slope = np.gradient(curve, logs)
-    best = float(lrs[skip:-1][int(np.argmin(slope))])
+    best = float(lrs[skip:-skip][int(np.argmin(slope))])
     low, high = best / 10, best * 10
     grid = [float(f"{v:.2g}") for v in np.logspace(math.log10(low), math.log10(high), 5)]
     return Suggestion(best, low, high, grid)

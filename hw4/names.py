@@ -17,6 +17,10 @@ from typing import Any, Mapping
 LOSS, ACCURACY = "loss", "categorical_accuracy"
 VAL_LOSS, VAL_ACCURACY = "val_loss", "val_categorical_accuracy"
 EPOCH_METRICS = (LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY)
+LEARNING_RATE = "learning_rate"  # per epoch too: the rate at the epoch's end (the schedule's)
+# The range test (sweep=lr_find): per batch (step = batch), and the suggestion on the run.
+LR_FIND_LR, LR_FIND_LOSS = "lr_find_lr", "lr_find_loss"
+LR_FIND_SUGGESTED, LR_FIND_LOW, LR_FIND_HIGH = "lr_find_suggested", "lr_find_low", "lr_find_high"
 
 # Metrics each run logs when it ends.
 TEST_LOSS, TEST_ACCURACY = "test_loss", "test_categorical_accuracy"
@@ -81,6 +85,17 @@ DATA_DIGEST = "data.digest"  # a content hash of the data files, added to the pa
 UNSET = {"None", "none", "null", ""}
 
 
+# Config keys added after runs were recorded, with the value every earlier run had in effect:
+# at that value a key is left out of the run's identity, so earlier runs keep their config_key
+# (a sweep continued across the change does not train them again).
+ADDED_KEYS = {
+    "prep.name": "scale", "prep.max_shift": 0, "prep.flip": False,
+    "schedule.name": "constant", "schedule.warmup_epochs": 0, "schedule.min_fraction": 0.0, "schedule.every": 1,
+    "schedule.factor": 1.0, "schedule.warmup_fraction": 0.0, "schedule.start_divisor": 1.0, "schedule.end_divisor": 1.0,
+    "lr_find.enabled": False, "lr_find.min_lr": 1e-6, "lr_find.max_lr": 1.0, "lr_find.steps": 200, "lr_find.explode": 4.0,
+}  # fmt: skip
+
+
 def children_filter(parent_run_id: str) -> str:
     """MLflow search filter for the child runs of one parent."""
     return f"tags.{PARENT_RUN} = '{parent_run_id}'"
@@ -96,7 +111,8 @@ def _canonical(value: Any) -> str:
 
 
 def _digest(params: Mapping[str, Any]) -> str:
-    text = json.dumps({k: _canonical(v) for k, v in sorted(params.items())}, sort_keys=True)
+    kept = {k: v for k, v in params.items() if k not in ADDED_KEYS or _canonical(v) != _canonical(ADDED_KEYS[k])}
+    text = json.dumps({k: _canonical(v) for k, v in sorted(kept.items())}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -101,6 +101,25 @@ def overlaid_curves(curves: Mapping[str, tuple], ylabel: str) -> Figure:
     return fig
 
 
+def lr_range_test(lrs: Sequence[float], losses: Sequence[float], suggested: float | None) -> Figure:
+    """The range test's loss against the learning rate (log axis), the suggestion marked."""
+    fig = Figure(figsize=(7, 4))
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.9)
+    ax = fig.subplots()
+    ax.plot(lrs, losses, linewidth=1, label="loss per batch")
+    ax.set_xscale("log")
+    if suggested is not None:
+        ax.axvline(suggested, color="tab:red", linestyle="--", label=f"steepest: {suggested:.2g}")
+        ax.axvspan(suggested / 10, suggested * 10, color="tab:red", alpha=0.08, label="a decade either side")
+    finite = [v for v in losses if np.isfinite(v)]
+    if finite:  # the explosion would flatten the rest
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * np.median(finite)) * 1.1)
+    ax.set(xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
 def metric_vs_lr(points, metric: str) -> Figure:
     """`metric` against the learning rate on a log axis: one marker per configuration (the mean
     over its seeds, ±1 std error bars where there are repeats; open when incomplete), a line per

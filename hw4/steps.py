@@ -9,6 +9,7 @@ are imported for type checkers only.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from hw4.runtime.signals import RunSignals
     from hw4.sweep.job import Job
     from hw4.tracking import RunLogger
+    from hw4.training import Evaluation
 
 
 @dataclass(kw_only=True)
@@ -50,6 +52,10 @@ class RunContext:
     run: Optional[RunLogger] = None
     folder: Optional[Path] = None  # the run's checkpoints
     background: Optional[Background] = None  # figures drawn while the run goes on
+    # What the run made, once it has (for hw4.api): the model, its fit and its test metrics.
+    model: Optional[keras.Model] = None
+    fitted: Optional[Fitted] = None
+    evaluation: Optional[Evaluation] = None
 
 
 @dataclass
@@ -99,6 +105,7 @@ def load_data(cfg: DictConfig) -> tuple[RawData, Splits]:
         val_fraction=cfg.data.val_fraction,
         seed=cfg.data.split_seed,
         limit=cfg.data.limit,
+        prep=cfg.prep.name,
     )
 
 
@@ -160,7 +167,8 @@ def opened_run(ctx: RunContext) -> Iterator[RunLogger]:
         context.mark_started()
         if ctx.job.trial is not None:
             ctx.job.trial.link(run_id)
-        if ctx.job.parent_run_id is None and not ctx.resume_id:  # a sweep's continue command resumes its jobs
+        # A sweep's continue command resumes its jobs; the range test keeps no checkpoint.
+        if ctx.job.parent_run_id is None and not ctx.resume_id and not cfg.lr_find.enabled:
             print(f"run {run_id}: if it is interrupted, continue it with the same command and trainer.resume={run_id}")
         if not ctx.resume_id:
             stack.enter_context(locks.RunLock(lock_file(cfg, ctx.launch_dir, run_id), run_id))
@@ -189,6 +197,11 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
         run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
     summary = artifacts.data_summary(ctx.raw, ctx.splits)
+    if cfg.prep.name == "augment":  # drawn per training batch (hw4.training.augmented), not stored
+        summary["preparation"] = {
+            "name": "augment", "max_shift": cfg.prep.max_shift, "flip": cfg.prep.flip,
+            "applied_to": "training batches only, seeded by (trainer.seed, epoch, batch)",
+        }  # fmt: skip
     run.log_dict(summary, artifacts.DATA_SUMMARY)
     digest = data.digest(ctx.raw)
     run.log_dataset(cfg.data.name, digest, cfg.data.dir or "keras.datasets", summary["prepared_shapes"])
@@ -219,7 +232,11 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
         print(f"run {run.run_id} ended before its first epoch: training it from the start")
     cfg = ctx.cfg
     model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
-    optimizer = training.build_optimizer(cfg.optimizer)
+    steps_per_epoch = math.ceil(len(ctx.splits.x_train) / cfg.trainer.batch_size)
+    schedule = training.build_schedule(
+        cfg.schedule, peak=cfg.optimizer.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
+    )
+    optimizer = training.build_optimizer(cfg.optimizer, schedule)
     training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
     log_run_inputs(ctx, model)
     return StartingPoint(model, checkpoints.CheckpointState())
@@ -250,10 +267,12 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     if pruner:
         callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
     ctx.signals.check()  # a signal before training: stop before the first epoch
+    prep = ctx.cfg.prep
+    augment = training.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
     try:
         history = training.fit(
             start.model, ctx.splits, trainer, callbacks,
-            initial_epoch=state.epoch + 1, past_history=state.history, signals=ctx.signals,
+            initial_epoch=state.epoch + 1, past_history=state.history, signals=ctx.signals, augment=augment,
         )  # fmt: skip
     except training.TrainingDiverged:
         checkpoints.remove(ctx.folder)  # its last weights are NaN: nothing to resume
@@ -274,7 +293,9 @@ def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> flo
     from hw4 import artifacts, training
 
     cfg, run, splits, background = ctx.cfg, ctx.run, ctx.splits, ctx.background
-    evaluation = ctx.clock.call("evaluate", training.evaluate, model, splits, cfg.trainer.eval_batch_size)
+    evaluation = ctx.evaluation = ctx.clock.call(
+        "evaluate", training.evaluate, model, splits, cfg.trainer.eval_batch_size
+    )
     best = training.best_epoch(fitted.history)
     run.log_metrics({**evaluation.metrics(), **best, names.EVALUATED_EPOCH: fitted.evaluated_epoch})
     run.set_tags(fitted.stop_tags)
@@ -302,3 +323,39 @@ def log_timings(ctx: RunContext) -> None:
     timings = ctx.clock.report()
     ctx.run.log_metrics(timing.as_metrics(timings))
     ctx.run.log_dict(timings, timing.ARTIFACT)
+
+
+def find_learning_rate(ctx: RunContext) -> Optional[float]:
+    """sweep=lr_find: the range test on a new model (hw4/lr_find.py), its curve logged per batch
+    and as a figure, its suggestion printed and tagged; returns the suggested rate (None when
+    the curve is too short to tell)."""
+    from hw4 import lr_find, plots, training
+
+    cfg, run, settings = ctx.cfg, ctx.run, ctx.cfg.lr_find
+    run.log_params(ctx.params)
+    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
+    training.compile_model(model, training.build_optimizer(cfg.optimizer), cfg.trainer.jit_compile, 1)
+    curve = ctx.clock.call(
+        "fit", lr_find.range_test, model, ctx.splits.x_train, ctx.splits.y_train, batch_size=cfg.trainer.batch_size,
+        min_lr=settings.min_lr, max_lr=settings.max_lr, steps=settings.steps, explode=settings.explode,
+        seed=cfg.trainer.seed,
+    )  # fmt: skip
+    run.log_series({names.LR_FIND_LR: curve.lrs, names.LR_FIND_LOSS: curve.losses})
+    suggestion = lr_find.suggest(curve.lrs, curve.losses)
+    run.log_figure(plots.lr_range_test(curve.lrs, curve.losses, suggestion and suggestion.lr), "lr_find.png")
+    ended = f"exploded at batch {curve.exploded_at + 1}" if curve.exploded_at is not None else "reached max_lr"
+    if suggestion is None:
+        print(f"lr_find: {len(curve.lrs)} batches ({ended}): too few to suggest a rate; lower lr_find.min_lr")
+        run.set_tags({"lr_find_ended": ended})
+        return None
+    grid = ",".join(f"{v:g}" for v in suggestion.grid)
+    command = f"hw4-train sweep=lr model={cfg.model.name} optimizer={cfg.optimizer.name} optimizer.lr={grid}"
+    run.log_metrics(
+        {names.LR_FIND_SUGGESTED: suggestion.lr, names.LR_FIND_LOW: suggestion.low, names.LR_FIND_HIGH: suggestion.high}
+    )
+    run.set_tags({"lr_find_ended": ended, "lr_find_sweep": command})
+    print(
+        f"lr_find: {len(curve.lrs)} batches, {ended}. Steepest descent at lr {suggestion.lr:.3g}; "
+        f"sweep {suggestion.low:.3g} to {suggestion.high:.3g}:\n  {command}"
+    )
+    return suggestion.lr

@@ -21,7 +21,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
 from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunStatus
@@ -486,6 +486,13 @@ class RunLogger:
         now = int(time.time() * 1000)
         entries = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=entries)
+
+    def log_series(self, series: Mapping[str, Sequence[float]]) -> None:
+        """Metrics with one value per step (step = position), in batches of MLflow's limit."""
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step) for k, values in series.items() for step, v in enumerate(values)]
+        for start in range(0, len(entries), 1000):
+            self.client.log_batch(self.run_id, metrics=entries[start : start + 1000])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():

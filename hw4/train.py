@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,6 +32,16 @@ if TYPE_CHECKING:
 config.register_configs("config")
 
 
+@dataclass
+class Outcome:
+    """What one job returned: the sweep objective, and the run's context when one was trained
+    (hw4.api reads the model, history and test metrics from it)."""
+
+    objective: float
+    ctx: Optional[steps.RunContext] = None
+    note: str = ""  # why no run was trained: already finished, or stopped before it began
+
+
 def train(ctx: steps.RunContext) -> float:
     """One run, top to bottom: open it, restore or build the model, fit, evaluate and log.
     Returns the sweep objective (tracking.objective)."""
@@ -40,7 +51,8 @@ def train(ctx: steps.RunContext) -> float:
         start = ctx.clock.call("build", steps.restore_or_build, ctx)
         if ctx.cfg.tracking.log_model:
             ctx.background.submit("prepare_model_logging", tracking.prepare_model_logging)
-        fitted = ctx.clock.call("fit", steps.fit, ctx, start)
+        fitted = ctx.fitted = ctx.clock.call("fit", steps.fit, ctx, start)
+        ctx.model = start.model
         objective = steps.evaluate_and_log(ctx, start.model, fitted)
         steps.log_timings(ctx)
     checkpoints.remove(ctx.folder)  # finished: the logged model replaces it
@@ -49,10 +61,18 @@ def train(ctx: steps.RunContext) -> float:
     return objective
 
 
-def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Job) -> float:
+def find_learning_rate(ctx: steps.RunContext) -> float:
+    """sweep=lr_find: the range test, in a run of its own (no checkpoint, no test metrics)."""
+    with steps.opened_run(ctx):
+        suggested = steps.find_learning_rate(ctx)
+    return float("nan") if suggested is None else suggested
+
+
+def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Job, *, exit_on_stop: bool = True) -> float:
     """After a Ctrl-C or SIGTERM the run has ended KILLED (its epochs and checkpoint kept). A
     sweep job returns, so that the launcher ends the sweep in order; a single run exits as a
-    process ended by that signal would (128 + its number)."""
+    process ended by that signal would (128 + its number), or (`exit_on_stop` false: hw4.api)
+    raises the KeyboardInterrupt on."""
     signum = getattr(stop, "signum", 0) or signals.signum() or signal.SIGINT
     if job.run_id is None:
         print(f"stopped ({signal_name(signum)}) before the run began")
@@ -65,6 +85,8 @@ def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Job) -> float:
         )
     if job.parent_run_id:
         return float("nan")
+    if not exit_on_stop:
+        raise stop
     raise SystemExit(128 + signum)
 
 
@@ -93,11 +115,8 @@ def expands_presets(app: Callable[..., float]) -> Callable[..., float]:
     return from_the_command_line
 
 
-@expands_presets
-@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Train, evaluate and track one configuration; returns the sweep objective
-    (tracking.objective, by default the best epoch's validation accuracy)."""
+def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
+    """Train, evaluate and track one configuration (hw4-train's job, and hw4.api.train's)."""
     clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
     config.check(cfg)
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
@@ -110,7 +129,7 @@ def main(cfg: DictConfig) -> float:
     signals = RunSignals(context.stop_file())  # entered around the run; a sweep's stop reaches it too
     if signals.stop_requested:  # the sweep was stopped before this job began
         print(f"sweep stopped: job {HydraConfig.get().job.num} not started")
-        return float("nan")
+        return Outcome(float("nan"), note="the sweep was stopped before this job began")
     launch_dir = get_original_cwd()
     cfg.data.dir = to_absolute_path(cfg.data.dir) if cfg.data.dir else None
     tracking.set_retry_budget(cfg.tracking.retry_s)
@@ -124,7 +143,8 @@ def main(cfg: DictConfig) -> float:
         if job.trial is not None:
             job.trial.found_finished(job.client, job.finished)
         print(f"already finished as run {job.finished.info.run_id}: not trained again")
-        return job.finished.data.metrics.get(cfg.tracking.objective, float("nan"))
+        objective = job.finished.data.metrics.get(cfg.tracking.objective, float("nan"))
+        return Outcome(objective, note=f"already finished as run {job.finished.info.run_id}")
     resume_id = cfg.trainer.resume or job.resume_run_id
     if resume_id:
         tracking.check_resumable(job.client, resume_id, params)
@@ -144,13 +164,28 @@ def main(cfg: DictConfig) -> float:
     ctx.tags = steps.run_tags(ctx, threads=threads)
     try:
         with signals:
-            objective = train(ctx)
+            objective = find_learning_rate(ctx) if cfg.lr_find.enabled else train(ctx)
     except KeyboardInterrupt as stop:
-        return stopped(stop, signals, job)
+        return Outcome(stopped(stop, signals, job, exit_on_stop=exit_on_stop), note="stopped")
     if signals.stop_requested and job.parent_run_id is None:  # a sweep job returns; its launcher stops
         print(f"stopped ({signal_name(signals.signum())}) after run {job.run_id} FINISHED: it came in the last epoch")
+        if not exit_on_stop:
+            raise KeyboardInterrupt(f"stopped after run {job.run_id} FINISHED")
         raise SystemExit(128 + signals.signum())
-    return objective
+    return Outcome(objective, ctx)
+
+
+def run_for_sweep(cfg: DictConfig) -> float:
+    """A job of hw4.api.sweep: the sweep objective, as Hydra's sweepers take it."""
+    return run(cfg, exit_on_stop=False).objective
+
+
+@expands_presets
+@hydra.main(version_base="1.3", config_path=config.CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Train, evaluate and track one configuration; returns the sweep objective
+    (tracking.objective, by default the best epoch's validation accuracy)."""
+    return run(cfg).objective
 
 
 def cli() -> None:

@@ -67,9 +67,95 @@ def build_model(model: DictConfig, num_classes: int) -> keras.Model:
     return instantiate(model, num_classes=num_classes, _convert_="all")
 
 
-def build_optimizer(optimizer: DictConfig) -> keras.optimizers.Optimizer:
+@keras.saving.register_keras_serializable(package="hw4")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """A linear ramp from 0 to `after`'s first rate over `warmup_steps`, then `after` (a rate or
+    a Keras schedule, counted from the ramp's end). Keras' CosineDecay has a warm-up of its
+    own; this one serves the constant and step schedules. Serializable, so a checkpoint keeps it."""
+
+    def __init__(self, after: float | keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int):
+        self.after = after
+        self.warmup_steps = int(warmup_steps)
+
+    def _after(self, step: tf.Tensor) -> tf.Tensor:
+        if isinstance(self.after, keras.optimizers.schedules.LearningRateSchedule):
+            return tf.cast(self.after(step), tf.float32)
+        return tf.constant(float(self.after), tf.float32)
+
+    def __call__(self, step: tf.Tensor) -> tf.Tensor:
+        step = tf.cast(step, tf.float32)
+        ramp = self._after(tf.constant(0.0)) * (step + 1) / self.warmup_steps
+        return tf.where(step < self.warmup_steps, ramp, self._after(tf.maximum(step - self.warmup_steps, 0.0)))
+
+    def get_config(self) -> dict:
+        after = self.after
+        if isinstance(after, keras.optimizers.schedules.LearningRateSchedule):
+            after = keras.saving.serialize_keras_object(after)
+        return {"after": after, "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "LinearWarmup":
+        after = config["after"]
+        if isinstance(after, dict):
+            after = keras.saving.deserialize_keras_object(after)
+        return cls(after, config["warmup_steps"])
+
+
+def build_schedule(
+    schedule: DictConfig, *, peak: float, steps_per_epoch: int, epochs: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate over training (conf/schedule), on Keras' own schedules; `peak` is
+    optimizer.lr, so a sweep over optimizer.lr sweeps the peak. Steps are optimizer steps (batches):
+    a resumed run's restored optimizer counts on from its iterations, so the schedule does too."""
+    schedules = keras.optimizers.schedules
+    total = steps_per_epoch * epochs
+    warmup = steps_per_epoch * schedule.warmup_epochs
+    if schedule.name == "one_cycle":
+        ramp = max(1, int(total * schedule.warmup_fraction))
+        start = peak / schedule.start_divisor
+        return schedules.CosineDecay(
+            # Keras takes alpha as a fraction of the warm-up's target, the peak.
+            start, decay_steps=max(1, total - ramp), alpha=1 / schedule.end_divisor,
+            warmup_target=peak, warmup_steps=ramp,
+        )  # fmt: skip
+    if schedule.name == "cosine":
+        if warmup:
+            return schedules.CosineDecay(
+                0.0, decay_steps=max(1, total - warmup), alpha=schedule.min_fraction, warmup_target=peak,
+                warmup_steps=warmup,
+            )  # fmt: skip
+        return schedules.CosineDecay(peak, decay_steps=total, alpha=schedule.min_fraction)
+    after: float | keras.optimizers.schedules.LearningRateSchedule = peak
+    if schedule.name == "step":
+        every = steps_per_epoch * schedule.every
+        # Keras keeps values[i] up to and including boundaries[i]: the step before each decay.
+        boundaries = list(range(every - 1, total - 1, every))
+        after = schedules.PiecewiseConstantDecay(
+            boundaries, [peak * schedule.factor**i for i in range(len(boundaries) + 1)]
+        )
+    return LinearWarmup(after, warmup) if warmup else after
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds the rate each epoch began with (the schedule's value at its first step) to the
+    epoch's logs (names.LEARNING_RATE), logged and checkpointed with the others."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs[names.LEARNING_RATE] = self.rate
+
+
+def build_optimizer(
+    optimizer: DictConfig, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
+) -> keras.optimizers.Optimizer:
+    """The Keras optimizer `optimizer` names, at `learning_rate` (a schedule from
+    build_schedule), or at optimizer.lr constant."""
     kwargs = OmegaConf.to_container(optimizer.kwargs, resolve=True)
-    identifier = {"class_name": optimizer.name, "config": {"learning_rate": optimizer.lr, **kwargs}}
+    rate = optimizer.lr if learning_rate is None else learning_rate
+    identifier = {"class_name": optimizer.name, "config": {"learning_rate": rate, **kwargs}}
     try:
         return keras.optimizers.get(identifier)
     except (ValueError, TypeError) as exc:
@@ -268,6 +354,39 @@ def compile_model(
     )
 
 
+@dataclass(frozen=True)
+class Augment:
+    """prep=augment: each training image shifted by up to `max_shift` pixels each way and, with
+    `flip`, flipped left-right, at random."""
+
+    max_shift: int
+    flip: bool
+
+
+def augmented(images: tf.Tensor, *, seed: tf.Tensor, augment: Augment) -> tf.Tensor:
+    """A batch of images, each shifted and flipped at random by stateless ops of `seed` alone
+    (a [2] tensor): the same seed, the same batch, however often it is drawn."""
+    shape = tf.shape(images)
+    x = tf.reshape(images, [-1, 28, 28, 1])
+    flip_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if augment.flip:
+        x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)  # each image on its own
+    if augment.max_shift:
+        n = tf.shape(x)[0]
+        shifts = tf.random.stateless_uniform(
+            [n, 2], seed=shift_seed, minval=-augment.max_shift, maxval=augment.max_shift + 1, dtype=tf.int32
+        )
+        offsets = tf.cast(shifts, tf.float32)
+        ones, zeros = tf.ones([n], tf.float32), tf.zeros([n], tf.float32)
+        # Each output pixel (x, y) reads input pixel (x + dx, y + dy): the image moves by -d.
+        transforms = tf.stack([ones, zeros, offsets[:, 0], zeros, ones, offsets[:, 1], zeros, zeros], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x, transforms=transforms, output_shape=tf.constant([28, 28]), fill_value=0.0,
+            interpolation="NEAREST", fill_mode="CONSTANT",
+        )  # fmt: skip
+    return tf.reshape(x, shape)
+
+
 class EpochOrder(keras.callbacks.Callback):
     """In-memory training batches in an order that is a function of (seed, epoch) alone.
 
@@ -278,9 +397,10 @@ class EpochOrder(keras.callbacks.Callback):
     same order for epoch k whether or not the run was interrupted before it. The batches are
     gathered from the arrays in memory, as Keras' own adapter does. As a callback it tells the
     dataset which epoch begins; fit makes a new iterator, and so a new permutation, per epoch.
+    With `augment`, each batch's images are shifted and flipped by a seed of (seed, epoch, batch).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment: Augment | None = None):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         n = len(x)
@@ -300,9 +420,17 @@ class EpochOrder(keras.callbacks.Callback):
         # Under op determinism tf.data runs a parallel map sequentially anyway, and its rewrite
         # prints a spurious C++ error line (see evaluate()): ask for the sequential map then.
         parallel = None if tf_framework_config.is_op_determinism_enabled() else tf.data.AUTOTUNE
-        batches = tf.data.Dataset.zip((indices, arrays)).map(
-            lambda index, data: (tf.gather(data[0], index), tf.gather(data[1], index)),
-            num_parallel_calls=parallel,
+        n_batches = math.ceil(n / batch_size)
+
+        def gathered(batch: tf.Tensor, index: tf.Tensor, data: tuple) -> tuple[tf.Tensor, tf.Tensor]:
+            images, labels = tf.gather(data[0], index), tf.gather(data[1], index)
+            if augment is not None:
+                batch_seed = tf.stack([seed_value, self.epoch.read_value() * n_batches + batch])
+                images = augmented(images, seed=batch_seed, augment=augment)
+            return images, labels
+
+        batches = tf.data.Dataset.zip((indices.enumerate(), arrays)).map(
+            lambda numbered, data: gathered(numbered[0], numbered[1], data), num_parallel_calls=parallel
         )
         options = tf.data.Options()
         # As Keras does for arrays: no graph rewrites (serialising the arrays would copy them),
@@ -332,11 +460,13 @@ def fit(
     initial_epoch: int = 0,
     past_history: Mapping[str, list[float]] | None = None,
     signals: RunSignals | None = None,
+    augment: Augment | None = None,
 ) -> dict[str, list[float]]:
     """Train the compiled model from `initial_epoch`; returns the history of every epoch.
 
-    `past_history` holds the epochs before `initial_epoch` (a resumed run). Raises
-    TrainingDiverged when the loss becomes NaN or infinite.
+    `past_history` holds the epochs before `initial_epoch` (a resumed run); `augment` shifts and
+    flips the training batches (prep=augment). Raises TrainingDiverged when the loss becomes NaN
+    or infinite.
     """
     # Copied before training: callbacks (the checkpoint's state) may extend the caller's lists.
     history = {name: list(values) for name, values in (past_history or {}).items()}
@@ -346,7 +476,7 @@ def fit(
         val = as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size)
         inputs = {"x": train, "validation_data": val, "shuffle": False}  # the dataset shuffles
     else:
-        order = EpochOrder(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed)
+        order = EpochOrder(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed, augment)
         inputs = {
             "x": order.dataset,
             # A dataset, not arrays: see evaluate() (the same batches, without the spurious line).
@@ -354,6 +484,7 @@ def fit(
             "shuffle": False,  # the dataset orders itself
         }
         callbacks = [order, *callbacks]  # first: the epoch is set before its batches are drawn
+    callbacks = [LearningRateLog(), *callbacks]  # first at the epoch's end: the others see the rate
     with contextlib.ExitStack() as stack:
         if signals is None:  # no run around this fit (a benchmark, a test): handle them here
             signals = stack.enter_context(RunSignals())

@@ -158,3 +158,19 @@ def test_prepared_data_is_kept_for_the_next_job_until_the_files_change(data_copy
     _, changed = data.load_prepared(data_copy, [28, 28, 1], n_classes=10)
     assert changed is not other
     assert (changed.test_labels == np.roll(raw.y_test, 1)).all()
+
+
+def test_standardize_takes_its_statistics_from_the_training_split_only(tiny_data_dir):
+    """Issue 25: mean and std of the training images alone, applied alike to all three splits."""
+    raw = data.load_idx_dir(tiny_data_dir)
+    scaled = data.prepare(raw, [784], n_classes=10)
+    standardized = data.prepare(raw, [784], n_classes=10, prep="standardize")
+    mean, std = float(scaled.x_train.mean(dtype=np.float64)), float(scaled.x_train.std(dtype=np.float64))
+    everything = np.concatenate([scaled.x_train, scaled.x_val, scaled.x_test])
+    assert not math.isclose(mean, float(everything.mean()), rel_tol=1e-4)  # the tiny splits differ: a leak shows
+    assert standardized.preparation == {"name": "standardize", "mean": pytest.approx(mean), "std": pytest.approx(std),
+                                        "from": "training split"}  # fmt: skip
+    for name in ("x_train", "x_val", "x_test"):
+        np.testing.assert_allclose(getattr(standardized, name), (getattr(scaled, name) - mean) / std, atol=1e-5)
+    assert abs(float(standardized.x_train.mean())) < 1e-4 and abs(float(standardized.x_train.std()) - 1) < 1e-4
+    np.testing.assert_array_equal(standardized.y_train, scaled.y_train)  # the targets untouched

@@ -41,3 +41,15 @@ def test_the_source_digest_follows_the_files_content_not_their_folder(tiny_data_
     assert data.source_digest(None) == data.KERAS_SOURCE
     with pytest.raises(data.DataError, match="data folder not found"):
         data.source_digest(tmp_path / "missing")
+
+
+def test_keys_added_later_leave_earlier_runs_identity_at_their_neutral_value():
+    """Issue 25: prep, schedule and lr_find joined the config; at the values every earlier run had
+    in effect they are left out of the hash, so earlier runs keep their config_key."""
+    neutral = {**BASE, "prep.name": "scale", "prep.max_shift": 0, "prep.flip": False, "schedule.name": "constant",
+               "schedule.warmup_epochs": 0, "lr_find.enabled": False}  # fmt: skip
+    assert names.config_key(neutral) == names.config_key(BASE)
+    assert names.job_key(neutral) == names.job_key(BASE)
+    for key, value in [("prep.name", "standardize"), ("prep.name", "augment"), ("schedule.name", "cosine"),
+                       ("schedule.warmup_epochs", 2), ("prep.max_shift", 2)]:  # fmt: skip
+        assert names.config_key({**neutral, key: value}) != names.config_key(BASE), key

@@ -238,12 +238,17 @@ def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
 @pytest.mark.slow
 def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracking_uri):
     """trainer.deterministic=true: SIGKILL after epoch 2, resume, and the validation loss of
-    every epoch equals that of the same run left alone (batch order included)."""
+    every epoch equals that of the same run left alone (batch order included). With a warmed-up
+    step schedule and augmented batches (issue 25): the schedule goes on at the optimizer's step,
+    and the shifts and flips of each (seed, epoch, batch) are drawn again alike."""
     from conftest import write_dataset
 
     data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
     epochs = 8
-    args = train_args(data_dir, tracking_uri, f"trainer.epochs={epochs}", "trainer.deterministic=true")
+    args = train_args(
+        data_dir, tracking_uri, f"trainer.epochs={epochs}", "trainer.deterministic=true", "prep=augment",
+        "schedule=step", "schedule.warmup_epochs=1", "schedule.every=2",
+    )  # fmt: skip
     # The same run left alone, into its own experiment; started first, so that it trains while
     # the other is killed and resumed (the two share nothing but the store).
     alone = subprocess.Popen([*args, "tracking.experiment=alone"], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -274,7 +279,7 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     assert "resuming run" in resumed.stdout
     client, finished = only_run(tracking_uri)
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
-    for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy"):
+    for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy", "learning_rate"):
         assert steps(client, run.info.run_id, metric) == list(range(epochs)), metric
     assert "test_categorical_accuracy" in finished.data.metrics
     assert not Path(finished.data.tags["checkpoint_dir"]).exists()  # removed once finished

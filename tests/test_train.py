@@ -225,3 +225,24 @@ def test_a_users_own_model_trains_from_config_dir_and_a_typo_is_one_clear_error(
     assert "model 'wide_mlp': hidden_unit not an argument of hw4.models.mlp" in result.stderr
     assert "hidden_units" in result.stderr  # the builder's arguments are listed
     assert len(client.search_runs([client.get_experiment_by_name("hw4").experiment_id])) == 1  # no run for it
+
+
+@pytest.mark.slow
+def test_the_range_test_records_loss_against_rate_and_suggests_a_sweep(tiny_data_dir, tracking_uri, tmp_path):
+    """`hw4-train +sweep=lr_find` (issue 25): one run, the loss of every batch against its rate,
+    a figure, the suggestion as metrics and the sweep command that would cover it."""
+    done = hw4_train(tmp_path, "+sweep=lr_find", "lr_find.steps=40", "lr_find.min_lr=1e-5", "lr_find.max_lr=10",
+                     "trainer.batch_size=32", f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "hw4-train sweep=lr model=mlp optimizer=adam optimizer.lr=" in done.stdout
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
+    assert run.info.status == "FINISHED" and "trainer.resume" not in done.stdout  # nothing to resume
+    lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr_find_lr"), key=lambda m: m.step)]
+    losses = client.get_metric_history(run.info.run_id, "lr_find_loss")
+    assert len(lrs) == len(losses) >= 10 and lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
+    low, high = run.data.metrics["lr_find_low"], run.data.metrics["lr_find_high"]
+    assert low < run.data.metrics["lr_find_suggested"] < high and high / low == pytest.approx(100)
+    assert run.data.tags["lr_find_sweep"] in done.stdout
+    assert "lr_find.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "test_categorical_accuracy" not in run.data.metrics  # a range test, not a training run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -435,3 +436,112 @@ def test_a_checkpoint_is_flushed_to_disk_before_latest_names_it(splits, tmp_path
     flushed = {name for kind, name in order[:switched] if kind == "fsync"}
     assert {checkpoints.MODEL_FILE, checkpoints.STATE_FILE, "epoch-0000"} <= flushed
     assert ("fsync", "ckpt") in order[switched:]  # the rename itself made durable
+
+
+# --- issue 25: schedules, augmentation, the range test -------------------------------------
+
+
+def schedule(name: str, **settings):
+    from hw4.config import ScheduleConfig
+
+    return OmegaConf.merge(OmegaConf.structured(ScheduleConfig), {"name": name, **settings})
+
+
+def rates(learning_rate, steps):
+    return [float(learning_rate(step)) if callable(learning_rate) else learning_rate for step in steps]
+
+
+def test_the_schedules_peak_at_optimizer_lr_and_decay_as_configured():
+    spe, epochs, peak = 10, 4, 0.1  # 10 steps an epoch, 40 in all
+    cosine = training.build_schedule(
+        schedule("cosine", min_fraction=0.1), peak=peak, steps_per_epoch=spe, epochs=epochs
+    )
+    assert rates(cosine, [0, 20, 40]) == pytest.approx([0.1, 0.055, 0.01])
+    warm = training.build_schedule(schedule("cosine", warmup_epochs=1), peak=peak, steps_per_epoch=spe, epochs=epochs)
+    assert rates(warm, [0, 5, 10]) == pytest.approx([0.0, 0.05, 0.1])  # a linear ramp, then the peak
+    step = training.build_schedule(schedule("step", every=1, factor=0.5), peak=peak, steps_per_epoch=spe, epochs=epochs)
+    assert rates(step, [0, 9, 10, 25, 39]) == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.0125])  # halved per epoch
+    cycle = training.build_schedule(
+        schedule("one_cycle", warmup_fraction=0.3, start_divisor=25, end_divisor=25e4),
+        peak=peak, steps_per_epoch=spe, epochs=epochs,
+    )  # fmt: skip
+    assert rates(cycle, [0, 12, 40]) == pytest.approx([0.004, 0.1, 0.1 / 25e4], rel=1e-3)
+    constant = training.build_schedule(
+        schedule("constant", warmup_epochs=1), peak=peak, steps_per_epoch=spe, epochs=epochs
+    )
+    assert rates(constant, [0, 4, 9, 30]) == pytest.approx([0.01, 0.05, 0.1, 0.1])
+    assert training.build_schedule(schedule("constant"), peak=peak, steps_per_epoch=spe, epochs=epochs) == peak
+
+
+def test_a_warmed_up_step_schedule_survives_a_checkpoint_and_continues_at_its_step(splits, tmp_path):
+    """The rate of each epoch is logged (learning_rate); a resumed run's optimizer counts on from
+    its iterations, so its schedule continues where it stopped rather than starting over."""
+    spe = math.ceil(len(splits.x_train) / TRAINER.batch_size)
+    learning_rate = training.build_schedule(
+        schedule("step", warmup_epochs=1, every=1, factor=0.5), peak=0.01, steps_per_epoch=spe, epochs=4
+    )
+    model = models.mlp((784,))
+    training.compile_model(model, training.build_optimizer(OmegaConf.create(
+        {"name": "adam", "lr": 0.01, "kwargs": {}}), learning_rate))  # fmt: skip
+    state, folder = checkpoints.CheckpointState(), tmp_path / "ckpt"
+    first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
+    training.fit(model, splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
+    restored, restored_state, _ = checkpoints.load(folder)
+    full = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
+    history = training.fit(
+        restored, splits, full, [], initial_epoch=restored_state.epoch + 1, past_history=restored_state.history
+    )
+    # Each epoch's first rate: the ramp's first step (0.01 / its steps), the peak once the ramp
+    # is over, then halved every epoch, resumed or not.
+    assert history[names.LEARNING_RATE] == pytest.approx([0.01 / spe, 0.01, 0.005, 0.0025])
+
+
+def augment_batches(splits, epoch: int, augment):
+    order = training.EpochOrder(splits.x_train, splits.y_train, 64, seed=0, augment=augment)
+    order.on_epoch_begin(epoch)
+    return [(x.numpy(), y.numpy()) for x, y in order.dataset]
+
+
+def test_augmentation_draws_the_same_batches_for_the_same_seed_and_epoch(splits):
+    augment = training.Augment(max_shift=2, flip=True)
+    plain, first, again, later = (
+        augment_batches(splits, e, a) for e, a in ((0, None), (0, augment), (0, augment), (1, augment))
+    )
+    for (x0, y0), (x1, y1), (x2, _) in zip(plain, first, again):
+        np.testing.assert_array_equal(y0, y1)  # the same samples in the same order, labels untouched
+        assert not np.array_equal(x0, x1)  # shifted and flipped
+        np.testing.assert_array_equal(x1, x2)  # a resume draws them again alike
+        assert x1.shape == x0.shape and x1.min() >= 0 and x1.max() <= 1
+    assert not np.array_equal(first[0][0], later[0][0])  # another epoch, other shifts
+
+
+def test_augmentation_leaves_validation_alone(splits):
+    """The validation loss fit reports is that of the plain validation images."""
+    keras.utils.set_random_seed(0)
+    model = compiled_mlp()
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0})
+    history = training.fit(model, splits, trainer, [], augment=training.Augment(max_shift=3, flip=True))
+    plain = model.evaluate(splits.x_val, splits.y_val, verbose=0, return_dict=True)
+    assert history["val_loss"][0] == pytest.approx(plain["loss"], rel=1e-5)
+
+
+def test_the_range_test_suggests_the_steepest_descent_and_stops_when_the_loss_explodes():
+    from hw4 import lr_find
+
+    lrs = np.logspace(-6, 0, 120)
+    # A synthetic curve: flat, a descent steepest at 1e-3, a floor, then an explosion past 1e-1.
+    losses = 2.3 - 2.0 / (1 + np.exp(-4 * (np.log10(lrs) + 3))) + np.where(lrs > 0.1, (lrs / 0.1) ** 3, 0)
+    suggestion = lr_find.suggest(lrs, losses)
+    assert suggestion.lr == pytest.approx(1e-3, rel=0.35)
+    assert suggestion.low == pytest.approx(suggestion.lr / 10) and suggestion.high == pytest.approx(suggestion.lr * 10)
+    assert len(suggestion.grid) == 5 and suggestion.grid[0] < suggestion.lr < suggestion.grid[-1]
+    assert lr_find.suggest(lrs[:5], losses[:5]) is None  # too short to tell
+
+
+def test_the_range_test_stops_once_the_loss_explodes(splits):
+    from hw4 import lr_find
+
+    model = compiled_mlp()
+    curve = lr_find.range_test(model, splits.x_train, splits.y_train, batch_size=32, min_lr=1e-4, max_lr=1e3, steps=60)
+    assert curve.exploded_at is not None and len(curve.lrs) == curve.exploded_at + 1 < 60
+    assert curve.lrs == sorted(curve.lrs) and curve.lrs[0] == pytest.approx(1e-4)

@@ -112,6 +112,15 @@ class MlflowSweepCallback(Callback):
         self._command = ""
         self._objective = names.OBJECTIVE  # the sweep's tracking.objective, once it started
 
+    @property
+    def store_uri(self) -> str:
+        """The store's URI with its credentials (for hw4.api in this process; never written)."""
+        return self._uri
+
+    @property
+    def objective(self) -> str:
+        return self._objective
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._start_launch(config)
 
