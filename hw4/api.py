@@ -15,6 +15,7 @@ every call, and calls can follow one another.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -60,9 +61,13 @@ def train(overrides: Sequence[str] = ()) -> TrainResult:
     args, multirun = _command_line(overrides)
     if multirun:
         raise ConfigError("these overrides make a sweep: call api.sweep(...) for it")
-    outcome = _hydra.run(config.CONFIG_DIR, "config", entrypoint.run, args, multirun=False)
+    # A Ctrl-C ends the run KILLED and raises KeyboardInterrupt here, rather than exiting.
+    task = functools.partial(entrypoint.run, exit_on_stop=False)
+    outcome = _hydra.run(config.CONFIG_DIR, "config", task, args, multirun=False)
     if outcome.ctx is None:  # already finished (nothing trained), or stopped before the run
         raise ConfigError(f"no run was trained: {outcome.note}")
+    if outcome.ctx.fitted is None:  # sweep=lr_find: a range test, no model to return
+        raise ConfigError("sweep=lr_find is a range test, not a training run: run it with hw4-train +sweep=lr_find")
     ctx = outcome.ctx
     return TrainResult(
         run_id=ctx.run.run_id,
@@ -85,7 +90,11 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
 
     args, _ = _command_line(overrides)
     MlflowSweepCallback.launched = None
-    _hydra.run(config.CONFIG_DIR, "config", entrypoint.run_for_sweep, args, multirun=True)
+    try:
+        _hydra.run(config.CONFIG_DIR, "config", entrypoint.run_for_sweep, args, multirun=True)
+    finally:  # a job that raised makes Hydra skip on_multirun_end: end the parent (and its handlers) now
+        if MlflowSweepCallback.launched is not None:
+            MlflowSweepCallback.launched.finish()
     launched = MlflowSweepCallback.launched
     if launched is None or launched.context is None:
         raise ConfigError("the sweep did not start (hydra.callbacks.mlflow_sweep is not configured)")
@@ -104,11 +113,17 @@ def compare(*, parent: Optional[str] = None, group: bool = True, **tracking_sett
     (`parent`), one row per configuration (`group=True`) or per run. `tracking_settings`: the
     tracking config's keys (uri, experiment), as on hw4-compare's command line."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from hw4 import runs, tracking
     from hw4.commands import compare as command
 
-    settings = OmegaConf.merge(OmegaConf.structured(config.TrackingConfig), tracking_settings)
+    try:
+        settings = OmegaConf.merge(OmegaConf.structured(config.TrackingConfig), tracking_settings)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(
+            f"api.compare: {str(exc).splitlines()[0]} (the tracking config's keys: uri, experiment)"
+        ) from None
     client, experiment_id = tracking.open_experiment(settings, ".")
     found = runs.training_runs(client, experiment_id, parent)
     frame = runs.table(found)

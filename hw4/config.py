@@ -372,6 +372,10 @@ def check_prep_and_schedule(cfg: DictConfig, need: Callable[[bool, str], None]) 
         s.every >= 1 and 0 < s.factor <= 1,
         f"schedule.every must be >= 1 and factor in (0, 1], got {s.every}, {s.factor}",
     )
+    need(
+        s.name != "one_cycle" or not s.warmup_epochs,
+        "schedule=one_cycle ramps up by itself (schedule.warmup_fraction); leave schedule.warmup_epochs at 0",
+    )
     need(0 <= s.min_fraction <= 1, f"schedule.min_fraction must be in [0, 1], got {s.min_fraction}")
     need(0 <= s.warmup_fraction < 1, f"schedule.warmup_fraction must be in [0, 1), got {s.warmup_fraction}")
     need(s.start_divisor >= 1 and s.end_divisor >= 1, "schedule.start_divisor and end_divisor must be >= 1")

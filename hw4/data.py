@@ -16,7 +16,7 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ class Splits:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    preparation: dict = field(default_factory=lambda: {"name": "scale"}, compare=False)
+    preparation: dict[str, Any] = field(default_factory=lambda: {"name": "scale"}, compare=False)
 
     @property
     def arrays(self) -> list[np.ndarray]:
@@ -200,6 +200,7 @@ def prepare(
     val_fraction: float = 0.2,
     seed: int = 0,
     limit: Optional[int] = None,
+    *,
     prep: str = "scale",
 ) -> Splits:
     """The homework's preparation (scale to [0, 1], one-hot, a stratified 8:2 split); `prep`
@@ -285,6 +286,7 @@ def load_prepared(
     val_fraction: float = 0.2,
     seed: int = 0,
     limit: Optional[int] = None,
+    *,
     prep: str = "scale",
 ) -> tuple[RawData, Splits]:
     """`load` then `prepare`, kept for the next call with the same files and settings: the jobs
@@ -299,7 +301,7 @@ def load_prepared(
 @functools.lru_cache(maxsize=1)
 def _load_prepared(data_dir, _stamp, input_shape, n_classes, val_fraction, seed, limit, prep) -> tuple[RawData, Splits]:
     raw = load(data_dir, n_classes)
-    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit, prep)
+    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit, prep=prep)
     for array in [*vars(raw).values(), *splits.arrays]:
         array.setflags(write=False)
     return raw, splits

@@ -17,10 +17,12 @@ from typing import Any, Mapping
 LOSS, ACCURACY = "loss", "categorical_accuracy"
 VAL_LOSS, VAL_ACCURACY = "val_loss", "val_categorical_accuracy"
 EPOCH_METRICS = (LOSS, ACCURACY, VAL_LOSS, VAL_ACCURACY)
-LEARNING_RATE = "learning_rate"  # per epoch too: the rate at the epoch's end (the schedule's)
+LEARNING_RATE = "learning_rate"  # per epoch too: the rate the epoch began with (the schedule's)
 # The range test (sweep=lr_find): per batch (step = batch), and the suggestion on the run.
 LR_FIND_LR, LR_FIND_LOSS = "lr_find_lr", "lr_find_loss"
 LR_FIND_SUGGESTED, LR_FIND_LOW, LR_FIND_HIGH = "lr_find_suggested", "lr_find_low", "lr_find_high"
+LR_FIND_ENDED, LR_FIND_SWEEP = "lr_find_ended", "lr_find_sweep"  # tags: why it stopped, the sweep to run
+LR_FIND_FIGURE = "lr_find.png"
 
 # Metrics each run logs when it ends.
 TEST_LOSS, TEST_ACCURACY = "test_loss", "test_categorical_accuracy"

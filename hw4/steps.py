@@ -236,7 +236,7 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
     schedule = training.build_schedule(
         cfg.schedule, peak=cfg.optimizer.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
     )
-    optimizer = training.build_optimizer(cfg.optimizer, schedule)
+    optimizer = training.build_optimizer(cfg.optimizer, learning_rate=schedule)
     training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
     log_run_inputs(ctx, model)
     return StartingPoint(model, checkpoints.CheckpointState())
@@ -325,6 +325,21 @@ def log_timings(ctx: RunContext) -> None:
     ctx.run.log_dict(timings, timing.ARTIFACT)
 
 
+def sweep_command(grid: list[float]) -> str:
+    """The learning-rate sweep over `grid`, with this run's own overrides (the range test's left
+    out, credentials masked): the same model, data preparation, batch size and data."""
+    import shlex
+
+    from hw4 import tracking
+
+    own = [
+        o for o in HydraConfig.get().overrides.task
+        if not o.lstrip("+~").startswith(("sweep=", "lr_find.", "optimizer.lr="))
+    ]  # fmt: skip
+    words = ["sweep=lr", *own, "optimizer.lr=" + ",".join(f"{v:g}" for v in grid)]
+    return "hw4-train " + " ".join(shlex.quote(tracking.redact(w)) for w in words)
+
+
 def find_learning_rate(ctx: RunContext) -> Optional[float]:
     """sweep=lr_find: the range test on a new model (hw4/lr_find.py), its curve logged per batch
     and as a figure, its suggestion printed and tagged; returns the suggested rate (None when
@@ -342,18 +357,17 @@ def find_learning_rate(ctx: RunContext) -> Optional[float]:
     )  # fmt: skip
     run.log_series({names.LR_FIND_LR: curve.lrs, names.LR_FIND_LOSS: curve.losses})
     suggestion = lr_find.suggest(curve.lrs, curve.losses)
-    run.log_figure(plots.lr_range_test(curve.lrs, curve.losses, suggestion and suggestion.lr), "lr_find.png")
+    run.log_figure(plots.lr_range_test(curve.lrs, curve.losses, suggestion and suggestion.lr), names.LR_FIND_FIGURE)
     ended = f"exploded at batch {curve.exploded_at + 1}" if curve.exploded_at is not None else "reached max_lr"
     if suggestion is None:
         print(f"lr_find: {len(curve.lrs)} batches ({ended}): too few to suggest a rate; lower lr_find.min_lr")
-        run.set_tags({"lr_find_ended": ended})
+        run.set_tags({names.LR_FIND_ENDED: ended})
         return None
-    grid = ",".join(f"{v:g}" for v in suggestion.grid)
-    command = f"hw4-train sweep=lr model={cfg.model.name} optimizer={cfg.optimizer.name} optimizer.lr={grid}"
+    command = sweep_command(suggestion.grid)
     run.log_metrics(
         {names.LR_FIND_SUGGESTED: suggestion.lr, names.LR_FIND_LOW: suggestion.low, names.LR_FIND_HIGH: suggestion.high}
     )
-    run.set_tags({"lr_find_ended": ended, "lr_find_sweep": command})
+    run.set_tags({names.LR_FIND_ENDED: ended, names.LR_FIND_SWEEP: command})
     print(
         f"lr_find: {len(curve.lrs)} batches, {ended}. Steepest descent at lr {suggestion.lr:.3g}; "
         f"sweep {suggestion.low:.3g} to {suggestion.high:.3g}:\n  {command}"

@@ -3,8 +3,8 @@
     hw4-train +experiment=part4_lenet_bn data.dir=../shared/datasets/fashion-mnist
     hw4-train -m optimizer.lr=1e-3,1e-2 model=mlp,lenet
 
-TensorFlow is imported inside `main`, after the config is composed and checked, so `--help`
-and `--cfg job` stay fast.
+TensorFlow is imported inside `run` (the job `main` and hw4.api call), after the config is
+composed and checked, so `--help` and `--cfg job` stay fast.
 """
 
 from __future__ import annotations

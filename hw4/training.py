@@ -20,7 +20,7 @@ from sklearn.metrics import confusion_matrix
 from tensorflow.python.framework import config as tf_framework_config  # no public way to disable determinism
 
 from hw4 import names
-from hw4.data import Splits
+from hw4.data import IMAGE_SHAPE, Splits
 from hw4.errors import ConfigError, Hw4Error
 from hw4.runtime import system
 from hw4.runtime.signals import RunSignals, Stopped, signal_name
@@ -119,9 +119,9 @@ def build_schedule(
             warmup_target=peak, warmup_steps=ramp,
         )  # fmt: skip
     if schedule.name == "cosine":
-        if warmup:
+        if warmup:  # from the ramp's first step (peak / its steps, as LinearWarmup's) to the peak
             return schedules.CosineDecay(
-                0.0, decay_steps=max(1, total - warmup), alpha=schedule.min_fraction, warmup_target=peak,
+                peak / warmup, decay_steps=max(1, total - warmup), alpha=schedule.min_fraction, warmup_target=peak,
                 warmup_steps=warmup,
             )  # fmt: skip
         return schedules.CosineDecay(peak, decay_steps=total, alpha=schedule.min_fraction)
@@ -130,9 +130,9 @@ def build_schedule(
         every = steps_per_epoch * schedule.every
         # Keras keeps values[i] up to and including boundaries[i]: the step before each decay.
         boundaries = list(range(every - 1, total - 1, every))
-        after = schedules.PiecewiseConstantDecay(
-            boundaries, [peak * schedule.factor**i for i in range(len(boundaries) + 1)]
-        )
+        if boundaries:  # none when `every` reaches past the last epoch: the peak throughout
+            values = [peak * schedule.factor**i for i in range(len(boundaries) + 1)]
+            after = schedules.PiecewiseConstantDecay(boundaries, values)
     return LinearWarmup(after, warmup) if warmup else after
 
 
@@ -149,7 +149,7 @@ class LearningRateLog(keras.callbacks.Callback):
 
 
 def build_optimizer(
-    optimizer: DictConfig, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
+    optimizer: DictConfig, *, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule | None = None
 ) -> keras.optimizers.Optimizer:
     """The Keras optimizer `optimizer` names, at `learning_rate` (a schedule from
     build_schedule), or at optimizer.lr constant."""
@@ -367,7 +367,8 @@ def augmented(images: tf.Tensor, *, seed: tf.Tensor, augment: Augment) -> tf.Ten
     """A batch of images, each shifted and flipped at random by stateless ops of `seed` alone
     (a [2] tensor): the same seed, the same batch, however often it is drawn."""
     shape = tf.shape(images)
-    x = tf.reshape(images, [-1, 28, 28, 1])
+    height, width = IMAGE_SHAPE
+    x = tf.reshape(images, [-1, height, width, 1])
     flip_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     if augment.flip:
         x = tf.image.stateless_random_flip_left_right(x, seed=flip_seed)  # each image on its own
@@ -381,7 +382,7 @@ def augmented(images: tf.Tensor, *, seed: tf.Tensor, augment: Augment) -> tf.Ten
         # Each output pixel (x, y) reads input pixel (x + dx, y + dy): the image moves by -d.
         transforms = tf.stack([ones, zeros, offsets[:, 0], zeros, ones, offsets[:, 1], zeros, zeros], axis=1)
         x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x, transforms=transforms, output_shape=tf.constant([28, 28]), fill_value=0.0,
+            images=x, transforms=transforms, output_shape=tf.constant([height, width]), fill_value=0.0,
             interpolation="NEAREST", fill_mode="CONSTANT",
         )  # fmt: skip
     return tf.reshape(x, shape)
@@ -400,7 +401,7 @@ class EpochOrder(keras.callbacks.Callback):
     With `augment`, each batch's images are shifted and flipped by a seed of (seed, epoch, batch).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, augment: Augment | None = None):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, *, augment: Augment | None = None):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         n = len(x)
@@ -476,7 +477,7 @@ def fit(
         val = as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size)
         inputs = {"x": train, "validation_data": val, "shuffle": False}  # the dataset shuffles
     else:
-        order = EpochOrder(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed, augment)
+        order = EpochOrder(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed, augment=augment)
         inputs = {
             "x": order.dataset,
             # A dataset, not arrays: see evaluate() (the same batches, without the spurious line).

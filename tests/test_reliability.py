@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -281,5 +282,16 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
     for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy", "learning_rate"):
         assert steps(client, run.info.run_id, metric) == list(range(epochs)), metric
+
+    def rates(run_id):
+        return [m.value for m in sorted(client.get_metric_history(run_id, "learning_rate"), key=lambda m: m.step)]
+
+    # The schedule ran, and went on after the resume as it did alone: a ramp, the peak, halvings.
+    assert rates(run.info.run_id) == rates(uninterrupted.info.run_id)
+    assert rates(run.info.run_id)[1:] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4])
+    summary = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "data_summary.json", str(tmp_path))).read_text()
+    )
+    assert summary["preparation"]["name"] == "augment"
     assert "test_categorical_accuracy" in finished.data.metrics
     assert not Path(finished.data.tags["checkpoint_dir"]).exists()  # removed once finished

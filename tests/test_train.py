@@ -234,7 +234,9 @@ def test_the_range_test_records_loss_against_rate_and_suggests_a_sweep(tiny_data
     done = hw4_train(tmp_path, "+sweep=lr_find", "lr_find.steps=40", "lr_find.min_lr=1e-5", "lr_find.max_lr=10",
                      "trainer.batch_size=32", f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "hw4-train sweep=lr model=mlp optimizer=adam optimizer.lr=" in done.stdout
+    command = done.stdout.splitlines()[-1].strip()  # the sweep to run, with this run's own overrides
+    assert command.startswith("hw4-train sweep=lr ") and "trainer.batch_size=32" in command
+    assert "lr_find." not in command and "sweep=lr_find" not in command and " optimizer.lr=" in command
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
     assert run.info.status == "FINISHED" and "trainer.resume" not in done.stdout  # nothing to resume
@@ -243,6 +245,6 @@ def test_the_range_test_records_loss_against_rate_and_suggests_a_sweep(tiny_data
     assert len(lrs) == len(losses) >= 10 and lrs == sorted(lrs) and lrs[0] == pytest.approx(1e-5)
     low, high = run.data.metrics["lr_find_low"], run.data.metrics["lr_find_high"]
     assert low < run.data.metrics["lr_find_suggested"] < high and high / low == pytest.approx(100)
-    assert run.data.tags["lr_find_sweep"] in done.stdout
+    assert run.data.tags["lr_find_sweep"] == command
     assert "lr_find.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "test_categorical_accuracy" not in run.data.metrics  # a range test, not a training run

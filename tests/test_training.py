@@ -458,7 +458,11 @@ def test_the_schedules_peak_at_optimizer_lr_and_decay_as_configured():
     )
     assert rates(cosine, [0, 20, 40]) == pytest.approx([0.1, 0.055, 0.01])
     warm = training.build_schedule(schedule("cosine", warmup_epochs=1), peak=peak, steps_per_epoch=spe, epochs=epochs)
-    assert rates(warm, [0, 5, 10]) == pytest.approx([0.0, 0.05, 0.1])  # a linear ramp, then the peak
+    assert rates(warm, [0, 5, 10]) == pytest.approx([0.01, 0.055, 0.1])  # a linear ramp, then the peak
+    never = training.build_schedule(
+        schedule("step", every=5, factor=0.5), peak=peak, steps_per_epoch=spe, epochs=epochs
+    )
+    assert never == peak  # `every` past the last epoch: no decay (Keras refuses empty boundaries)
     step = training.build_schedule(schedule("step", every=1, factor=0.5), peak=peak, steps_per_epoch=spe, epochs=epochs)
     assert rates(step, [0, 9, 10, 25, 39]) == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.0125])  # halved per epoch
     cycle = training.build_schedule(
@@ -482,7 +486,7 @@ def test_a_warmed_up_step_schedule_survives_a_checkpoint_and_continues_at_its_st
     )
     model = models.mlp((784,))
     training.compile_model(model, training.build_optimizer(OmegaConf.create(
-        {"name": "adam", "lr": 0.01, "kwargs": {}}), learning_rate))  # fmt: skip
+        {"name": "adam", "lr": 0.01, "kwargs": {}}), learning_rate=learning_rate))  # fmt: skip
     state, folder = checkpoints.CheckpointState(), tmp_path / "ckpt"
     first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
     training.fit(model, splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
@@ -497,7 +501,7 @@ def test_a_warmed_up_step_schedule_survives_a_checkpoint_and_continues_at_its_st
 
 
 def augment_batches(splits, epoch: int, augment):
-    order = training.EpochOrder(splits.x_train, splits.y_train, 64, seed=0, augment=augment)
+    order = training.EpochOrder(splits.x_train, splits.y_train, 64, seed=0, augment=augment)  # keyword
     order.on_epoch_begin(epoch)
     return [(x.numpy(), y.numpy()) for x, y in order.dataset]
 

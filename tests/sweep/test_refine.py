@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hw4 import names
+from hw4.errors import ConfigError
 from hw4.sweep import refine
 
 
@@ -61,18 +62,19 @@ def test_a_refinement_continues_the_sweep_under_its_parent_with_its_seeds_and_ov
     tied = sorted(float(label.split()[-1]) for label in parent.data.tags["tied_with_best"].split(", "))
     planned = refine.fine_grid([1e-4, 1e-2], tied, 3)
 
-    # Refused, each in one line: the rate set by hand, and a sweep that did not finish.
-    def refine_command(*more: str) -> subprocess.CompletedProcess:
-        command = ["hw4-train", "+sweep=refine", f"sweep.from={parent.info.run_id}", "sweep.points=3",
-                   f"tracking.uri={tracking_uri}", *more]  # fmt: skip
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-
-    done = refine_command("optimizer.lr=0.5")
-    assert done.returncode == 1 and "sweep=refine sets optimizer.lr itself" in done.stderr, done.stderr
+    # Refused (in this process: the command line's one-line errors are tested above): the rate
+    # set by hand, and a sweep that did not finish.
+    refine_args = ["sweep=refine", f"sweep.from={parent.info.run_id}", "sweep.points=3", f"tracking.uri={tracking_uri}"]
+    with pytest.raises(ConfigError, match="sweep=refine sets optimizer.lr itself"):
+        refine.expand([*refine_args, "optimizer.lr=0.5"])
     client.set_terminated(parent.info.run_id, "KILLED")
-    done = refine_command()
-    assert done.returncode == 1 and "that sweep is KILLED; finish it first" in done.stderr, done.stderr
+    with pytest.raises(ConfigError, match="that sweep is KILLED; finish it first"):
+        refine.expand(refine_args)
     client.set_terminated(parent.info.run_id, "FINISHED")
+
+    def refine_command() -> subprocess.CompletedProcess:
+        command = ["hw4-train", "+sweep=refine", *refine_args[1:]]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
 
     # The refinement names only the parent: seeds, epochs, data and store come from the sweep.
     done = refine_command()
