@@ -53,8 +53,7 @@ def test_the_homework_notebook_runs_end_to_end(tiny_data_dir, tracking_uri, tmp_
     assert {r.data.params["model.name"] for r in children} == {"mlp", "lenet", "lenet_dropout", "lenet_bn"}
 
 
-@pytest.mark.slow
-@pytest.mark.serial
+@pytest.mark.slow  # not serial: the signal goes to its own child process alone
 def test_a_ctrl_c_during_api_train_raises_keyboard_interrupt_and_the_kernel_lives_on(tmp_path, tracking_uri):
     """A notebook's interrupt: the run ends KILLED with its checkpoint, api.train raises
     KeyboardInterrupt, and the process goes on (no SystemExit)."""

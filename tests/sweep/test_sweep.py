@@ -182,7 +182,8 @@ def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri
 
     data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
     args = [
-        "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "model=mlp", "trainer.epochs=100",
+        # 30 epochs: the stop comes after 2 of them; the continue resumes the run for the rest.
+        "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "model=mlp", "trainer.epochs=30",
         "trainer.verbose=0", "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]  # fmt: skip
