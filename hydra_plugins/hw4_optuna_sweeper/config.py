@@ -23,32 +23,9 @@ from hydra.core.config_store import ConfigStore
 # HW4_OPTUNA_STORAGE keeps a password out of the command line (and so out of Hydra's records).
 DEFAULT_STORAGE = "${oc.env:HW4_OPTUNA_STORAGE,sqlite:///mlruns/optuna.db}"
 
-# Pruners, by name (hydra/sweeper/pruner=NAME; their arguments as hydra.sweeper.pruner.KEY=...).
-# A step is an epoch (0-based, as MLflow's steps). The defaults suit searches of 8 to 30 trials of
-# 5 to 20 epochs: no decision in a trial's first epoch; median and percentile wait for two
-# finished trials, successive halving and Hyperband compare with whatever reached the rung.
-PRUNERS: Dict[str, Dict[str, Any]] = {
-    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1},
-    "percentile": {  # keeps the top 25% at each step: stricter than the median
-        "_target_": "optuna.pruners.PercentilePruner",
-        "percentile": 25.0,
-        "n_startup_trials": 2,
-        "n_warmup_steps": 1,
-    },
-    # ASHA: decisions at steps 1, 3, 9 (after epochs 2, 4, 10), a third of the trials going on.
-    "successive_halving": {
-        "_target_": "optuna.pruners.SuccessiveHalvingPruner",
-        "min_resource": 1,
-        "reduction_factor": 3,
-    },
-    "hyperband": {
-        "_target_": "optuna.pruners.HyperbandPruner",
-        "min_resource": 1,
-        "max_resource": "${trainer.epochs}",
-        "reduction_factor": 3,
-    },
-    "none": {"_target_": "optuna.pruners.NopPruner"},
-}
+# Pruners: the group hydra/sweeper/pruner, YAML files in hw4's conf/hydra/sweeper/pruner/ (median,
+# percentile, successive_halving, hyperband, none). Not ConfigStore nodes: Hydra's --help copies
+# the whole store once per config group it lists, so every node there slows hw4-train --help.
 
 
 @dataclass
@@ -66,11 +43,9 @@ class OptunaSweeperConf:
     # The share of a batch's (n_jobs) trials that may fail (told FAIL) and the search go on.
     max_failure_rate: float = 1.0
     params: Optional[Dict[str, str]] = None  # the search space, in Hydra's override grammar
-    pruner: Any = None  # chosen from the hydra/sweeper/pruner group (PRUNERS)
+    pruner: Any = None  # chosen from the hydra/sweeper/pruner group (conf/hydra/sweeper/pruner)
     # The sweeper sets it on each job's config (with study_name): the number of the trial it runs.
     trial: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="hw4_optuna", node=OptunaSweeperConf, provider="hw4")
-for _name, _node in PRUNERS.items():
-    ConfigStore.instance().store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="hw4")
