@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from hw4 import config, names
 from hw4.errors import ConfigError
-from hw4.sweep import _hydra, refine
+from hw4.sweep import _hydra
 
 if TYPE_CHECKING:
     import keras
@@ -46,10 +46,11 @@ class TrainResult:
 
 def _command_line(overrides: Sequence[str]) -> tuple[list[str], bool]:
     """The overrides as hw4-train reads them, and whether they ask for a sweep."""
-    args = config.plain_preset_overrides(list(overrides))
-    if refine.PRESET in args:
-        args = [a for a in refine.expand(args) if a != "--multirun"]
-        return args, True
+    from hw4 import train as entrypoint
+
+    args = entrypoint.command_line(list(overrides))
+    if "--multirun" in args:  # sweep=refine, expanded
+        return [a for a in args if a != "--multirun"], True
     return args, _hydra.is_multirun(config.CONFIG_DIR, "config", args)
 
 

@@ -90,10 +90,18 @@ def stopped(stop: KeyboardInterrupt, signals: RunSignals, job: Job, *, exit_on_s
     raise SystemExit(128 + signum)
 
 
-def expanded(expand: Callable[[list[str]], list[str]], args: list[str]) -> list[str]:
-    """`expand(args)`, its error (before Hydra, which would report it) as one line, exit 1."""
+def command_line(args: list[str]) -> list[str]:
+    """hw4-train's overrides as Hydra is to read them: `+experiment=X` as `experiment=X`
+    (config.plain_preset_overrides), `sweep=refine` as the finer grid it runs (hw4.sweep.refine).
+    hw4.api reads its overrides through here too."""
+    args = config.plain_preset_overrides(args)
+    return refine.expand(args) if refine.PRESET in args else args
+
+
+def expanded(args: list[str]) -> list[str]:
+    """`command_line(args)`, its error (before Hydra, which would report it) as one line, exit 1."""
     try:
-        return expand(args)
+        return command_line(args)
     except Hw4Error as error:
         print(error, file=sys.stderr)
         raise SystemExit(1) from None
@@ -107,9 +115,7 @@ def expands_presets(app: Callable[..., float]) -> Callable[..., float]:
     @functools.wraps(app)
     def from_the_command_line(*args: Any, **kwargs: Any) -> float:
         if not args and not kwargs:
-            sys.argv[1:] = config.plain_preset_overrides(sys.argv[1:])
-            if refine.PRESET in sys.argv:
-                sys.argv[1:] = expanded(refine.expand, sys.argv[1:])
+            sys.argv[1:] = expanded(sys.argv[1:])
         return app(*args, **kwargs)
 
     return from_the_command_line

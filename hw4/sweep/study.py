@@ -105,9 +105,7 @@ class JobTrial:
         that run's record, its epochs and whether it was pruned."""
         self.link(run.info.run_id)
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, self.metric))
-        for epoch, value in history:
-            if math.isfinite(value):
-                self.trial.report(value, epoch)
+        self.report_history({self.metric: [value for _, value in history]})
         if run.data.tags.get(names.PRUNED) == "true":
             self.trial.set_user_attr(PRUNED_ATTR, int(run.data.tags.get(names.PRUNED_AT, 0)))
 
