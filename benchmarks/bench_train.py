@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py --model lenet --epochs 3
     python benchmarks/bench_train.py --model mlp --epochs 5 --rounds 2 --write BENCHMARKS.md
+    python benchmarks/bench_train.py --model lenet --variants hw4 --lever bf16=trainer.precision=mixed_bfloat16
 
 Each measurement runs in its own subprocess (so peak memory is its own), alternating between
 the variants in every round:
@@ -10,7 +11,8 @@ the variants in every round:
   model.fit, no tracking;
 - hw4: the framework's path (hw4.data.prepare, hw4.training.fit with its per-epoch checkpoint
   and MLflow callbacks) logging to a temporary sqlite store;
-- hw4-untracked: the same path with MLflow logging off (tracking overhead = hw4 / this).
+- hw4-fit: the hw4 path on Keras' fit loop (trainer.loop=fit) instead of the compiled epoch;
+- hw4-untracked: the hw4 path with MLflow logging off (tracking overhead = hw4 / this).
 
 Reported per variant: median and fastest epoch seconds over all rounds' epochs after the first,
 samples per second, ratio to the reference, final validation accuracy, peak resident memory;
@@ -34,7 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "fashion-mnist"
-VARIANTS = ("reference", "hw4", "hw4-untracked")
+VARIANTS = ("reference", "hw4", "hw4-fit", "hw4-untracked")
+# Overrides a variant adds to --set: hw4-fit is hw4 on Keras' fit loop (the loop before issue 24).
+VARIANT_SET = {"hw4-fit": ["trainer.loop=fit"]}
 MODELS = ("lenet", "mlp")
 
 
@@ -46,7 +50,8 @@ def compose_config(args: argparse.Namespace):
 
     register_configs()
     overrides = [f"model={args.model}", f"trainer.epochs={args.epochs}",
-                 f"trainer.batch_size={args.batch_size}", "trainer.verbose=0", *args.set]  # fmt: skip
+                 f"trainer.batch_size={args.batch_size}", "trainer.verbose=0", *args.set,
+                 *VARIANT_SET.get(args.variant, [])]  # fmt: skip
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -110,7 +115,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         training.compile_model(model, keras.optimizers.Adam(1e-3), trainer.jit_compile, trainer.steps_per_execution)
         callbacks: list = [EpochTimer()]
         with tempfile.TemporaryDirectory() as tmp:
-            if args.variant == "hw4":
+            if args.variant != "hw4-untracked":  # hw4, hw4-fit and the levers
                 from hw4 import checkpoints, tracking
 
                 client = tracking.connect(tracking.resolve_uri("sqlite:///mlflow.db", tmp))
@@ -150,6 +155,14 @@ def summarize(rounds: list[dict]) -> dict:
     }
 
 
+def parse_lever(spec: str) -> tuple[str, list[str]]:
+    """NAME=SETTING[,SETTING]: a named hw4 variant and its settings."""
+    name, _, settings = spec.partition("=")
+    if not name or not settings or name in VARIANTS:
+        sys.exit(f"--lever {spec!r}: give NAME=SETTING[,SETTING] with a new name")
+    return name, settings.split(",")
+
+
 def startup_seconds(repeats: int = 3) -> float:
     timings = []
     for _ in range(repeats):
@@ -177,20 +190,29 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE",
                         help="hw4-train overrides for all variants, e.g. trainer.pipeline=tf_data "
                              "(the reference uses only the model's)")  # fmt: skip
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--lever", nargs="*", default=[], metavar="NAME=SETTING[,SETTING]",
+                        help="more hw4 variants, each with its own settings: hw4-train overrides, or "
+                             "env:VAR=VALUE for the child's environment, e.g. "
+                             "bf16=trainer.precision=mixed_bfloat16 onednn_off=env:TF_ENABLE_ONEDNN_OPTS=0")  # fmt: skip
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
+    levers = dict(parse_lever(spec) for spec in args.lever)
+    VARIANT_SET.update({name: [s for s in settings if not s.startswith("env:")] for name, settings in levers.items()})
 
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
 
-    results: dict[str, list[dict]] = {v: [] for v in args.variants}
+    variants = [*args.variants, *levers]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     for round_ in range(args.rounds):
-        for variant in args.variants:
+        for variant in variants:
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            env.update(s[len("env:") :].split("=", 1) for s in levers.get(variant, []) if s.startswith("env:"))
             child = subprocess.run(
                 [sys.executable, __file__, *sys.argv[1:], "--variant", variant],
-                capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                capture_output=True, text=True, env=env,
             )  # fmt: skip
             if child.returncode != 0:
                 sys.exit(f"{variant} failed:\n{child.stderr[-3000:]}")
@@ -213,8 +235,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for variant, row in summary.items():
+        label = f"{variant} ({', '.join(levers[variant])})" if variant in levers else variant
         lines.append(
-            f"| {variant} | {row['epoch_s']:.3f} | {row['fastest_s']:.3f} | {row['samples_per_s']:.0f} | "
+            f"| {label} | {row['epoch_s']:.3f} | {row['fastest_s']:.3f} | {row['samples_per_s']:.0f} | "
             f"{row['epoch_s'] / reference_s:.2f}x, {row['fastest_s'] / reference_fastest_s:.2f}x | "
             f"{flops * row['samples_per_s'] / 1e9:.1f} | "
             f"{row['val_accuracy']:.4f} | {row['peak_rss_mb']:.0f} |"

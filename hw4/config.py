@@ -139,6 +139,10 @@ class TrainerConfig:
     # epoch that depends on (seed, epoch) only; measured fastest here) or "tf_data"
     # (tf.data's shuffle buffer, prefetched).
     pipeline: str = "numpy"
+    # Training loop: "compiled" (each epoch one compiled program over the data held as tensors,
+    # the numpy pipeline's batch order; XLA for dense models under jit_compile=auto) or "fit"
+    # (Keras' fit over the pipeline above). Measured in BENCHMARKS.md.
+    loop: str = "compiled"
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
     threads: Optional[int] = None
     # Save model, optimizer state and history every epoch, under <checkpoint_dir>/<run id>.
@@ -246,6 +250,7 @@ TRAINER_CHOICES = {
     "jit_compile": ("auto", "true", "false"),
     "precision": ("float32", "mixed_bfloat16"),
     "pipeline": ("tf_data", "numpy"),
+    "loop": ("compiled", "fit"),
     "prune": ("none", "median"),
 }
 
@@ -362,6 +367,10 @@ def check_prep_and_schedule(cfg: DictConfig, need: Callable[[bool, str], None]) 
     need(
         p.name != "augment" or str(t.pipeline) == "numpy",
         "prep=augment needs trainer.pipeline=numpy (it augments the batches that pipeline draws)",
+    )
+    need(
+        str(t.pipeline) == "numpy" or str(t.loop) == "fit",
+        f"trainer.pipeline={t.pipeline} needs trainer.loop=fit (the compiled loop holds the data as tensors)",
     )
     need(s.name in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {s.name}")
     need(

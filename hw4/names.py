@@ -74,6 +74,7 @@ BOOKKEEPING = (
     "data.dir",  # where the data is; its content is `data.digest`, which counts
     "trainer.steps_per_execution",  # batches per compiled call: the same updates in the same order
     "trainer.eval_batch_size",  # evaluation batches: no gradients, the same metrics
+    "trainer.loop",  # fit or the compiled epoch: the same updates in the same batch order
     "trainer.verbose",
     "trainer.resume",
     "trainer.threads",

@@ -471,7 +471,10 @@ def fit(
     """
     # Copied before training: callbacks (the checkpoint's state) may extend the caller's lists.
     history = {name: list(values) for name, values in (past_history or {}).items()}
-    if trainer.pipeline == "tf_data":
+    compiled = trainer.loop == "compiled"
+    if compiled:
+        inputs = {}  # the compiled programs hold the data
+    elif trainer.pipeline == "tf_data":
         # The shuffle seed moves with the epoch, so a resumed run does not replay epoch 0's order.
         train = as_dataset(splits.x_train, splits.y_train, trainer.batch_size, trainer.seed + initial_epoch)
         val = as_dataset(splits.x_val, splits.y_val, trainer.eval_batch_size)
@@ -491,13 +494,26 @@ def fit(
             signals = stack.enter_context(RunSignals())
         stopper = StopOnSignal(signals)  # after the checkpoint and metric callbacks: the epoch is saved first
         progress = [StepProgress()] if trainer.verbose else []  # verbose 2 is one line per epoch
-        new = model.fit(
-            **inputs,
-            epochs=trainer.epochs,
-            initial_epoch=initial_epoch,
-            verbose=trainer.verbose,
-            callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN(), *progress],
-        ).history
+        if compiled:
+            from hw4 import compiled_loop
+
+            programs = compiled_loop.CompiledEpochs(
+                model, splits, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
+                seed=trainer.seed, augment=augment,
+                jit_compile=compiled_loop.wants_xla(model, trainer.jit_compile, augment=augment is not None),
+            )  # fmt: skip
+            new = compiled_loop.run_epochs(
+                programs, [*callbacks, stopper, *progress],
+                epochs=trainer.epochs, initial_epoch=initial_epoch, verbose=trainer.verbose,
+            )  # fmt: skip
+        else:
+            new = model.fit(
+                **inputs,
+                epochs=trainer.epochs,
+                initial_epoch=initial_epoch,
+                verbose=trainer.verbose,
+                callbacks=[*callbacks, stopper, keras.callbacks.TerminateOnNaN(), *progress],
+            ).history
     for name, values in new.items():
         history.setdefault(name, []).extend(float(v) for v in values)
     if stopper.stopped_after is not None:

@@ -52,6 +52,9 @@ def load_tensorflow() -> None:
         return
     if "tensorflow" in sys.modules:  # loaded before (a sweep's later job, a test)
         return
+    # Later INFO lines, XLA's "XLA service ... initialized" and "Compiled cluster using XLA!" at
+    # the first compiled epoch, come after absl is initialised: this level drops them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:

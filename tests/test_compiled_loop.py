@@ -1,0 +1,100 @@
+"""trainer.loop=compiled against Keras' fit, in-process on tiny data.
+
+Without XLA the compiled epoch applies the same updates, in the same batch order, as fit over
+the numpy pipeline: their histories agree to float rounding, epoch by epoch. The tiny data
+leaves a smaller last batch (160 training images, batch 64) and a padded validation batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from hw4 import data, names
+from hw4.config import TrainerConfig
+
+keras = pytest.importorskip("keras")
+from hw4 import compiled_loop, models, training  # noqa: E402  (needs Keras)
+
+TRAINER = OmegaConf.structured(TrainerConfig)
+
+
+@pytest.fixture(scope="module")
+def flat(tiny_data_dir):
+    return data.prepare(data.load(tiny_data_dir, n_classes=10), [784], n_classes=10, limit=200)
+
+
+@pytest.fixture(scope="module")
+def images(tiny_data_dir):
+    return data.prepare(data.load(tiny_data_dir, n_classes=10), [28, 28, 1], n_classes=10, limit=200)
+
+
+def train(build, splits, *, loop: str, jit_compile: str = "false", epochs: int = 3, augment=None, seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    model = build()
+    training.compile_model(model, keras.optimizers.Adam(3e-3), steps_per_execution=4)
+    trainer = OmegaConf.merge(
+        TRAINER,
+        {"epochs": epochs, "verbose": 0, "batch_size": 64, "eval_batch_size": 30, "loop": loop,
+         "jit_compile": jit_compile, "seed": seed},
+    )  # fmt: skip
+    return training.fit(model, splits, trainer, [], augment=augment), model
+
+
+def assert_histories_agree(a, b, rtol):
+    assert a.keys() == b.keys()
+    for name in names.EPOCH_METRICS:
+        np.testing.assert_allclose(a[name], b[name], rtol=rtol, err_msg=name)
+
+
+def test_the_compiled_epoch_trains_the_mlp_as_fit_does(flat):
+    fitted, _ = train(lambda: models.mlp((784,)), flat, loop="fit")
+    compiled, _ = train(lambda: models.mlp((784,)), flat, loop="compiled")
+    assert len(compiled[names.LOSS]) == 3
+    assert_histories_agree(fitted, compiled, rtol=1e-4)
+
+
+def test_xla_trains_the_mlp_alike_to_rounding(flat):
+    fitted, _ = train(lambda: models.mlp((784,)), flat, loop="fit")
+    compiled, _ = train(lambda: models.mlp((784,)), flat, loop="compiled", jit_compile="true")
+    assert_histories_agree(fitted, compiled, rtol=1e-3)
+
+
+@pytest.mark.parametrize("model", ["lenet_bn", "lenet_dropout"])
+def test_batch_norm_and_dropout_train_in_the_compiled_epoch_as_in_fit(images, model):
+    """Batch norm's moving statistics and dropout's seeded masks are the model's own state: the
+    compiled epoch updates and draws them as fit does."""
+    options = {"batch_norm": True} if model == "lenet_bn" else {"dropout": 0.5}
+    build = lambda: models.lenet((28, 28, 1), **options)  # noqa: E731
+    fitted, fit_model = train(build, images, loop="fit", epochs=2)
+    compiled, compiled_model = train(build, images, loop="compiled", epochs=2)
+    assert_histories_agree(fitted, compiled, rtol=1e-4)
+    for a, b in zip(fit_model.non_trainable_weights, compiled_model.non_trainable_weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_augmented_batches_are_the_numpy_pipelines(images):
+    augment = training.Augment(max_shift=2, flip=True)
+    build = lambda: models.lenet((28, 28, 1))  # noqa: E731
+    fitted, _ = train(build, images, loop="fit", epochs=2, augment=augment)
+    compiled, _ = train(build, images, loop="compiled", epochs=2, augment=augment)
+    plain, _ = train(build, images, loop="compiled", epochs=2)
+    assert_histories_agree(fitted, compiled, rtol=1e-4)
+    assert plain[names.LOSS] != compiled[names.LOSS]  # it did augment
+
+
+def test_xla_is_the_default_for_dense_models_only():
+    assert compiled_loop.wants_xla(models.mlp((784,)), "auto", augment=False)
+    assert not compiled_loop.wants_xla(models.lenet((28, 28, 1)), "auto", augment=False)
+    assert not compiled_loop.wants_xla(models.mlp((784,)), "auto", augment=True)
+    assert compiled_loop.wants_xla(models.lenet((28, 28, 1)), "true", augment=False)
+
+
+def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
+    keras.utils.set_random_seed(0)
+    model = models.mlp((784,))
+    training.compile_model(model, keras.optimizers.SGD(1e12))
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 5, "verbose": 0, "loop": "compiled"})
+    with pytest.raises(training.TrainingDiverged, match="in epoch [1-4];"):  # not all 5
+        training.fit(model, flat, trainer, [])
