@@ -109,7 +109,11 @@ def stacked(args) -> dict:
             with tf.GradientTape() as tape:
                 p = forward(xb)
                 # Each model's mean loss; their sum's gradient is each model's own.
-                loss = tf.reduce_sum(tf.reduce_mean(keras.losses.categorical_crossentropy(tf.broadcast_to(yb[None], tf.shape(p)), p), axis=1))
+                loss = tf.reduce_sum(
+                    tf.reduce_mean(
+                        keras.losses.categorical_crossentropy(tf.broadcast_to(yb[None], tf.shape(p)), p), axis=1
+                    )
+                )
             optimizer.apply(tape.gradient(loss, weights), weights)
 
     @tf.function(jit_compile=True)

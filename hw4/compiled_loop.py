@@ -33,6 +33,8 @@ def wants_xla(model: keras.Model, jit_compile: str, *, augment: bool) -> bool:
     """trainer.jit_compile for the compiled loop: "auto" is XLA for models without convolutions
     (measured faster: the MLP's epoch), and without augmentation (its image transform has no
     XLA kernel on the CPU)."""
+    if augment:  # the image transform has no XLA kernel on the CPU, whatever the setting
+        return False
     setting = str(jit_compile).lower()
     if setting in ("true", "false"):
         return setting == "true"
@@ -87,7 +89,8 @@ class CompiledEpochs:
                 loss = tf.reduce_mean(self.loss_fn(labels, predicted))
                 regularization = model.losses
                 total = loss + tf.add_n(regularization) if regularization else loss
-            gradients = tape.gradient(total, model.trainable_variables)
+            # As Keras' train_step: apply() divides by a configured loss_scale_factor.
+            gradients = tape.gradient(optimizer.scale_loss(total), model.trainable_variables)
             optimizer.apply(gradients, model.trainable_variables)
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(predicted, 1), tf.argmax(labels, 1)), tf.float32))
             n = tf.cast(tf.shape(images)[0], tf.float32)
@@ -142,7 +145,12 @@ class CompiledEpochs:
 
     def validate(self) -> dict[str, float]:
         loss_sum, correct_sum = self._validation(self.x_val, self.y_val, self.val_weight)
-        return {names.VAL_LOSS: float(loss_sum) / self.n_val, names.VAL_ACCURACY: float(correct_sum) / self.n_val}
+        # As Keras' test_step, the weight penalties count (the weights do not change here).
+        penalty = sum(float(loss) for loss in self.model.losses)
+        return {
+            names.VAL_LOSS: float(loss_sum) / self.n_val + penalty,
+            names.VAL_ACCURACY: float(correct_sum) / self.n_val,
+        }
 
 
 def run_epochs(
@@ -174,5 +182,7 @@ def run_epochs(
             model.stop_training = True
         if model.stop_training:
             break
+    if epochs > initial_epoch:  # as fit: an optimizer's EMA weights, before BestEpoch's restore
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     callback_list.on_train_end(logs)
     return model.history.history

@@ -88,6 +88,7 @@ def test_xla_is_the_default_for_dense_models_only():
     assert compiled_loop.wants_xla(models.mlp((784,)), "auto", augment=False)
     assert not compiled_loop.wants_xla(models.lenet((28, 28, 1)), "auto", augment=False)
     assert not compiled_loop.wants_xla(models.mlp((784,)), "auto", augment=True)
+    assert not compiled_loop.wants_xla(models.mlp((784,)), "true", augment=True)  # no XLA kernel
     assert compiled_loop.wants_xla(models.lenet((28, 28, 1)), "true", augment=False)
 
 
