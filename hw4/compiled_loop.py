@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from hw4 import names
 from hw4.data import Splits
-from hw4.training import LOSS, Augment, augmented
+from hw4.training import LOSS, Augment, augmented, batch_seed, epoch_permutation
 
 
 def wants_xla(model: keras.Model, jit_compile: str, *, augment: bool) -> bool:
@@ -96,21 +96,24 @@ class CompiledEpochs:
             n = tf.cast(tf.shape(images)[0], tf.float32)
             return total * n, correct
 
-        def batch_seed(epoch, batch):
-            return tf.stack([self.seed, epoch * self.n_batches + tf.cast(batch, tf.int64)])
-
         def full_batches(x, y, order, epoch):
             # order: this epoch's first n_full * batch_size indices, one row per batch.
             loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
             for i in tf.range(self.n_full):
                 index = order[i]
-                loss, correct = step(tf.gather(x, index), tf.gather(y, index), batch_seed(epoch, i))
+                loss, correct = step(
+                    tf.gather(x, index), tf.gather(y, index), batch_seed(self.seed, epoch, i, n_batches=self.n_batches)
+                )
                 loss_sum += loss
                 correct_sum += correct
             return loss_sum, correct_sum
 
         def tail_batch(x, y, index, epoch):
-            return step(tf.gather(x, index), tf.gather(y, index), batch_seed(epoch, self.n_full))
+            return step(
+                tf.gather(x, index),
+                tf.gather(y, index),
+                batch_seed(self.seed, epoch, self.n_full, n_batches=self.n_batches),
+            )
 
         def validation(x, y, weight):
             loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
@@ -128,8 +131,7 @@ class CompiledEpochs:
 
     def permutation(self, epoch: int) -> tf.Tensor:
         """Epoch `epoch`'s order of the training samples: a function of (seed, epoch) alone."""
-        order_seed = tf.stack([self.seed, tf.constant(epoch, tf.int64)])
-        return tf.random.experimental.stateless_shuffle(tf.range(self.n_train, dtype=tf.int64), seed=order_seed)
+        return epoch_permutation(self.n_train, self.seed, tf.constant(epoch, tf.int64))
 
     def train(self, epoch: int) -> dict[str, float]:
         order = self.permutation(epoch)

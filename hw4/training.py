@@ -388,6 +388,17 @@ def augmented(images: tf.Tensor, *, seed: tf.Tensor, augment: Augment) -> tf.Ten
     return tf.reshape(x, shape)
 
 
+def epoch_permutation(n: int, seed: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+    """Epoch `epoch`'s order of n training samples: a function of (seed, epoch) alone."""
+    order_seed = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=order_seed)
+
+
+def batch_seed(seed: tf.Tensor, epoch: tf.Tensor, batch: tf.Tensor, *, n_batches: int) -> tf.Tensor:
+    """The augmentation seed of one batch: (seed, epoch x batches + batch)."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64) * n_batches + tf.cast(batch, tf.int64)])
+
+
 class EpochOrder(keras.callbacks.Callback):
     """In-memory training batches in an order that is a function of (seed, epoch) alone.
 
@@ -408,8 +419,7 @@ class EpochOrder(keras.callbacks.Callback):
         seed_value = tf.constant(seed, dtype=tf.int64)
 
         def permutation(_: tf.Tensor) -> tf.Tensor:
-            order_seed = tf.stack([seed_value, self.epoch.read_value()])
-            return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=order_seed)
+            return epoch_permutation(n, seed_value, self.epoch.read_value())
 
         indices = (
             tf.data.Dataset.range(1)
@@ -426,8 +436,8 @@ class EpochOrder(keras.callbacks.Callback):
         def gathered(batch: tf.Tensor, index: tf.Tensor, data: tuple) -> tuple[tf.Tensor, tf.Tensor]:
             images, labels = tf.gather(data[0], index), tf.gather(data[1], index)
             if augment is not None:
-                batch_seed = tf.stack([seed_value, self.epoch.read_value() * n_batches + batch])
-                images = augmented(images, seed=batch_seed, augment=augment)
+                seed_ = batch_seed(seed_value, self.epoch.read_value(), batch, n_batches=n_batches)
+                images = augmented(images, seed=seed_, augment=augment)
             return images, labels
 
         batches = tf.data.Dataset.zip((indices.enumerate(), arrays)).map(
