@@ -1,6 +1,7 @@
 """Per-epoch checkpoints, so that a killed run can resume in the same MLflow run.
 
-Each epoch writes, atomically, the model with its optimizer state (`model.keras`) and the
+Each epoch writes, atomically, the model with its optimizer state (`model.keras`), the states
+of its random seed generators (`seed_states.npz`: dropout's masks go on from there) and the
 per-epoch history so far (`state.json`). The checkpoint is written *before* the epoch's metrics
 go to MLflow: after a kill at any point, the checkpoint holds every epoch MLflow may hold, so
 resuming can log the missing ones and never logs an epoch twice.
@@ -24,6 +25,7 @@ import numpy as np
 MODEL_FILE = "model.keras"
 STATE_FILE = "state.json"
 BEST_FILE = "best_weights.npz"  # the best validation epoch's weights (trainer.restore_best)
+SEEDS_FILE = "seed_states.npz"  # the layers' SeedGenerator states, which model.keras leaves out
 LATEST = "LATEST"
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,14 @@ class CheckpointState:
 
     def epoch_logs(self, epoch: int) -> dict[str, float]:
         return {name: values[epoch] for name, values in self.history.items()}
+
+
+def seed_states(model: keras.Model) -> list:
+    """The variables of the model's random seed generators (dropout's): in `model.variables`,
+    not in `model.weights`, so not in a saved model. Without them a resumed run would draw the
+    masks of its first epochs again."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -75,6 +85,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         epoch_dir = self.folder / f"epoch-{epoch:04d}"
         epoch_dir.mkdir(parents=True, exist_ok=True)
         self.model.save(epoch_dir / MODEL_FILE)
+        if seeds := seed_states(self.model):
+            np.savez(epoch_dir / SEEDS_FILE, *(np.asarray(v) for v in seeds))
         best = self.best_weights() if self.best_weights else None
         if best is not None:
             np.savez(epoch_dir / BEST_FILE, *best)
@@ -147,7 +159,12 @@ def _load_epoch(epoch_dir: Path) -> tuple[keras.Model, CheckpointState, Optional
     if (epoch_dir / BEST_FILE).is_file():
         with np.load(epoch_dir / BEST_FILE) as arrays:
             best = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
-    return keras.models.load_model(epoch_dir / MODEL_FILE), state, best
+    model = keras.models.load_model(epoch_dir / MODEL_FILE)
+    if (epoch_dir / SEEDS_FILE).is_file():  # absent: no dropout, or a checkpoint from before
+        with np.load(epoch_dir / SEEDS_FILE) as arrays:
+            for i, variable in enumerate(seed_states(model)):
+                variable.assign(arrays[f"arr_{i}"])
+    return model, state, best
 
 
 def remove(folder: Path) -> None:

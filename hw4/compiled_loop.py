@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from hw4 import names
 from hw4.data import Splits
+from hw4.models import has_convolutions
 from hw4.training import LOSS, Augment, augmented, batch_seed, epoch_permutation
 
 
@@ -38,8 +39,7 @@ def wants_xla(model: keras.Model, jit_compile: str, *, augment: bool) -> bool:
     setting = str(jit_compile).lower()
     if setting in ("true", "false"):
         return setting == "true"
-    has_conv = any(isinstance(layer, keras.layers.Conv2D) for layer in model._flatten_layers())
-    return not has_conv and not augment
+    return not has_convolutions(model)
 
 
 class CompiledEpochs:

@@ -131,10 +131,16 @@ class TrainerConfig:
     # Speed levers (measured in BENCHMARKS.md). Batches run per compiled call: fewer Python
     # round trips; the same updates in the same order.
     steps_per_execution: int = 16
-    # XLA: "auto" lets Keras decide (off for these models on TensorFlow), or true/false.
+    # XLA: "auto" is XLA in the compiled loop for models without convolutions (the MLP; LeNet-5's
+    # convolutions are faster on oneDNN) and Keras' own choice in fit; or true/false.
     jit_compile: str = "auto"
-    # Keras dtype policy: float32, or mixed_bfloat16 on CPUs with bf16 support.
-    precision: str = "float32"
+    # XLA's compilation cache on disk: a later run of the same program skips the first epoch's
+    # compile. "auto" = $XDG_CACHE_HOME (or ~/.cache)/hw4/xla/<TensorFlow>-<CPU>, a folder, or null.
+    xla_cache: Optional[str] = "auto"
+    # Keras dtype policy: "auto" is mixed_bfloat16 for models with convolutions on a CPU with
+    # native bfloat16 (AVX512_BF16, AMX; LeNet-5's epoch 0.78x float32's) and float32 otherwise
+    # (the MLP is faster in float32 under XLA); or float32, mixed_bfloat16. BENCHMARKS.md.
+    precision: str = "auto"
     # Input pipeline: "numpy" (batches gathered from the arrays in memory, in a new order each
     # epoch that depends on (seed, epoch) only; measured fastest here) or "tf_data"
     # (tf.data's shuffle buffer, prefetched).
@@ -248,7 +254,7 @@ class CleanConfig:
 # String-valued switches and their values (true/false arrive from YAML as booleans).
 TRAINER_CHOICES = {
     "jit_compile": ("auto", "true", "false"),
-    "precision": ("float32", "mixed_bfloat16"),
+    "precision": ("auto", "float32", "mixed_bfloat16"),
     "pipeline": ("tf_data", "numpy"),
     "loop": ("compiled", "fit"),
     "prune": ("none", "median"),

@@ -104,6 +104,11 @@ def lenet(
     return keras.Sequential(stack, name=name)
 
 
+def has_convolutions(model: keras.Model) -> bool:
+    """Whether any layer is a 2-D convolution: what the speed levers' "auto" settings go by."""
+    return any(isinstance(layer, layers.Conv2D) for layer in model._flatten_layers())
+
+
 def layer_table(model: keras.Model) -> list[dict]:
     """One row per layer: name, type, output shape (batch axis dropped) and parameter count."""
     return [

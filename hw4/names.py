@@ -42,6 +42,7 @@ EPOCH_METRIC_OF = {BEST_VAL_ACCURACY: VAL_ACCURACY, BEST_VAL_LOSS: VAL_LOSS}
 # Tags.
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)
 CONFIG_KEY = "config_key"
+DTYPE_POLICY = "dtype_policy"  # the model's Keras dtype policy (trainer.precision resolved)
 JOB_KEY = "job_key"
 # The job as planned, whatever data it ran on (job_key without the data's digest): a FAILED
 # attempt is replaced by any later attempt at the same plan, even one on repaired data.
@@ -75,6 +76,7 @@ BOOKKEEPING = (
     "trainer.steps_per_execution",  # batches per compiled call: the same updates in the same order
     "trainer.eval_batch_size",  # evaluation batches: no gradients, the same metrics
     "trainer.loop",  # fit or the compiled epoch: the same updates in the same batch order
+    "trainer.xla_cache",  # where compiled programs are kept: the same programs
     "trainer.verbose",
     "trainer.resume",
     "trainer.threads",

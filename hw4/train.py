@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from hw4 import config, steps
 from hw4.errors import Hw4Error
-from hw4.runtime import quiet, timing
+from hw4.runtime import quiet, system, timing
 from hw4.runtime.signals import RunSignals, signal_name
 from hw4.sweep import refine
 
@@ -125,6 +125,7 @@ def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
     """Train, evaluate and track one configuration (hw4-train's job, and hw4.api.train's)."""
     clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
     config.check(cfg)
+    system.use_xla_cache(cfg.trainer.xla_cache)  # before TensorFlow starts its devices: they read the flags
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
     with clock.step("imports"):
         from hw4 import tracking
@@ -200,7 +201,6 @@ def cli() -> None:
     exit would be 0), or at once on a second signal to a sweep's launcher (joblib then ends
     its workers; the parent run is ended at exit). A run that ended in order exits without
     the interpreter's slow teardown of TensorFlow (system.exit_now)."""
-    from hw4.runtime import system
     from hw4.sweep import callback
 
     try:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
+import importlib.metadata
 import math
 import os
+import platform
 import sys
 import threading
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+XLA_FLAGS_ENV = "TF_XLA_FLAGS"
+XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
+AUTO = "auto"
 
 
 def usable_cores() -> int:
@@ -25,6 +31,56 @@ def usable_cores() -> int:
     except (OSError, ValueError):  # no cgroup v2 limit to read
         pass
     return max(1, cores)
+
+
+def cpu_signature() -> str:
+    """A short hash of this CPU's model and instruction-set flags: XLA compiles for the host's
+    instructions, so a cache folder shared by other machines (a home on NFS) must not mix them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        wanted = [line for line in lines if line.startswith(("model name", "flags"))][:2]
+    except OSError:  # not Linux
+        wanted = []
+    text = "\n".join(wanted) or f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX-BF16), so that
+    mixed_bfloat16 is faster, not emulated."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):  # not Linux: no way to tell, so no
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[1].split()))
+
+
+def xla_cache_dir(setting: Optional[str]) -> Optional[Path]:
+    """trainer.xla_cache as a folder: "auto" is hw4/xla/<TensorFlow version>-<CPU> under
+    $XDG_CACHE_HOME (or ~/.cache); a path is used as given; null is no cache."""
+    if not setting:
+        return None
+    if str(setting) != AUTO:
+        return Path(setting).expanduser()
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "hw4" / "xla" / f"tf{importlib.metadata.version('tensorflow')}-{cpu_signature()}"
+
+
+def use_xla_cache(setting: Optional[str]) -> Optional[Path]:
+    """Point XLA's persistent compilation cache at trainer.xla_cache's folder, so that a later
+        process compiling the same program (the MLP's epoch: same model, batch and data shapes; the
+        learning rate is a variable, so a sweep's rates share it) loads it instead of compiling it
+        again. TensorFlow reads TF_XLA_FLAGS once, when it first sets up its devices: call this
+    before anything runs a TensorFlow op.
+        A cache flag already in TF_XLA_FLAGS (the user's) wins. Returns the folder in use."""
+    flags = os.environ.get(XLA_FLAGS_ENV, "")
+    for flag in flags.split():
+        if flag.startswith(XLA_CACHE_FLAG + "="):
+            return Path(flag.split("=", 1)[1])
+    folder = xla_cache_dir(setting)
+    if folder is not None:
+        os.environ[XLA_FLAGS_ENV] = f"{flags} {XLA_CACHE_FLAG}={folder}".strip()
+    return folder
 
 
 def others_running() -> list[str]:

@@ -98,3 +98,39 @@ def test_exit_now_sees_what_still_runs():
         child.kill()
         child.wait()
     assert system.others_running() == already
+
+
+def test_the_xla_cache_folder_is_per_tensorflow_and_cpu_and_the_users_flag_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(system.XLA_FLAGS_ENV, raising=False)
+    folder = system.use_xla_cache("auto")
+    assert folder.parent == tmp_path / "hw4" / "xla" and folder.name.startswith("tf")
+    assert os.environ[system.XLA_FLAGS_ENV] == f"{system.XLA_CACHE_FLAG}={folder}"
+
+    monkeypatch.setenv(system.XLA_FLAGS_ENV, f"--xla_other=1 {system.XLA_CACHE_FLAG}=/elsewhere")
+    assert system.use_xla_cache("auto") == system.Path("/elsewhere")  # set by the user: kept
+    assert os.environ[system.XLA_FLAGS_ENV] == f"--xla_other=1 {system.XLA_CACHE_FLAG}=/elsewhere"
+
+    monkeypatch.setenv(system.XLA_FLAGS_ENV, "--xla_other=1")
+    assert system.use_xla_cache(None) is None and os.environ[system.XLA_FLAGS_ENV] == "--xla_other=1"
+    assert system.use_xla_cache(str(tmp_path / "mine")) == tmp_path / "mine"
+    assert os.environ[system.XLA_FLAGS_ENV] == f"--xla_other=1 {system.XLA_CACHE_FLAG}={tmp_path / 'mine'}"
+
+
+@pytest.mark.slow
+def test_a_second_run_loads_the_mlps_compiled_epoch_from_the_xla_cache(tiny_data_dir, tracking_uri, tmp_path):
+    """Two real hw4-train processes: the first compiles the MLP's epoch with XLA and stores it;
+    the second finds it there and writes nothing (TensorFlow would rewrite an entry it compiled)."""
+    cache = tmp_path / "xla"
+    env = {k: v for k, v in os.environ.items() if k != system.XLA_FLAGS_ENV}
+    command = ["hw4-train", "model=mlp", "trainer.epochs=1", "trainer.verbose=0", f"data.dir={tiny_data_dir}",
+               f"tracking.uri={tracking_uri}", "tracking.log_model=false", f"trainer.xla_cache={cache}"]  # fmt: skip
+
+    def train() -> dict:
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {path.name: path.stat().st_mtime_ns for path in cache.glob("*")}
+
+    first = train()
+    assert first and all(name.startswith("xla_compile_cache") for name in first)
+    assert train() == first
