@@ -110,7 +110,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         ).history  # fmt: skip
     else:
         training.configure_runtime(trainer)  # seed, dtype policy, threads
-        model = training.build_model(model_cfg, num_classes=10, precision=trainer.precision, seed=trainer.seed)
+        model = training.build_model(model_cfg, num_classes=10)
         splits = data.prepare(raw, model_cfg.input_shape, n_classes=10)
         training.compile_model(model, keras.optimizers.Adam(1e-3), trainer.jit_compile, trainer.steps_per_execution)
         callbacks: list = [EpochTimer()]

@@ -193,7 +193,7 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
     # were checked equal (tracking.check_resumable).
     logged = run.client.get_run(run.run_id).data.params
     run.log_params({k: v for k, v in ctx.params.items() if k not in logged})
-    run.set_tags({names.DTYPE_POLICY: model.dtype_policy.name})  # what trainer.precision=auto chose
+    run.set_tags({names.DTYPE_POLICY: model.dtype_policy.name})  # trainer.precision as the model has it
     if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
         run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
@@ -232,9 +232,7 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
     if resumed:
         print(f"run {run.run_id} ended before its first epoch: training it from the start")
     cfg = ctx.cfg
-    model = training.build_model(
-        cfg.model, num_classes=len(cfg.data.class_names), precision=cfg.trainer.precision, seed=cfg.trainer.seed
-    )
+    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
     steps_per_epoch = math.ceil(len(ctx.splits.x_train) / cfg.trainer.batch_size)
     schedule = training.build_schedule(
         cfg.schedule, peak=cfg.optimizer.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
@@ -351,9 +349,7 @@ def find_learning_rate(ctx: RunContext) -> Optional[float]:
 
     cfg, run, settings = ctx.cfg, ctx.run, ctx.cfg.lr_find
     run.log_params(ctx.params)
-    model = training.build_model(
-        cfg.model, num_classes=len(cfg.data.class_names), precision=cfg.trainer.precision, seed=cfg.trainer.seed
-    )
+    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
     training.compile_model(model, training.build_optimizer(cfg.optimizer), cfg.trainer.jit_compile, 1)
     curve = ctx.clock.call(
         "fit", lr_find.range_test, model, ctx.splits.x_train, ctx.splits.y_train, batch_size=cfg.trainer.batch_size,

@@ -22,13 +22,11 @@ from tensorflow.python.framework import config as tf_framework_config  # no publ
 from hw4 import names
 from hw4.data import IMAGE_SHAPE, Splits
 from hw4.errors import ConfigError, Hw4Error
-from hw4.models import has_convolutions
 from hw4.runtime import system
 from hw4.runtime.signals import RunSignals, Stopped, signal_name
 
 log = logging.getLogger(__name__)
 LOSS = "categorical_crossentropy"
-AUTO, FLOAT32, MIXED_BFLOAT16 = "auto", "float32", "mixed_bfloat16"  # trainer.precision's values
 METRIC = names.ACCURACY
 
 
@@ -48,8 +46,7 @@ def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
     # freed by Python's next collection anyway.
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(trainer.seed)
-    # "auto" depends on the model: build_model decides it, from float32.
-    keras.mixed_precision.set_global_policy(FLOAT32 if trainer.precision == AUTO else trainer.precision)
+    keras.mixed_precision.set_global_policy(trainer.precision)
     if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
     elif tf_framework_config.is_op_determinism_enabled():  # an earlier job of this process's sweep
@@ -65,18 +62,9 @@ def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
     return tf.config.threading.get_intra_op_parallelism_threads() or system.usable_cores()
 
 
-def build_model(model: DictConfig, num_classes: int, *, precision: str = FLOAT32, seed: int = 0) -> keras.Model:
-    """Call the builder named in `model._target_` with the model config's other fields, under
-    trainer.precision. "auto" builds in float32 and, for a model with convolutions on a CPU
-    with native bfloat16, builds it again under mixed_bfloat16 from the same seed (layers take
-    their dtype policy when made; the same seed gives the same initial weights)."""
-    keras.mixed_precision.set_global_policy(FLOAT32 if precision == AUTO else precision)
-    built = instantiate(model, num_classes=num_classes, _convert_="all")
-    if precision == AUTO and has_convolutions(built) and system.native_bfloat16():
-        keras.mixed_precision.set_global_policy(MIXED_BFLOAT16)
-        keras.utils.set_random_seed(seed)
-        built = instantiate(model, num_classes=num_classes, _convert_="all")
-    return built
+def build_model(model: DictConfig, num_classes: int) -> keras.Model:
+    """Call the builder named in `model._target_` with the model config's other fields."""
+    return instantiate(model, num_classes=num_classes, _convert_="all")
 
 
 @keras.saving.register_keras_serializable(package="hw4")

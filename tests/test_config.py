@@ -80,7 +80,7 @@ def test_schema_rejects_bad_overrides(override, message):
         ("model.bn_momentum=1.5", r"model.bn_momentum must be in \[0, 1\)"),
         ("trainer.threads=0", "trainer.threads must be >= 1"),
         ("trainer.pipeline=torch", "trainer.pipeline must be one of tf_data, numpy, got torch"),
-        ("trainer.precision=fp8", "trainer.precision must be one of auto, float32, mixed_bfloat16"),
+        ("trainer.precision=fp8", "trainer.precision must be one of float32, mixed_bfloat16"),
         (("trainer.resume=abc", "trainer.checkpoint=false"), "trainer.resume needs trainer.checkpoint"),
         ("data.val_fraction=0", r"data.val_fraction must be in \(0, 1\)"),
         ("data.val_fraction=1.5", r"data.val_fraction must be in \(0, 1\)"),

@@ -147,26 +147,3 @@ def test_unknown_optimizer_name_is_a_clear_error():
         cfg = compose("config", overrides=["optimizer.name=adamx"])
     with pytest.raises(ConfigError, match="optimizer.name='adamx' .* is not a Keras optimizer"):
         training.build_optimizer(cfg.optimizer)
-
-
-@pytest.mark.parametrize("native", [True, False], ids=["bf16_cpu", "other_cpu"])
-def test_auto_precision_is_bfloat16_for_convolutions_on_a_bfloat16_cpu_from_the_same_weights(monkeypatch, native):
-    from hw4.runtime import system
-
-    monkeypatch.setattr(system, "native_bfloat16", lambda: native)
-
-    def built(name: str, precision: str):
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"model={name}"])
-        keras.utils.set_random_seed(3)
-        return training.build_model(cfg.model, num_classes=10, precision=precision, seed=3)
-
-    lenet, lenet32 = built("lenet_bn", "auto"), built("lenet_bn", "float32")
-    assert lenet.dtype_policy.name == ("mixed_bfloat16" if native else "float32")
-    assert lenet.layers[0].compute_dtype == ("bfloat16" if native else "float32")
-    assert lenet.layers[-1].compute_dtype == "float32"  # the softmax stays float32
-    for a, b in zip(lenet.weights, lenet32.weights):  # the same seed, the same initial weights
-        assert a.dtype == b.dtype == "float32"
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert built("mlp", "auto").dtype_policy.name == "float32"  # faster in float32 under XLA
-    keras.mixed_precision.set_global_policy("float32")

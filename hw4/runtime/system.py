@@ -45,16 +45,6 @@ def cpu_signature() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def native_bfloat16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (AVX512_BF16 or AMX-BF16), so that
-    mixed_bfloat16 is faster, not emulated."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):  # not Linux: no way to tell, so no
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[1].split()))
-
-
 def xla_cache_dir(setting: Optional[str]) -> Optional[Path]:
     """trainer.xla_cache as a folder: "auto" is hw4/xla/<TensorFlow version>-<CPU> under
     $XDG_CACHE_HOME (or ~/.cache); a path is used as given; null is no cache."""
