@@ -162,8 +162,15 @@ def _load_epoch(epoch_dir: Path) -> tuple[keras.Model, CheckpointState, Optional
     model = keras.models.load_model(epoch_dir / MODEL_FILE)
     if (epoch_dir / SEEDS_FILE).is_file():  # absent: no dropout, or a checkpoint from before
         with np.load(epoch_dir / SEEDS_FILE) as arrays:
-            for i, variable in enumerate(seed_states(model)):
-                variable.assign(arrays[f"arr_{i}"])
+            saved, seeds = [arrays[f"arr_{i}"] for i in range(len(arrays.files))], seed_states(model)
+        if len(saved) == len(seeds):
+            for variable, value in zip(seeds, saved):
+                variable.assign(value)
+        else:  # not damage: another Keras made the model's seed generators differently
+            log.warning(
+                "checkpoint %s holds %d seed states, its model has %d: dropout's masks start afresh",
+                epoch_dir, len(saved), len(seeds),
+            )  # fmt: skip
     return model, state, best
 
 

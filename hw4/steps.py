@@ -131,6 +131,7 @@ def run_tags(ctx: RunContext, *, threads: int) -> dict[str, Any]:
         "overrides": " ".join(tracking.redact(o) for o in HydraConfig.get().overrides.task),
         "git_commit": source.get("mlflow.source.git.commit", "none"),
         "tf_threads": threads,
+        names.DTYPE_POLICY: cfg.trainer.precision,  # the Keras dtype policy the model is built in
         names.CONFIG_KEY: names.config_key(ctx.params),
         names.JOB_KEY: names.job_key(ctx.params),
         names.PLAN_KEY: names.plan_key(ctx.params),
@@ -193,7 +194,6 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
     # were checked equal (tracking.check_resumable).
     logged = run.client.get_run(run.run_id).data.params
     run.log_params({k: v for k, v in ctx.params.items() if k not in logged})
-    run.set_tags({names.DTYPE_POLICY: model.dtype_policy.name})  # trainer.precision as the model has it
     if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
         run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)

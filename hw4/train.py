@@ -13,6 +13,7 @@ import functools
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import hydra
@@ -125,7 +126,6 @@ def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
     """Train, evaluate and track one configuration (hw4-train's job, and hw4.api.train's)."""
     clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
     config.check(cfg)
-    system.use_xla_cache(cfg.trainer.xla_cache)  # before TensorFlow starts its devices: they read the flags
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
     with clock.step("imports"):
         from hw4 import tracking
@@ -138,6 +138,7 @@ def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
         print(f"sweep stopped: job {HydraConfig.get().job.num} not started")
         return Outcome(float("nan"), note="the sweep was stopped before this job began")
     launch_dir = get_original_cwd()
+    system.use_xla_cache(cfg.trainer.xla_cache, Path(launch_dir))  # before TensorFlow starts its devices
     cfg.data.dir = to_absolute_path(cfg.data.dir) if cfg.data.dir else None
     tracking.set_retry_budget(cfg.tracking.retry_s)
 

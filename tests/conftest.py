@@ -25,6 +25,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("serial"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _xla_cache_of_the_session(tmp_path_factory):
+    """Every run the tests start, in-process or not, keeps XLA's compiled programs in one folder
+    of the session (trainer.xla_cache=auto under XDG_CACHE_HOME), not in the developer's cache."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     """Serialise uint8 data in the IDX layout: magic, one big-endian uint32 per dimension, data."""
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)

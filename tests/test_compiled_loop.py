@@ -129,5 +129,6 @@ def test_a_compiled_run_resumed_from_its_checkpoint_trains_as_the_uninterrupted_
         initial_epoch=state.epoch + 1, past_history=state.history,
     )  # fmt: skip
     assert_histories_agree(uninterrupted, resumed, rtol=1e-6)
+    assert len(whole.variables) == len(model.variables)
     for a, b in zip(whole.variables, model.variables):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

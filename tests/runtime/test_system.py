@@ -103,6 +103,7 @@ def test_exit_now_sees_what_still_runs():
 def test_the_xla_cache_folder_is_per_tensorflow_and_cpu_and_the_users_flag_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv(system.XLA_FLAGS_ENV, raising=False)
+    monkeypatch.setattr(system, "_applied", None)
     folder = system.use_xla_cache("auto")
     assert folder.parent == tmp_path / "hw4" / "xla" and folder.name.startswith("tf")
     assert os.environ[system.XLA_FLAGS_ENV] == f"{system.XLA_CACHE_FLAG}={folder}"
@@ -112,8 +113,13 @@ def test_the_xla_cache_folder_is_per_tensorflow_and_cpu_and_the_users_flag_wins(
     assert os.environ[system.XLA_FLAGS_ENV] == f"--xla_other=1 {system.XLA_CACHE_FLAG}=/elsewhere"
 
     monkeypatch.setenv(system.XLA_FLAGS_ENV, "--xla_other=1")
-    assert system.use_xla_cache(None) is None and os.environ[system.XLA_FLAGS_ENV] == "--xla_other=1"
-    assert system.use_xla_cache(str(tmp_path / "mine")) == tmp_path / "mine"
+    monkeypatch.setattr(system, "_applied", None)
+    for off in (None, "null", "false", "None", ""):
+        assert system.use_xla_cache(off) is None and os.environ[system.XLA_FLAGS_ENV] == "--xla_other=1"
+    (tmp_path / "read-only").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        assert system.use_xla_cache(str(tmp_path / "read-only")) is None  # the compile would fail
+    assert system.use_xla_cache("mine", base=tmp_path) == tmp_path / "mine"  # relative: to the launch folder
     assert os.environ[system.XLA_FLAGS_ENV] == f"--xla_other=1 {system.XLA_CACHE_FLAG}={tmp_path / 'mine'}"
 
 
