@@ -132,7 +132,8 @@ class TrainerConfig:
     # round trips; the same updates in the same order.
     steps_per_execution: int = 16
     # XLA: "auto" is XLA in the compiled loop for models without convolutions (the MLP; LeNet-5's
-    # convolutions are faster on oneDNN) and Keras' own choice in fit; or true/false.
+    # convolutions are faster on oneDNN) in runs long enough to pay back its compile
+    # (hw4.compiled_loop.XLA_MIN_STEPS batches), and Keras' own choice in fit; or true/false.
     jit_compile: str = "auto"
     # XLA's compilation cache on disk: a later run of the same program skips the first epoch's
     # compile. "auto" = $XDG_CACHE_HOME (or ~/.cache)/hw4/xla/<TensorFlow>-<CPU>, a folder, or null.

@@ -510,7 +510,10 @@ def fit(
             programs = compiled_loop.CompiledEpochs(
                 model, splits, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
                 seed=trainer.seed, augment=augment,
-                jit_compile=compiled_loop.wants_xla(model, trainer.jit_compile, augment=augment is not None),
+                jit_compile=compiled_loop.wants_xla(
+                    model, trainer.jit_compile, augment=augment is not None,
+                    steps=trainer.epochs * math.ceil(len(splits.x_train) / trainer.batch_size),
+                ),
             )  # fmt: skip
             new = compiled_loop.run_epochs(
                 programs, [*callbacks, stopper, *progress],

@@ -53,8 +53,8 @@ def mlflow_server(*options: str, env: dict | None = None):
     finally:
         server.terminate()
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a worker stuck on a dead database connection
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # a worker stuck on a connection the outage dropped
             server.kill()
             server.wait()
 

@@ -84,12 +84,16 @@ def test_augmented_batches_are_the_numpy_pipelines(images):
     assert plain[names.LOSS] != compiled[names.LOSS]  # it did augment
 
 
-def test_xla_is_the_default_for_dense_models_only():
-    assert compiled_loop.wants_xla(models.mlp((784,)), "auto", augment=False)
-    assert not compiled_loop.wants_xla(models.lenet((28, 28, 1)), "auto", augment=False)
-    assert not compiled_loop.wants_xla(models.mlp((784,)), "auto", augment=True)
-    assert not compiled_loop.wants_xla(models.mlp((784,)), "true", augment=True)  # no XLA kernel
-    assert compiled_loop.wants_xla(models.lenet((28, 28, 1)), "true", augment=False)
+def test_xla_is_the_default_for_dense_models_in_runs_long_enough_to_pay_its_compile():
+    mlp, lenet, long = models.mlp((784,)), models.lenet((28, 28, 1)), compiled_loop.XLA_MIN_STEPS
+    assert compiled_loop.wants_xla(mlp, "auto", augment=False, steps=long)
+    assert not compiled_loop.wants_xla(mlp, "auto", augment=False, steps=long - 1)  # a debug=fast run
+    assert compiled_loop.wants_xla(mlp, "true", augment=False, steps=1)
+    assert not compiled_loop.wants_xla(mlp, "false", augment=False, steps=long)
+    assert not compiled_loop.wants_xla(lenet, "auto", augment=False, steps=long)
+    assert not compiled_loop.wants_xla(mlp, "auto", augment=True, steps=long)
+    assert not compiled_loop.wants_xla(mlp, "true", augment=True, steps=long)  # no XLA kernel
+    assert compiled_loop.wants_xla(lenet, "true", augment=False, steps=1)
 
 
 def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
@@ -107,11 +111,11 @@ def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
 def test_a_compiled_run_resumed_from_its_checkpoint_trains_as_the_uninterrupted_one(flat, tmp_path, build):
     """Two epochs with the epoch checkpoint, then a new model from it (checkpoints.load, as a
     resumed run does) trains the third: the same as three epochs in one go. The MLP takes XLA
-    (the default); dropout's seed generators are state the checkpoint must keep (model.keras
+    (what auto gives it on real data); dropout's seed generators are state the checkpoint must keep (model.keras
     does not: without seed_states.npz the third epoch's loss differed by 11%)."""
     from hw4 import checkpoints
 
-    config = {"loop": "compiled", "jit_compile": "auto", "verbose": 0, "batch_size": 64, "eval_batch_size": 30}
+    config = {"loop": "compiled", "jit_compile": "true", "verbose": 0, "batch_size": 64, "eval_batch_size": 30}
     keras.utils.set_random_seed(0)
     whole = build()
     training.compile_model(whole, keras.optimizers.Adam(3e-3))

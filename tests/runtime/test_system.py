@@ -130,7 +130,8 @@ def test_a_second_run_loads_the_mlps_compiled_epoch_from_the_xla_cache(tiny_data
     cache = tmp_path / "xla"
     env = {k: v for k, v in os.environ.items() if k != system.XLA_FLAGS_ENV}
     command = ["hw4-train", "model=mlp", "trainer.epochs=1", "trainer.verbose=0", f"data.dir={tiny_data_dir}",
-               f"tracking.uri={tracking_uri}", "tracking.log_model=false", f"trainer.xla_cache={cache}"]  # fmt: skip
+               f"tracking.uri={tracking_uri}", "tracking.log_model=false", f"trainer.xla_cache={cache}",
+               "trainer.jit_compile=true"]  # fmt: skip  # tiny data: too short for auto to choose XLA
 
     def train() -> dict:
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
