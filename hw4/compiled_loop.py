@@ -48,6 +48,12 @@ def wants_xla(model: keras.Model, jit_compile: str, *, augment: bool, steps: int
     return not has_convolutions(model) and steps >= XLA_MIN_STEPS
 
 
+def run_uses_xla(model: keras.Model, trainer: Mapping, n_train: int, *, augment: bool) -> bool:
+    """`wants_xla` for a run's trainer config and training-set size (the run's `xla` tag)."""
+    steps = trainer.epochs * math.ceil(n_train / trainer.batch_size)
+    return wants_xla(model, trainer.jit_compile, augment=augment, steps=steps)
+
+
 class CompiledEpochs:
     """The compiled programs of one run: `train(epoch)` trains one epoch and returns its
     training loss and accuracy; `validate()` returns the validation ones."""

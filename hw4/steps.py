@@ -246,7 +246,7 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
 def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     """Fit with checkpoints, per-epoch metrics, early stopping, best weights and pruning as
     configured."""
-    from hw4 import checkpoints, training
+    from hw4 import checkpoints, compiled_loop, training
     from hw4.sweep import job
 
     trainer, run, state = ctx.cfg.trainer, ctx.run, start.state
@@ -270,6 +270,9 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     ctx.signals.check()  # a signal before training: stop before the first epoch
     prep = ctx.cfg.prep
     augment = training.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
+    if trainer.loop == "compiled":  # what trainer.jit_compile=auto chose (fit leaves it to Keras)
+        xla = compiled_loop.run_uses_xla(start.model, trainer, len(ctx.splits.x_train), augment=augment is not None)
+        run.set_tags({names.XLA: str(xla).lower()})
     try:
         history = training.fit(
             start.model, ctx.splits, trainer, callbacks,

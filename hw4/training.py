@@ -510,10 +510,7 @@ def fit(
             programs = compiled_loop.CompiledEpochs(
                 model, splits, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
                 seed=trainer.seed, augment=augment,
-                jit_compile=compiled_loop.wants_xla(
-                    model, trainer.jit_compile, augment=augment is not None,
-                    steps=trainer.epochs * math.ceil(len(splits.x_train) / trainer.batch_size),
-                ),
+                jit_compile=compiled_loop.run_uses_xla(model, trainer, len(splits.x_train), augment=augment is not None),
             )  # fmt: skip
             new = compiled_loop.run_epochs(
                 programs, [*callbacks, stopper, *progress],
