@@ -46,7 +46,7 @@ def time_layer(layer, input_shape: tuple[int, ...], input_grad: bool, batch: int
 
 def batch_norm_layers():
     """Batch norm in training mode two ways: Keras 3's (moments, then normalize: several small
-    ops each way) and TensorFlow's fused kernel (tf.nn.fused_batch_norm, one op each way)."""
+    ops each way) and TensorFlow's fused kernel (tf.compat.v1.nn.fused_batch_norm, one op each way)."""
     import keras
     import tensorflow as tf
 

@@ -23,15 +23,18 @@ from typing import Mapping, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+from omegaconf import DictConfig
 
 from hw4 import names
 from hw4.data import Splits
 from hw4.models import has_convolutions
 from hw4.training import LOSS, Augment, augmented, batch_seed, epoch_permutation
 
-# XLA's compile costs about 1 s more than tracing without it (0.25 s more with its disk cache
-# warm) and saves about 0.9 ms an MLP step (0.21 s against 0.55 s an epoch of 375 steps):
-# "auto" compiles only runs long enough to pay it back (BENCHMARKS.md, the compiled epoch).
+# XLA's compile costs 0.6 to 1 s more than tracing without it and saves about 0.9 ms an MLP
+# step (0.22 s against 0.50 to 0.67 s an epoch of 375 steps): cold, it pays back after about 700
+# to 1100 steps; with its disk cache warm (a later run of the same shapes), at once. "auto"
+# leaves it out of runs shorter than one full-data epoch (375 steps), such as debug=fast
+# (6 steps), and keeps every full-data run on it as before (BENCHMARKS.md, the compiled epoch).
 XLA_MIN_STEPS = 300
 
 
@@ -48,7 +51,7 @@ def wants_xla(model: keras.Model, jit_compile: str, *, augment: bool, steps: int
     return not has_convolutions(model) and steps >= XLA_MIN_STEPS
 
 
-def run_uses_xla(model: keras.Model, trainer: Mapping, n_train: int, *, augment: bool) -> bool:
+def run_uses_xla(model: keras.Model, trainer: DictConfig, *, n_train: int, augment: bool) -> bool:
     """`wants_xla` for a run's trainer config and training-set size (the run's `xla` tag)."""
     steps = trainer.epochs * math.ceil(n_train / trainer.batch_size)
     return wants_xla(model, trainer.jit_compile, augment=augment, steps=steps)

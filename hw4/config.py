@@ -147,7 +147,7 @@ class TrainerConfig:
     # (tf.data's shuffle buffer, prefetched).
     pipeline: str = "numpy"
     # Training loop: "compiled" (each epoch one compiled program over the data held as tensors,
-    # the numpy pipeline's batch order; XLA for dense models under jit_compile=auto) or "fit"
+    # the numpy pipeline's batch order; XLA as jit_compile says) or "fit"
     # (Keras' fit over the pipeline above). Measured in BENCHMARKS.md.
     loop: str = "compiled"
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.

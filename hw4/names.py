@@ -43,7 +43,7 @@ EPOCH_METRIC_OF = {BEST_VAL_ACCURACY: VAL_ACCURACY, BEST_VAL_LOSS: VAL_LOSS}
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)
 CONFIG_KEY = "config_key"
 DTYPE_POLICY = "dtype_policy"  # the model's Keras dtype policy (trainer.precision)
-XLA = "xla"  # "true"/"false": whether the compiled loop ran under XLA (trainer.jit_compile resolved)
+XLA = "xla"  # "true"/"false": whether training ran under XLA (trainer.jit_compile resolved)
 JOB_KEY = "job_key"
 # The job as planned, whatever data it ran on (job_key without the data's digest): a FAILED
 # attempt is replaced by any later attempt at the same plan, even one on repaired data.

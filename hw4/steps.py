@@ -270,9 +270,14 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     ctx.signals.check()  # a signal before training: stop before the first epoch
     prep = ctx.cfg.prep
     augment = training.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
-    if trainer.loop == "compiled":  # what trainer.jit_compile=auto chose (fit leaves it to Keras)
-        xla = compiled_loop.run_uses_xla(start.model, trainer, len(ctx.splits.x_train), augment=augment is not None)
-        run.set_tags({names.XLA: str(xla).lower()})
+    # In both loops, so that a run resumed under the other loop records the one it ends with.
+    if trainer.loop == "compiled":
+        xla = compiled_loop.run_uses_xla(
+            start.model, trainer, n_train=len(ctx.splits.x_train), augment=augment is not None
+        )
+    else:  # Keras resolved trainer.jit_compile when the model was compiled
+        xla = bool(start.model.jit_compile)
+    run.set_tags({names.XLA: str(xla).lower()})
     try:
         history = training.fit(
             start.model, ctx.splits, trainer, callbacks,

@@ -510,7 +510,9 @@ def fit(
             programs = compiled_loop.CompiledEpochs(
                 model, splits, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
                 seed=trainer.seed, augment=augment,
-                jit_compile=compiled_loop.run_uses_xla(model, trainer, len(splits.x_train), augment=augment is not None),
+                jit_compile=compiled_loop.run_uses_xla(
+                    model, trainer, n_train=len(splits.x_train), augment=augment is not None
+                ),
             )  # fmt: skip
             new = compiled_loop.run_epochs(
                 programs, [*callbacks, stopper, *progress],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -40,8 +41,8 @@ def mlflow_server(*options: str, env: dict | None = None):
     port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", *options, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip  # its own group: a kill reaches uvicorn and the job runners too
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health", server)
@@ -55,8 +56,10 @@ def mlflow_server(*options: str, env: dict | None = None):
         try:
             server.wait(timeout=5)
         except subprocess.TimeoutExpired:  # a worker stuck on a connection the outage dropped
-            server.kill()
-            server.wait()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # what is left of the group (the CLI forwards only SIGTERM)
+        server.wait()
 
 
 class Postgres:

@@ -96,6 +96,22 @@ def test_xla_is_the_default_for_dense_models_in_runs_long_enough_to_pay_its_comp
     assert compiled_loop.wants_xla(lenet, "true", augment=False, steps=1)
 
 
+def test_a_runs_planned_batches_decide_auto_full_data_epochs_compile_and_debug_fast_does_not():
+    mlp = models.mlp((784,))
+
+    def uses_xla(epochs: int, n_train: int) -> bool:
+        trainer = OmegaConf.merge(TRAINER, {"epochs": epochs, "batch_size": 128, "jit_compile": "auto"})
+        return compiled_loop.run_uses_xla(mlp, trainer, n_train=n_train, augment=False)
+
+    assert uses_xla(1, 48_000)  # one full-data epoch: 375 batches
+    assert not uses_xla(2, 320)  # debug=fast: 2 x 3 batches
+    steps_per_epoch = compiled_loop.XLA_MIN_STEPS // 3  # 3 epochs of whole batches reach it exactly
+    assert uses_xla(3, steps_per_epoch * 128)
+    assert not uses_xla(3, steps_per_epoch * 128 - 128) and uses_xla(
+        3, steps_per_epoch * 128 - 127
+    )  # a partial batch counts
+
+
 def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
     keras.utils.set_random_seed(0)
     model = models.mlp((784,))
