@@ -254,8 +254,17 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     if trainer.early_stopping or trainer.restore_best:
         best = training.BestEpoch(trainer.early_stopping, trainer.restore_best, state.history, start.best_weights)
     callbacks = [best] if best else []  # first: the checkpoint saves the best weights it holds
+    prep = ctx.cfg.prep
+    augment = training.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
+    # In both loops, so that a run resumed under the other loop records the one it ends with.
+    if trainer.loop == "compiled":
+        xla = compiled_loop.run_uses_xla(
+            start.model, trainer, n_train=len(ctx.splits.x_train), augment=augment is not None
+        )
+    else:  # Keras resolved trainer.jit_compile when the model was compiled
+        xla = bool(start.model.jit_compile)
+    run.set_tags({names.XLA: str(xla).lower(), **({"checkpoint_dir": ctx.folder} if trainer.checkpoint else {})})
     if trainer.checkpoint:
-        run.set_tags({"checkpoint_dir": ctx.folder})
         kept = (lambda: best.best_weights) if trainer.restore_best else None
         callbacks.append(checkpoints.EpochCheckpoint(ctx.folder, state, kept))
     callbacks.append(training.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
@@ -268,16 +277,6 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     if pruner:
         callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
     ctx.signals.check()  # a signal before training: stop before the first epoch
-    prep = ctx.cfg.prep
-    augment = training.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
-    # In both loops, so that a run resumed under the other loop records the one it ends with.
-    if trainer.loop == "compiled":
-        xla = compiled_loop.run_uses_xla(
-            start.model, trainer, n_train=len(ctx.splits.x_train), augment=augment is not None
-        )
-    else:  # Keras resolved trainer.jit_compile when the model was compiled
-        xla = bool(start.model.jit_compile)
-    run.set_tags({names.XLA: str(xla).lower()})
     try:
         history = training.fit(
             start.model, ctx.splits, trainer, callbacks,

@@ -107,9 +107,8 @@ def test_a_runs_planned_batches_decide_auto_full_data_epochs_compile_and_debug_f
     assert not uses_xla(2, 320)  # debug=fast: 2 x 3 batches
     steps_per_epoch = compiled_loop.XLA_MIN_STEPS // 3  # 3 epochs of whole batches reach it exactly
     assert uses_xla(3, steps_per_epoch * 128)
-    assert not uses_xla(3, steps_per_epoch * 128 - 128) and uses_xla(
-        3, steps_per_epoch * 128 - 127
-    )  # a partial batch counts
+    assert not uses_xla(3, steps_per_epoch * 128 - 128)
+    assert uses_xla(3, steps_per_epoch * 128 - 127)  # a partial batch counts
 
 
 def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
@@ -127,8 +126,8 @@ def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
 def test_a_compiled_run_resumed_from_its_checkpoint_trains_as_the_uninterrupted_one(flat, tmp_path, build):
     """Two epochs with the epoch checkpoint, then a new model from it (checkpoints.load, as a
     resumed run does) trains the third: the same as three epochs in one go. The MLP takes XLA
-    (what auto gives it on real data); dropout's seed generators are state the checkpoint must keep (model.keras
-    does not: without seed_states.npz the third epoch's loss differed by 11%)."""
+    (what auto gives it on real data); dropout's seed generators are state the checkpoint must
+    keep (model.keras does not: without seed_states.npz the third epoch's loss differed by 11%)."""
     from hw4 import checkpoints
 
     config = {"loop": "compiled", "jit_compile": "true", "verbose": 0, "batch_size": 64, "eval_batch_size": 30}

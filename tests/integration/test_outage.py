@@ -1,8 +1,8 @@
 """A store that blinks, and a store URI with a password (issue 21, sections 2 and 4).
 
 The team server's PostgreSQL (tests/services.py's `Postgres`) is really stopped after a job's
-first epoch and started again 15 s later (past MLflow's own HTTP retries), under a direct `postgresql://` store and under
-`mlflow server` on top of it. The password test runs a sweep with credentials in
+first epoch and started again 15 s later (past MLflow's own HTTP retries), under a direct
+`postgresql://` store and under `mlflow server` on top of it. The password test runs a sweep with credentials in
 MLFLOW_TRACKING_URI and then looks for the password everywhere hw4 could have written it.
 """
 

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from hw4.runtime import system
 
@@ -141,8 +142,6 @@ def test_a_second_run_loads_the_mlps_compiled_epoch_from_the_xla_cache(tiny_data
     first = train()
     assert first and all(name.startswith("xla_compile_cache") for name in first)
     assert train() == first
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
     assert [run.data.tags["xla"] for run in runs] == ["true", "true"]  # the run records the choice
