@@ -15,12 +15,11 @@ every call, and calls can follow one another.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from hw4 import config, names
-from hw4.errors import ConfigError
+from hw4 import config
+from hw4.errors import ConfigError, Hw4Error
 from hw4.sweep import _hydra
 
 if TYPE_CHECKING:
@@ -57,18 +56,13 @@ def _command_line(overrides: Sequence[str]) -> tuple[list[str], bool]:
 def train(overrides: Sequence[str] = ()) -> TrainResult:
     """Train, evaluate and track one configuration, as `hw4-train OVERRIDES` does."""
     from hw4 import tracking
-    from hw4 import train as entrypoint
 
     args, multirun = _command_line(overrides)
     if multirun:
         raise ConfigError("these overrides make a sweep: call api.sweep(...) for it")
-    # A Ctrl-C ends the run KILLED and raises KeyboardInterrupt here, rather than exiting.
-    task = functools.partial(entrypoint.run, exit_on_stop=False)
-    outcome = _hydra.run(config.CONFIG_DIR, "config", task, args, multirun=False)
+    outcome = _hydra.run(config.CONFIG_DIR, "config", _training_run, args, multirun=False)
     if outcome.ctx is None:  # already finished (nothing trained), or stopped before the run
         raise ConfigError(f"no run was trained: {outcome.note}")
-    if outcome.ctx.fitted is None:  # sweep=lr_find: a range test, no model to return
-        raise ConfigError("sweep=lr_find is a range test, not a training run: run it with hw4-train +sweep=lr_find")
     ctx = outcome.ctx
     return TrainResult(
         run_id=ctx.run.run_id,
@@ -80,6 +74,17 @@ def train(overrides: Sequence[str] = ()) -> TrainResult:
     )
 
 
+def _training_run(cfg: Any) -> Any:
+    """hw4-train's job for api.train, on its composed config: a range test (sweep=lr_find) is
+    refused before anything runs (it has no model to return). A Ctrl-C ends the run KILLED and
+    raises KeyboardInterrupt here, rather than exiting."""
+    from hw4 import train as entrypoint
+
+    if cfg.lr_find.enabled:
+        raise ConfigError("sweep=lr_find is a range test, not a training run: run it with hw4-train +sweep=lr_find")
+    return entrypoint.run(cfg, exit_on_stop=False)
+
+
 def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     """Run a sweep (a grid, a preset, `sweep=refine`, an Optuna search), as `hw4-train -m
     OVERRIDES` does; returns the sweep's per-configuration table, ranked (hw4-compare's
@@ -87,12 +92,15 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     stopped raises KeyboardInterrupt once its parent has ended."""
     from hw4 import runs, tracking
     from hw4 import train as entrypoint
+    from hw4.sweep import callback
     from hw4.sweep.callback import MlflowSweepCallback
 
     args, _ = _command_line(overrides)
     MlflowSweepCallback.launched = None
     try:
         _hydra.run(config.CONFIG_DIR, "config", entrypoint.run_for_sweep, args, multirun=True)
+    except callback.LaunchAborted as aborted:  # the sweep could not start: its error, not an exit
+        raise (aborted.error if isinstance(aborted.error, Hw4Error) else Hw4Error(aborted.reason)) from None
     finally:  # a job that raised makes Hydra skip on_multirun_end: end the parent (and its handlers) now
         if MlflowSweepCallback.launched is not None:
             MlflowSweepCallback.launched.finish()
@@ -126,10 +134,13 @@ def compare(*, parent: Optional[str] = None, group: bool = True, **tracking_sett
             f"api.compare: {str(exc).splitlines()[0]} (the tracking config's keys: uri, experiment)"
         ) from None
     client, experiment_id = tracking.open_experiment(settings, ".")
-    found = runs.training_runs(client, experiment_id, parent)
-    frame = runs.table(found)
+    parent_run = runs.get_run(client, parent, f"parent={parent}") if parent else None
+    if parent_run is not None:
+        experiment_id = parent_run.info.experiment_id
+    metric = command.ranking_metric(parent_run, settings.objective)  # the sweep's own objective, as hw4-compare
+    frame = runs.table(runs.training_runs(client, experiment_id, parent))
     if frame.empty:
         return frame
     if not group:
-        return command.run_table(frame)
-    return command.config_table(runs.group(frame, names.OBJECTIVE, sweep=parent is not None))
+        return command.run_table(frame, metric=metric)
+    return command.config_table(runs.group(frame, metric, sweep=parent is not None), metric=metric)

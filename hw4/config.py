@@ -326,8 +326,11 @@ def run_app(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     besides hw4-train (hw4-compare, hw4-report, hw4-promote, hw4-scratch) start through here."""
     import hydra
 
+    from hw4 import redaction
+
     register_configs(config_name)
-    hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)()
+    with redaction.redacted_console():  # a tracking.uri typed on the command line, echoed by Hydra
+        hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(task)()
 
 
 def check_model_arguments(model: DictConfig) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -185,7 +184,7 @@ def opened_run(ctx: RunContext) -> Iterator[RunLogger]:
 def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
     """What a new run records before training: config, model summary, data, sample grids (drawn
     in the background)."""
-    from hw4 import artifacts, data, models
+    from hw4 import artifacts, data, models, tracking
 
     cfg, run = ctx.cfg, ctx.run
     hydra_cfg = HydraConfig.get()
@@ -195,7 +194,11 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
     logged = run.client.get_run(run.run_id).data.params
     run.log_params({k: v for k, v in ctx.params.items() if k not in logged})
     if hydra_cfg.output_subdir:  # .hydra/: config.yaml, hydra.yaml, overrides.yaml
-        run.log_artifacts(os.path.join(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir), "config")
+        # They keep the command line as typed (a tracking.uri with its password): the local copy
+        # is the user's own disk; the one others can read goes up redacted.
+        saved = Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir)
+        for path in sorted(p for p in saved.iterdir() if p.is_file()):
+            run.log_text(tracking.redact(path.read_text(encoding="utf-8")), f"config/{path.name}")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
     summary = artifacts.data_summary(ctx.raw, ctx.splits)
     if cfg.prep.name == "augment":  # drawn per training batch (hw4.training.augmented), not stored
@@ -319,12 +322,21 @@ def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> flo
         f"{int(best.get(names.BEST_EPOCH, -1)) + 1}; run {run.run_id})"
     )
     if cfg.tracking.log_model:
-        example = slice(0, artifacts.MODEL_EXAMPLES)
-        ctx.clock.call(
-            "log_model", run.log_keras_model, model, splits.x_test[example], evaluation.probabilities[example]
-        )
+        ctx.clock.call("log_model", log_inference_model, ctx, model)
     ctx.clock.call("wait_background", background.wait)
     return float(best.get(cfg.tracking.objective, float("nan")))
+
+
+def log_inference_model(ctx: RunContext, model: keras.Model) -> None:
+    """The model a client takes away (hw4/serving.py): raw uint8 images in, class probabilities
+    out, the run's preparation inside; its signature and input example are raw test images."""
+    import numpy as np
+
+    from hw4 import artifacts, serving
+
+    pipeline = serving.inference_pipeline(model, ctx.splits.preparation)
+    example = serving.example_input(ctx.raw.x_test[: artifacts.MODEL_EXAMPLES])
+    ctx.run.log_keras_model(pipeline, example, np.asarray(pipeline(example, training=False)))
 
 
 def log_timings(ctx: RunContext) -> None:

@@ -10,12 +10,14 @@ No TensorFlow here; `log_keras_model` imports MLflow's Keras flavour only when c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import random
 import re
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hw4 import names
+from hw4 import names, redaction
 from hw4.config import TrackingConfig
 from hw4.errors import TrackingError
 from hw4.runtime import system
@@ -50,28 +52,11 @@ SYSTEM_METRICS_INTERVAL_S = 2
 # How PostgreSQL, MySQL and sqlite word a unique-key violation.
 DUPLICATE_KEY = re.compile(r"UniqueViolation|duplicate key|Duplicate entry|UNIQUE constraint failed", re.IGNORECASE)
 AUTH_ERRORS = ("UNAUTHENTICATED", "PERMISSION_DENIED")  # MLflow's error codes for HTTP 401 and 403
-# user:password@ (or token@) in any URI, and secret query parameters (?password=...).
-USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:]*)(?P<secret>:[^/@\s]*)?@")
-SECRET_QUERY = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token|secret|api_key)=)[^&\s]*", re.IGNORECASE)
-MASK = "***"
-
-
-def redact(text: str) -> str:
-    """`text` with the credentials of every URI in it masked: postgresql://alice:pw@db ->
-    postgresql://alice:***@db, https://token@host -> https://***@host. Everything hw4 writes or
-    prints that may hold a tracking URI goes through this."""
-
-    def userinfo(match: re.Match) -> str:
-        if match.group("secret") is None:  # a bare token, or a user name alone
-            return f"{match.group('scheme')}{MASK}@"
-        return f"{match.group('scheme')}{match.group('user')}:{MASK}@"
-
-    return SECRET_QUERY.sub(lambda m: m.group("key") + MASK, USERINFO.sub(userinfo, str(text)))
-
-
-def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Params as they may be recorded: every string value redacted (tracking.uri above all)."""
-    return {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}
+# One redaction for everything hw4 records or prints (hw4/redaction.py: no MLflow there, so
+# the console scripts can mask their output before anything heavy loads).
+MASK = redaction.MASK
+redact = redaction.redact
+redact_params = redaction.redact_params
 
 
 def resolve_uri(uri: str, base_dir: str | Path, *, what: str = "tracking.uri") -> str:
@@ -134,22 +119,20 @@ def is_transient(exc: BaseException) -> bool:
 @dataclass
 class RetryPolicy:
     """How long hw4 keeps trying a store that fails transiently: exponential backoff with full
-    jitter (parallel jobs do not retry in step), within a total budget per call that rides out
-    a server or database restart (tracking.retry_s)."""
+    jitter (parallel jobs do not retry in step), within a total budget of wall time per call,
+    the time spent inside the failed tries included, that rides out a server or database
+    restart (tracking.retry_s)."""
 
     budget_s: float = DEFAULT_RETRY_S
     first_delay_s: float = 0.25
     max_delay_s: float = 8.0
 
     def delays(self) -> Iterator[float]:
-        """The pauses before each further try, until the budget is spent."""
-        spent, ceiling = 0.0, self.first_delay_s
+        """The pauses before each further try, doubling up to max_delay_s; `retry` stops them at
+        the budget's deadline."""
+        ceiling = self.first_delay_s
         while True:
-            delay = random.uniform(ceiling / 2, ceiling)
-            if spent + delay > self.budget_s:
-                return
-            spent += delay
-            yield delay
+            yield random.uniform(ceiling / 2, ceiling)
             ceiling = min(ceiling * 2, self.max_delay_s)
 
 
@@ -161,29 +144,48 @@ def set_retry_budget(seconds: float) -> None:
     POLICY.budget_s = float(seconds)
 
 
+# Set while a retry loop runs in this thread: a retry inside it (a RetryingClient's call made by
+# a function being retried) is a plain call, so retries do not multiply; the outer loop owns the
+# budget.
+_in_retry = threading.local()
+
+
 def retry(call: Callable[[], T], what: str, policy: Optional[RetryPolicy] = None) -> T:
-    """Run `call`, retrying transient store errors (`is_transient`) under the retry policy; any
-    other error at once.
+    """Run `call`, retrying transient store errors (`is_transient`) under the retry policy for
+    its budget of wall time (time.monotonic) from the first failure, the tries' own time
+    included: the store may stay down that long. The last pause ends at the deadline, for one
+    last try. Any other error is raised at once. Within another `retry`, a plain call (one
+    layer of retries, whoever nests them).
 
     Only for calls that are safe to repeat: reads; hw4's metric writes carry their own
     timestamps (a repeated point is the same row, which MLflow's stores keep once); tags and
     params are set to the same values; artifacts overwrite themselves. Creating a run is not:
     see `create_run`.
     """
-    delays = (policy or POLICY).delays()
+    if getattr(_in_retry, "active", False):
+        return call()
+    policy = policy or POLICY
+    deadline: Optional[float] = None  # set at the first failure: a slow call that works costs nothing
+    delays = policy.delays()
     attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return call()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            delay = next(delays, None)
-            if delay is None:
-                raise
-            log.warning("%s failed (%s); retry %d in %.1fs", what, first_line(exc), attempt, delay)
-            time.sleep(delay)
+    _in_retry.active = True
+    try:
+        while True:
+            attempt += 1
+            try:
+                return call()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                now = time.monotonic()
+                deadline = now + policy.budget_s if deadline is None else deadline
+                if now >= deadline:
+                    raise
+                delay = min(next(delays), deadline - now)
+                log.warning("%s failed (%s); retry %d in %.1fs", what, first_line(exc), attempt, delay)
+                time.sleep(delay)
+    finally:
+        _in_retry.active = False
 
 
 def first_line(exc: BaseException) -> str:
@@ -230,7 +232,40 @@ def client_for(uri: str) -> RetryingClient:
     """A retrying client for a store already checked (a sweep's, named in its context)."""
     quiet_store_logs()
     prefer_hw4_retries(uri)
-    return RetryingClient(MlflowClient(uri))
+    with store_lock(uri):  # it may still be the first to open a new sqlite store
+        return RetryingClient(MlflowClient(uri))
+
+
+def sqlite_file(uri: str) -> Optional[str]:
+    """The database file of a sqlite URI (None for other stores and sqlite's memory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if not path or path == ":memory:" else path
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Held while this process opens a sqlite store. MLflow creates (or migrates) a store's tables
+    when a client first opens it, and two processes doing so at once fail ("table ... already
+    exists"): one creates them, the others wait and find them made. An exclusive flock on
+    `<database>.lock` beside the file, as hw4.sweep.study.creating does for a new Optuna
+    storage. A folder where the lock cannot be written (a read-only store) goes without."""
+    path = sqlite_file(uri)
+    try:
+        handle = open(f"{path}.lock", "a") if path else None
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process opening the store %s", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's closing
 
 
 def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Any:
@@ -296,7 +331,8 @@ def connect(uri: str) -> RetryingClient:
     if urlparse(uri).scheme in ("http", "https"):
         check_server(uri)
     try:
-        client = MlflowClient(uri)  # a database store connects here already
+        with store_lock(uri):  # a new sqlite store: its tables created once, not by two processes
+            client = MlflowClient(uri)  # a database store connects (and creates its tables) here already
         client.search_experiments(max_results=1)
     except Exception as exc:
         code = getattr(exc, "error_code", "")
@@ -353,7 +389,7 @@ def get_or_create_experiment(client: MlflowClient, name: str, location: Optional
         )
     if experiment is not None:
         if EXPERIMENT_KIND[0] not in experiment.tags:  # made before hw4 set it
-            retry(lambda: client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND), "experiment kind")
+            retrying(client).set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
         return experiment.experiment_id
     try:
         return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
@@ -451,6 +487,21 @@ def source_tags(entrypoint: str, directory: str | Path) -> dict[str, str]:
     return tags
 
 
+# MLflow prints "View run <name> at: <tracking URI>/#/..." when a run against a server ends,
+# the URI's password included. hw4 prints its own link instead (where_to_see, redacted): MLflow's
+# documented switch turns its lines off in this process and the workers it starts.
+SUPPRESS_RUN_LINKS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+
+
+def hide_mlflow_run_links() -> None:
+    os.environ[SUPPRESS_RUN_LINKS] = "true"
+
+
+# On import, before any store call of hw4 can end a run or log a URI.
+hide_mlflow_run_links()
+redaction.redact_log_records()
+
+
 def where_to_see(uri: str, experiment_id: str, run_id: Optional[str] = None) -> str:
     """How to open a run (or an experiment's runs) in MLflow's UI: the command for a local
     store, and the page. MLflow 3's UI opens experiments in its GenAI view unless told
@@ -545,8 +596,9 @@ class RunLogger:
 
     def log_keras_model(self, model: Any, example: Any, prediction: Any, name: str = "model") -> None:
         """The model in MLflow's Keras flavour, linked to this run, with the signature of
-        `example` -> `prediction` (the model's output on it, already computed by the caller)."""
-        import mlflow.keras
+        `example` -> `prediction` (the model's output on it, already computed by the caller);
+        `example` is also the model's input example (MLflow's UI and serving example show it)."""
+        import mlflow
         from mlflow.models import Model, infer_signature
 
         signature = infer_signature(example, prediction)
@@ -557,11 +609,12 @@ class RunLogger:
             lambda: Model.log(
                 artifact_path=None,  # MLflow 3 names logged models by `name`
                 name=name,
-                flavor=mlflow.keras,
+                flavor=KerasFlavor,
                 run_id=self.run_id,
                 model_id=logged.model_id,
                 model=model,
                 signature=signature,
+                input_example=example,
                 pip_requirements=model_requirements(),
             ),
             "log model",
@@ -582,6 +635,19 @@ class RunLogger:
             return mlflow.initialize_logged_model(name=name, source_run_id=self.run_id, experiment_id=experiment_id)
 
         return retry(attempt, "initialize logged model")
+
+
+class KerasFlavor:
+    """MLflow's Keras flavour, its model folder made first: its save_model writes the input
+    example into the folder before it creates it (MLflow 3.17: FileNotFoundError on
+    input_example.json when logged through Model.log)."""
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
 
 
 def model_requirements() -> list[str]:

@@ -202,14 +202,16 @@ def cli() -> None:
     exit would be 0), or at once on a second signal to a sweep's launcher (joblib then ends
     its workers; the parent run is ended at exit). A run that ended in order exits without
     the interpreter's slow teardown of TensorFlow (system.exit_now)."""
+    from hw4 import redaction
     from hw4.sweep import callback
 
-    try:
-        main()
-    except KeyboardInterrupt as stop:
-        signum = getattr(stop, "signum", 0) or signal.SIGINT
-        print(str(stop) or f"stopped at once ({signal_name(signum)})", file=sys.stderr)
-        sys.exit(128 + signum)
+    with redaction.redacted_console():  # Hydra and MLflow echo a tracking.uri typed here
+        try:
+            main()
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", 0) or signal.SIGINT
+            print(str(stop) or f"stopped at once ({signal_name(signum)})", file=sys.stderr)
+            sys.exit(128 + signum)
     callback.exit_if_stopped()
     system.exit_now(0)
 

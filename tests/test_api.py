@@ -88,3 +88,16 @@ def test_a_ctrl_c_during_api_train_raises_keyboard_interrupt_and_the_kernel_live
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
     assert run.info.status == "KILLED"
+
+
+def test_train_refuses_lr_find_before_any_run(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
+    """Issue 34, section 5: the range test has no model to return: refused before it runs, so
+    the store holds no run (it was refused only after a whole range test, before)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    overrides = ["+sweep=lr_find", "model=mlp", f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}"]
+    with pytest.raises(ConfigError, match="sweep=lr_find is a range test, not a training run"):
+        api.train(overrides)
+    client = MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

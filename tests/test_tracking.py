@@ -193,12 +193,49 @@ def locked() -> Exception:
             return exc
 
 
-def test_retry_recovers_from_transient_errors(monkeypatch):
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+class FakeClock:
+    """hw4.tracking's clock, simulated: sleeps and the calls' own time advance it, nothing waits."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.pauses: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+    def time(self) -> float:  # wall-clock timestamps (metrics) stay real
+        return time.time()
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(tracking, "time", fake)
+    return fake
+
+
+def always_down(clock: FakeClock, call_s: float, calls: list):
+    """A store call that takes `call_s` of simulated time and fails transiently, every time."""
+    import sqlalchemy.exc
+
+    def call(*args, **kwargs):
+        calls.append(clock.now)
+        clock.now += call_s
+        raise sqlalchemy.exc.OperationalError("SELECT ...", {}, Exception("could not connect to server"))
+
+    return call
+
+
+def test_retry_recovers_from_transient_errors(clock):
     calls = []
 
     def flaky():
         calls.append(1)
+        clock.now += 1.0
         if len(calls) < 3:
             raise locked()
         return "ok"
@@ -208,6 +245,7 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
 
     def dropped():
         calls.append(1)
+        clock.now += 0.1
         raise ConnectionResetError("connection reset by peer")
 
     with pytest.raises(ConnectionResetError):
@@ -216,20 +254,15 @@ def test_retry_recovers_from_transient_errors(monkeypatch):
 
 
 @pytest.mark.parametrize("outage_s, budget_s, rides_it_out", [(60, tracking.DEFAULT_RETRY_S, True), (60, 20, False)])
-def test_the_retry_budget_rides_out_a_store_restart(outage_s, budget_s, rides_it_out, monkeypatch):
-    """Issue 21, section 2: exponential backoff with jitter within a total budget
-    (tracking.retry_s, default enough for a 60 s outage), on a virtual clock."""
-    clock = {"now": 0.0}
-    pauses: list[float] = []
-
-    def sleep(seconds):
-        pauses.append(seconds)
-        clock["now"] += seconds
-
-    monkeypatch.setattr(tracking.time, "sleep", sleep)
+def test_the_retry_budget_rides_out_a_store_restart(outage_s, budget_s, rides_it_out, clock):
+    """Issue 21, section 2: exponential backoff with jitter within a total budget of wall time
+    (tracking.retry_s, default enough for a 60 s outage), on a simulated clock where each try
+    takes 2 s (a connection that times out): the tries count against the budget (issue 34)."""
+    call_s = 2.0
 
     def store():
-        if clock["now"] < outage_s:
+        clock.now += call_s
+        if clock.now < outage_s:
             raise ConnectionRefusedError("connection refused")
         return "back"
 
@@ -239,9 +272,55 @@ def test_the_retry_budget_rides_out_a_store_restart(outage_s, budget_s, rides_it
     else:
         with pytest.raises(ConnectionRefusedError):
             tracking.retry(store, "during a restart", policy=policy)
-    assert sum(pauses) <= budget_s
-    assert pauses[1] > pauses[0] and max(pauses) <= policy.max_delay_s  # backing off, capped
-    assert len(set(pauses)) == len(pauses)  # jittered: parallel jobs do not retry in step
+        # The budget from the first failure, its tries included, then one last try: not more.
+        assert budget_s + call_s <= clock.now <= budget_s + 2 * call_s
+    assert clock.now - sum(clock.pauses) == pytest.approx(call_s * (len(clock.pauses) + 1))  # every try took its time
+    assert pauses_back_off(clock.pauses, policy)
+
+
+def pauses_back_off(pauses: list[float], policy: tracking.RetryPolicy) -> bool:
+    return pauses[1] > pauses[0] and max(pauses) <= policy.max_delay_s and len(set(pauses)) == len(pauses)
+
+
+def test_a_store_that_stays_down_costs_one_budget_of_wall_time_through_search_all(clock, monkeypatch):
+    """Issue 34, section 5: a read through a retrying client, paged by runs.search_all, retried by
+    one layer only, within tracking.retry_s of wall time, the calls' own time counted: before,
+    search_all retried the retrying client's retries (1,826 s slept over 389 calls at 90 s)."""
+    import sqlalchemy.exc
+
+    from hw4 import runs
+
+    monkeypatch.setattr(tracking.POLICY, "budget_s", 90.0)
+    call_s, calls = 5.0, []
+
+    class Down:
+        tracking_uri = "postgresql://db/mlflow"
+        search_runs = staticmethod(always_down(clock, call_s, calls))
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        runs.search_all(tracking.RetryingClient(Down()), ["0"])
+    assert 90 + call_s <= clock.now <= 90 + 2 * call_s  # the first try, the budget, the last try
+    assert len(calls) == len(clock.pauses) + 1 <= 90 / call_s + 1  # one layer: one try per pause
+    assert pauses_back_off(clock.pauses, tracking.POLICY)
+
+
+def test_a_retry_inside_a_retry_is_a_plain_call(clock):
+    """A retrying client's call made by a function that is itself retried: the outer loop alone
+    retries, within its own budget."""
+    import sqlalchemy.exc
+
+    calls = []
+
+    class Down:
+        get_run = staticmethod(always_down(clock, 1.0, calls))
+
+    client = tracking.RetryingClient(Down())
+    policy = tracking.RetryPolicy(budget_s=30.0)
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        tracking.retry(lambda: client.get_run("r"), "outer", policy=policy)
+    assert len(calls) == len(clock.pauses) + 1 and clock.now <= 30 + 2 * 1.0  # first try, budget, last try
+    assert tracking.retry(lambda: "the marker is cleared", "after") == "the marker is cleared"
+    assert not getattr(tracking._in_retry, "active", False)
 
 
 def test_every_call_of_a_retrying_client_is_retried_but_creating_a_run(monkeypatch):
@@ -398,3 +477,119 @@ def test_a_dataset_logged_by_parallel_jobs_at_once_is_linked_to_both(tracking_ur
     for run in (first, second):
         (dataset,) = client.get_run(run.info.run_id).inputs.dataset_inputs
         assert (dataset.dataset.name, dataset.dataset.digest) == ("fashion_mnist", "d1")
+
+
+# Issue 34, section 2: passwords as the parsers that open the stores read them.
+TRICKY_PASSWORDS = ["ab/cd", "a:b:c", "a?b=c", "a#b", "p%40ss", "s3cr/et:Pw?x#y"]
+
+
+@pytest.mark.parametrize("password", TRICKY_PASSWORDS)
+def test_a_database_password_is_masked_as_sqlalchemy_reads_it(password):
+    from sqlalchemy.engine import make_url
+
+    uri = f"postgresql+psycopg://alice:{password}@db.example:5432/mlflow"
+    read = make_url(uri)
+    masked = tracking.redact(uri)
+    assert password not in masked and read.password not in masked
+    again = make_url(masked)
+    assert again.password == tracking.MASK
+    assert (again.username, again.host, again.port, again.database) == (
+        read.username,
+        read.host,
+        read.port,
+        read.database,
+    )
+
+
+@pytest.mark.parametrize("password", [*TRICKY_PASSWORDS, "p@ss"])
+def test_a_server_password_or_token_is_masked_as_urllib_reads_it(password):
+    from urllib.parse import quote, urlsplit
+
+    uri = f"https://alice:{quote(password, safe='')}@mlflow.example:8443/prefix?x=1"
+    token = f"https://{quote(password, safe='')}@mlflow.example/prefix"
+    for given, kept_user in ((uri, "alice"), (token, tracking.MASK)):
+        masked = tracking.redact(given)
+        assert (urlsplit(given).password or urlsplit(given).username) not in masked
+        read, again = urlsplit(given), urlsplit(masked)
+        assert again.username == kept_user and (again.hostname, again.port, again.path) == (
+            read.hostname, read.port, read.path,
+        )  # fmt: skip
+
+
+def test_every_uri_of_a_line_is_masked_and_the_words_around_them_kept():
+    secrets = ["pw/1:x", "tok2", "pw3?y"]
+    line = (
+        f"stores: postgresql://alice:{secrets[0]}@db/x, https://{secrets[1]}@git.example/r.git "
+        f"and mysql://bob:{secrets[2]}@h:3306/db; mail carol@example.com or see http://127.0.0.1:5000/#/x"
+    )
+    masked = tracking.redact(line)
+    assert not [s for s in secrets if s in masked]
+    for kept in ("stores: postgresql://alice:", "@db/x, https://", "@git.example/r.git and mysql://bob:",
+                 "@h:3306/db; mail carol@example.com or see http://127.0.0.1:5000/#/x"):  # fmt: skip
+        assert kept in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sqlite:////tmp/mlruns/mlflow.db",
+        "sqlite:///runs@home/mlflow.db",
+        "file:///tmp/a@b/artifacts",
+        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning",
+        "postgresql://db.example:5432/mlflow",
+        "https://github.com/org/repo@v1.0 and https://medium.com/@someone",
+        "write to alice@example.com",
+        "see http://127.0.0.1:5000 or ask bob@example.com",
+    ],
+)
+def test_text_without_credentials_is_unchanged(text):
+    assert tracking.redact(text) == text
+
+
+def test_a_raw_at_sign_in_a_password_is_masked_as_either_parser_reads_it():
+    """urllib reads the password up to the authority's last `@` (p@ss), SQLAlchemy up to its first."""
+    from urllib.parse import urlsplit
+
+    masked = tracking.redact("postgresql://alice:p@ss@db.example/mlflow")
+    assert urlsplit("postgresql://alice:p@ss@db.example/mlflow").password == "p@ss"
+    assert "p@" not in masked and "ss@" not in masked and masked.endswith("@db.example/mlflow")
+
+
+def test_an_e_mail_after_a_uri_with_a_password_is_not_eaten():
+    masked = tracking.redact("store http://u:pw@h:5000 owner bob@example.com")
+    assert "pw" not in masked and masked.endswith(":5000 owner bob@example.com")
+
+
+def test_redacting_twice_changes_nothing_more():
+    """A sweep's context holds its store redacted, and a job compares it with its own, redacted."""
+    for text in ("postgresql://alice:ab/cd@db/x", "https://tok@h/x?token=t", "http://u@v:pw@h"):
+        once = tracking.redact(text)
+        assert tracking.redact(once) == once
+
+
+def test_nested_params_and_lists_are_redacted():
+    tree = {"sweeper": {"storage": "postgresql://a:p/w@db/optuna", "params": {"x": ["mysql://b:q@h/db", 1]}}, "n": 2}
+    flat = str(tracking.redact_params(tree))
+    assert "p/w" not in flat and ":q@" not in flat and "'n': 2" in flat
+
+
+def test_log_lines_are_redacted_hydras_escaped_overrides_too(caplog):
+    """Hydra's launcher logs each job's overrides, escaped (`http\\://alice\\:pw@...`)."""
+    import logging
+
+    from hydra._internal.grammar.utils import escape_special_characters
+
+    override = "tracking.uri=" + escape_special_characters("http://alice:s3cr%2Fet@127.0.0.1:5000")
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("hydra.launcher.test").info(f"\t#0 : {override} optimizer.lr=0.1")
+        logging.getLogger("mlflow.test").warning("request to %s failed", "http://bob:pw2@h:5000/api")
+    assert "s3cr" not in caplog.text and "pw2" not in caplog.text
+    assert "127.0.0.1" in caplog.text and "optimizer.lr=0.1" in caplog.text
+
+
+def test_mlflow_prints_no_run_link_of_its_own():
+    """MLflow's "View run ... at: <URI>" lines carry the URI's password: hw4 turns them off
+    through MLflow's own switch (and prints where_to_see instead)."""
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True

@@ -10,8 +10,9 @@
 Runs that differ only in `trainer.seed` share a `config_key` and are one configuration: by
 default one row each, with `n` finished seeds of `planned` (and how many failed, were killed or
 pruned), whether it is `complete`, mean ± std over its finished seeds, and `tied_with_best`:
-whether Welch's t-test can tell it from the best (hw4.runs). Complete configurations are listed
-first; a one-line verdict follows the table. Only the config keys that vary among the listed runs
+whether Welch's t-test can tell it from the best (hw4.runs). The best is by the sweep's own
+objective (its parent's `ranked_by`, as hw4-promote reads it), else by tracking.objective.
+Complete configurations are listed first; a one-line verdict follows the table. Only the config keys that vary among the listed runs
 get a column. The figures use the table's runs and grouping. A Hydra app, so that it reads the
 same `tracking` settings (store URI, experiment) as hw4-train. The figures are also logged to the
 sweep's parent run. No TensorFlow.
@@ -55,27 +56,47 @@ def short(column: str) -> str:
     return column.removeprefix(PARAM)
 
 
-def run_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: the config keys that vary among the runs, then the metrics."""
+def ranking_metric(parent: Any, objective: str) -> str:
+    """What the table ranks by (`tied_with_best`, the verdict): a sweep's own objective, the
+    `ranked_by` tag its summary wrote on the parent run (as hw4-promote reads it), else
+    tracking.objective."""
+    ranked_by = parent.data.tags.get(names.RANKED_BY) if parent is not None else None
+    return ranked_by or objective
+
+
+def metric_name(metric: str) -> str:
+    """The table's name for `metric`: its own column (best_val_accuracy), or the MLflow name."""
+    from hw4 import runs
+
+    return runs.COLUMN_OF.get(metric, metric)
+
+
+def run_table(frame: pd.DataFrame, *, metric: str = names.OBJECTIVE) -> pd.DataFrame:
+    """One row per run: the config keys that vary among the runs, then the metrics (the ranking
+    `metric` among them)."""
     from hw4 import runs
 
     varying = [c for c in runs.varying_params(frame) if c != runs.PARAM + names.SEED]
-    table = frame[["run", *varying, *RUN_METRICS]].copy()
-    table.columns = [short(c) for c in table.columns]
+    ranked = [runs.METRIC + metric] if metric_name(metric) not in RUN_METRICS and runs.METRIC + metric in frame else []
+    table = frame[["run", *varying, *RUN_METRICS[:1], *ranked, *RUN_METRICS[1:]]].copy()
+    table.columns = [metric if c in ranked else short(c) for c in table.columns]
     return table
 
 
-def config_table(grouped: pd.DataFrame) -> pd.DataFrame:
-    """The configurations table (hw4.runs.group) to print, with mean ± std of the aggregated
-    metrics as text."""
+def config_table(grouped: pd.DataFrame, *, metric: str = names.OBJECTIVE) -> pd.DataFrame:
+    """The configurations table (hw4.runs.group, ranked by `metric`) to print, with mean ± std
+    of the aggregated metrics and of `metric` as text."""
     from hw4 import runs
 
     if grouped.empty:
         return grouped
-    table = grouped.drop(columns=[f"{m}_{s}" for m in runs.AGGREGATED for s in ("mean", "std")])
-    for metric in runs.AGGREGATED:
-        table[metric] = [mean_std(mean, std) for mean, std in zip(grouped[f"{metric}_mean"], grouped[f"{metric}_std"])]
-        table[f"{metric}_mean"] = grouped[f"{metric}_mean"]  # for sorting; dropped when printed
+    shown = {m: m for m in runs.AGGREGATED}
+    ranked = runs.mean_column(grouped, metric).removesuffix("_mean")
+    shown.setdefault(ranked, metric_name(metric))  # m.best_val_loss as best_val_loss
+    table = grouped.drop(columns=[f"{m}_{s}" for m in shown for s in ("mean", "std")])
+    for column, name in shown.items():
+        table[name] = [mean_std(mean, std) for mean, std in zip(grouped[f"{column}_mean"], grouped[f"{column}_std"])]
+        table[f"{name}_mean"] = grouped[f"{column}_mean"]  # for sorting; dropped when printed
     last = ["seeds", "tied_with_best", *HIDDEN]  # after the metrics, as printed
     return table[[c for c in table.columns if c not in last] + last].reset_index()
 
@@ -200,33 +221,38 @@ def run(cfg: DictConfig) -> None:
     if cfg.diff:
         print_diff(client, list(cfg.diff))
         return
-    if cfg.parent:
-        experiment_id = runs.get_run(client, cfg.parent, f"parent={cfg.parent}").info.experiment_id
+    parent = runs.get_run(client, cfg.parent, f"parent={cfg.parent}") if cfg.parent else None
+    if parent is not None:
+        experiment_id = parent.info.experiment_id
+    metric = ranking_metric(parent, cfg.tracking.objective)
     frame = runs.table(runs.training_runs(client, experiment_id, cfg.parent))
     if frame.empty:
         print(f"no training runs in {'sweep ' + cfg.parent if cfg.parent else cfg.tracking.experiment}")
         return
     sweep = bool(cfg.parent)  # a sweep's seeds may form a grid: runs.missing_seeds
-    configurations = runs.group(frame, sweep=sweep) if cfg.group else None
-    table = config_table(configurations) if cfg.group else run_table(frame)
+    configurations = runs.group(frame, metric, sweep=sweep) if cfg.group else None
+    table = config_table(configurations, metric=metric) if cfg.group else run_table(frame, metric=metric)
     if table.empty:
         print("no finished runs to group; group=false lists every run")
         return
-    print(format_table(table, cfg.sort, cfg.group))
-    print(ranked_by(cfg.sort, cfg.group))
+    sort = cfg.sort or (metric_name(metric) if metric_name(metric) in table.columns else DEFAULT_SORT)
+    print(format_table(table, sort, cfg.group))
+    print(ranked_by(sort, cfg.group, metric=metric))
     if cfg.group:
-        print(runs.verdict(configurations))
+        print(runs.verdict(configurations, metric))
     write_figures(client, frame, cfg, sweep=sweep)
 
 
-def ranked_by(sort: str | None, grouped: bool) -> str:
+def ranked_by(sort: str | None, grouped: bool, *, metric: str = names.OBJECTIVE) -> str:
     from hw4 import runs
 
+    sort = sort or DEFAULT_SORT
     if not grouped:
-        return f"ranked by {sort or DEFAULT_SORT}"
+        return f"ranked by {sort}"
+    against = "" if sort == metric_name(metric) else f"; best and tied_with_best by {metric_name(metric)}"
     return (
-        f"ranked by {sort or DEFAULT_SORT} (mean over seeds), complete configurations first "
-        f"(tied_with_best: Welch's t-test against the best, level {runs.ALPHA})"
+        f"ranked by {sort} (mean over seeds), complete configurations first "
+        f"(tied_with_best: Welch's t-test against the best, level {runs.ALPHA}{against})"
     )
 
 

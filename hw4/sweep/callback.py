@@ -93,6 +93,19 @@ def end_abandoned_children(client: Any, context: SweepContext, lock_root: Option
             client.set_terminated(run.info.run_id, "KILLED")
 
 
+class LaunchAborted(SystemExit):
+    """A sweep that cannot start: its launch stops with the one-line reason and exit status 1.
+    A SystemExit, not an Exception: Hydra turns a callback's Exception into a warning and runs
+    the jobs anyway (hydra/_internal/callbacks.py, Callbacks._notify), a sweep without its
+    parent run. Uncaught, Python prints the reason to stderr and exits 1; hw4.api raises the
+    error instead (a notebook kernel survives)."""
+
+    def __init__(self, reason: str, error: Exception):
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error  # what stopped it
+
+
 class MlflowSweepCallback(Callback):
     """Hydra's hooks, each handing over to one named function (see the module docstring). The
     launch's state lives here; `launched` is this process's sweep, for `exit_if_stopped`."""
@@ -109,6 +122,7 @@ class MlflowSweepCallback(Callback):
         self._folder: Optional[Path] = None
         self._planned: Optional[int] = None
         self._lock_root: Optional[Path] = None
+        self._parent_lock: Any = None  # hw4.runtime.locks.RunLock on the parent run, while it runs
         self._command = ""
         self._objective = names.OBJECTIVE  # the sweep's tracking.objective, once it started
 
@@ -127,7 +141,44 @@ class MlflowSweepCallback(Callback):
         self._finish()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._start_launch(config)
+        try:
+            self._start_launch(config)
+        except Exception as exc:  # Hydra would warn and run the jobs anyway, untracked
+            raise self._abort_launch(exc) from None
+
+    def _abort_launch(self, exc: Exception) -> LaunchAborted:
+        """The launch cannot start: a parent run it already created or reopened ends FAILED
+        with the error (never left RUNNING), the stop signals go back, and the one-line reason
+        is returned to raise."""
+        from hw4 import tracking
+        from hw4.errors import Hw4Error
+
+        reason = (
+            tracking.first_line(exc)
+            if isinstance(exc, Hw4Error)
+            else f"{type(exc).__name__}: {tracking.first_line(exc)}"
+        )
+        if self._signals is not None:
+            self._signals.__exit__(None, None, None)
+            self._signals = None
+        ended = True
+        if self.context is not None and not self._finished:
+            parent_id = self.context.parent_run_id
+            try:
+                client = tracking.client_for(self._uri)
+                tracking.RunLogger(client, parent_id).set_tags({names.ERROR: f"sweep not started: {reason}"})
+                tracking.end_run(client, parent_id, "FAILED")
+            except Exception as error:
+                ended = False
+                log.error("parent run %s could not be ended FAILED (%s)", parent_id, tracking.first_line(error))
+            self._finished = True  # nothing left for on_multirun_end or the exit handler to end
+        # Released only once the parent has ended (a notebook's process goes on). A parent left
+        # RUNNING keeps the lock file, freed when this process exits: a later launch of its study
+        # then knows its launcher is gone and continues it.
+        if self._parent_lock is not None and ended:
+            self._parent_lock.release()
+            self._parent_lock = None
+        return LaunchAborted(f"sweep not started: {reason}", exc)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.context is not None and HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -144,7 +195,8 @@ class MlflowSweepCallback(Callback):
 
     def _start_launch(self, config: DictConfig) -> None:
         """Create the parent run, or reopen the parent of a folder being continued, and write
-        the context file every job reads; hold the launcher's stop signals from now on."""
+        the context file every job reads; hold the launcher's stop signals and its parent run's
+        lock from now on."""
         from hw4 import tracking
 
         MlflowSweepCallback.launched = self
@@ -153,6 +205,7 @@ class MlflowSweepCallback(Callback):
         shutil.rmtree(folder / STARTED_DIR, ignore_errors=True)
         # Hydra has not changed directory yet: this is the folder the user launched from.
         self._uri = tracking.resolve_uri(config.tracking.uri, os.getcwd())
+        self._lock_root = Path(os.getcwd(), config.trainer.checkpoint_dir)  # where jobs lock their runs
         earlier, from_study = SweepContext.load(folder), False
         if earlier is None:  # an Optuna study launched again, in a new folder: its parent run
             earlier = study.recorded_parent(config, tracking.redact(self._uri))
@@ -165,11 +218,11 @@ class MlflowSweepCallback(Callback):
         self.context.launch_id = uuid.uuid4().hex[:12]
         self.context.save(folder)
         self._planned = planned_jobs(config)
-        self._lock_root = Path(os.getcwd(), config.trainer.checkpoint_dir)  # where jobs lock their runs
         self._command = continue_command(config, folder)
         self._objective = config.tracking.objective
         self._signals = RunSignals(folder / STOP_FILE).__enter__()  # a job's own handlers stand in during it
         atexit.register(self._finish)  # Hydra skips on_multirun_end when a job failed
+        self._hold_parent_lock()  # while this launcher lives: a later launch tells it from a dead one
 
     def _create_parent(self, config: DictConfig) -> SweepContext:
         from hw4 import tracking
@@ -180,7 +233,7 @@ class MlflowSweepCallback(Callback):
         definition = {
             "overrides": overrides,
             "sweeper": tracking.redact_params(OmegaConf.to_container(config.hydra.sweeper, resolve=False)),
-            "launcher": OmegaConf.to_container(config.hydra.launcher, resolve=False),
+            "launcher": tracking.redact_params(OmegaConf.to_container(config.hydra.launcher, resolve=False)),
         }
         parent = tracking.create_run(
             client,
@@ -194,7 +247,12 @@ class MlflowSweepCallback(Callback):
                 "launcher": str(config.hydra.launcher.get("_target_", "")),
             },
         )
-        client.log_dict(parent.info.run_id, definition, names.SWEEP_DEFINITION)
+        try:
+            client.log_dict(parent.info.run_id, definition, names.SWEEP_DEFINITION)
+        except Exception:
+            with contextlib.suppress(Exception):  # the launch stops: its parent must not stay RUNNING
+                tracking.end_run(client, parent.info.run_id, "FAILED")
+            raise
         log.info("MLflow parent run %s (sweep %s)", parent.info.run_id, sweep_id)
         return SweepContext(tracking.redact(self._uri), experiment_id, parent.info.run_id, sweep_id)
 
@@ -203,7 +261,10 @@ class MlflowSweepCallback(Callback):
         Only the store's answer that the run does not exist starts a new parent; any other
         error (after retries) stops the launch, so a blink of the store cannot fork the sweep.
         `unless_running`: a parent that is RUNNING belongs to a launch still going on (an Optuna
-        study shared by two launches at once): this launch gets a parent of its own."""
+        study shared by two launches at once): this launch gets a parent of its own. Unless its
+        launcher died (killed, its machine restarted): the launcher's lock file is on this disk
+        and no process holds it. That parent is continued (its lock now this launcher's) and its
+        children left RUNNING end KILLED, to be resumed from their checkpoints."""
         from hw4 import tracking
         from hw4.errors import TrackingError
 
@@ -219,7 +280,10 @@ class MlflowSweepCallback(Callback):
             log.warning("sweep folder names parent run %s, which %s does not hold: new parent",
                         earlier.parent_run_id, tracking.redact(self._uri))  # fmt: skip
             return None
-        if unless_running and parent.info.status == "RUNNING":
+        if parent.info.status == "RUNNING" and self._take_dead_launchers_lock(earlier.parent_run_id):
+            log.warning("parent run %s was left RUNNING by a launcher that died: continuing it", earlier.parent_run_id)
+            end_abandoned_children(client, earlier, self._lock_root)
+        elif unless_running and parent.info.status == "RUNNING":
             log.info("parent run %s of this study is running (another launch): new parent", earlier.parent_run_id)
             return None
         client.update_run(parent.info.run_id, status="RUNNING")
@@ -227,6 +291,43 @@ class MlflowSweepCallback(Callback):
             client.delete_tag(parent.info.run_id, names.STOPPED_BY)
         log.info("continuing sweep %s under parent run %s", earlier.sweep_id, earlier.parent_run_id)
         return earlier
+
+    def _take_dead_launchers_lock(self, parent_run_id: str) -> bool:
+        """Take the lock of the launcher of `parent_run_id` if it is on this disk and no live
+        process holds it: that launcher died. False for a live launcher, or one whose lock is
+        not on this disk (another machine's, or one from before launchers held a lock)."""
+        from hw4.errors import TrackingError
+        from hw4.runtime import locks
+
+        if self._lock_root is None or not locks.lock_path(self._lock_root, parent_run_id).exists():
+            return False
+        lock = locks.RunLock(locks.lock_path(self._lock_root, parent_run_id), parent_run_id)
+        try:
+            lock.acquire()
+        except TrackingError:  # its launcher is alive
+            return False
+        self._parent_lock = lock
+        return True
+
+    def _hold_parent_lock(self) -> None:
+        """Hold the flock of this launch's parent run (`<checkpoint_dir>/<parent run id>.lock`, as
+        a job holds its run's) until the parent has ended; the kernel drops it if this process
+        dies, however it dies. Held by another live launcher (two launches of one folder at once,
+        or one still ending the parent this launch reopens), this launch goes on without it: a
+        later launch then takes its parent for a live launch's, as before launchers held locks."""
+        from hw4.errors import TrackingError
+        from hw4.runtime import locks
+
+        parent_id = self.context.parent_run_id
+        if self._parent_lock is not None and self._parent_lock.run_id == parent_id:
+            return  # taken from a dead launcher in _reopen
+        lock = locks.RunLock(locks.lock_path(self._lock_root, parent_id), parent_id)
+        try:
+            lock.acquire()
+        except TrackingError:
+            log.info("parent run %s: another live launcher holds its lock", parent_id)
+            return
+        self._parent_lock = lock
 
     def _stopped_by(self) -> Optional[int]:
         """The signal that stopped the sweep (0 if not known), or None if it was not stopped."""
@@ -273,6 +374,9 @@ class MlflowSweepCallback(Callback):
             finally:
                 tracking.end_run(client, parent_id, status)
             self._finished = True
+            if self._parent_lock is not None:  # only once the parent has ended
+                self._parent_lock.release()
+                self._parent_lock = None
         if self._signals is not None:
             self._signals.__exit__(None, None, None)
         if stopped_by is None and late:

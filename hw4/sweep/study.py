@@ -13,7 +13,14 @@ and its MLflow run ends FINISHED, tagged `pruned`; the sweeper then tells it PRU
 A study also remembers its MLflow parent run (`record_parent`): a later launch of the same study,
 in a new sweep folder, continues under that parent (`recorded_parent`), unless the parent is
 still running (another launch, at the same time: it gets a parent of its own, and the study keeps
-the first).
+the first). A parent left RUNNING by a launcher that died is continued (hw4.sweep.callback).
+
+A study records the fixed settings of its first launch (`fixed_settings`: what makes its
+trials' values comparable); a launch whose settings differ is refused in one line before any
+trial or parent run is touched (`settings_error`).
+
+A launcher records the heartbeat of the trials it runs (`rdb_storage`'s heartbeat settings): a
+trial whose launcher died is failed by the next launch and asked again with its parameters.
 
 Optuna is imported inside the functions: the config-only paths never load it.
 """
@@ -46,6 +53,7 @@ TRIAL = "trial"  # the key of hydra.sweeper the sweeper sets for each job: its t
 PRUNED_ATTR = names.PRUNED_AT  # a trial's user attribute: the epoch its job was pruned after
 RUN_ATTR = "mlflow_run_id"  # a trial's user attribute: its MLflow run
 PARENT_ATTR = "mlflow_parent"  # a study's user attribute: the sweep context of its parent run
+SETTINGS_ATTR = "hw4_fixed_settings"  # a study's user attribute: fixed_settings of its first launch
 IMPORTANCES_FILE = "optuna_importances.json"
 TRIALS_FILE = "optuna_trials.csv"
 STUDY_FILE = "optuna_study.json"
@@ -58,25 +66,47 @@ def storage_url(storage: Optional[str], launch_dir: str) -> Optional[str]:
     return resolve_uri(storage, launch_dir, what="hydra.sweeper.storage") if storage else None
 
 
-def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+def rdb_storage(
+    url: str,
+    *,
+    heartbeat_interval: Optional[int] = None,
+    grace_period: Optional[int] = None,
+    max_retry: Optional[int] = None,
+) -> optuna.storages.RDBStorage:
     """The storage at `url`; on sqlite, waiting up to 60 s for a lock instead of SQLite's 5 s
-    (parallel jobs report their epochs to one file)."""
+    (parallel jobs report their epochs to one file). With `heartbeat_interval` (the launcher's:
+    the sweeper's hydra.sweeper.heartbeat_interval), Optuna's heartbeat: a trial whose heartbeat
+    is older than `grace_period` is stale, failed by `optuna.storages.fail_stale_trials` and
+    asked again with its parameters, up to `max_retry` times."""
+    import warnings
+
     import optuna
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    if not heartbeat_interval:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    with warnings.catch_warnings():  # Optuna's heartbeat is marked experimental; hw4 relies on it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
-def creating(storage: Optional[str]) -> Iterator[Any]:
-    """The storage to create or open a study in. A sqlite file is opened under an exclusive file
-    lock, so that two launches creating a new file at once do not race on its tables."""
-    if not storage or not storage.startswith("sqlite:///") or storage.endswith(":memory:"):
+def creating(storage: Optional[str], **heartbeat: Optional[int]) -> Iterator[Any]:
+    """The storage to create or open a study in (None: Optuna's in-memory storage); `heartbeat`:
+    rdb_storage's. A sqlite file is opened under an exclusive file lock, so that two launches
+    creating a new file at once do not race on its tables, nor on recording the study's settings."""
+    if not storage:
         yield storage
+        return
+    if not storage.startswith("sqlite:///") or storage.endswith(":memory:"):
+        yield rdb_storage(storage, **heartbeat)
         return
     with open(storage[len("sqlite:///") :] + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield rdb_storage(storage)
+        yield rdb_storage(storage, **heartbeat)
 
 
 def pruned_at(trial: optuna.trial.FrozenTrial) -> Optional[int]:
@@ -163,11 +193,69 @@ def direction_error(study_name: str, has: str, wants: str) -> ConfigError:
     )
 
 
+def fixed_settings(config: DictConfig) -> dict[str, str]:
+    """What makes the objectives of a search's trials comparable: the job's config (the launch's,
+    `config`), resolved and flattened, with the sweeper's fixed parameters applied, less the
+    searched keys, the seed and the bookkeeping keys (those config_key leaves out), as text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from hw4 import tracking
+
+    sweeper = config.hydra.sweeper
+    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+    searched, fixed = set(), {}
+    for override in OverridesParser.create().parse_overrides(lines):  # the command line's last
+        key = override.key_or_group
+        if override.is_sweep_override():
+            searched.add(key)
+            fixed.pop(key, None)
+        else:
+            fixed[key] = override.value()
+            searched.discard(key)
+    job = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
+           else config[key] for key in config if key != "hydra"}  # fmt: skip
+    flat = {**tracking.flatten(job), **fixed}
+    return {
+        key: "None" if str(value) in names.UNSET else str(value)
+        for key, value in tracking.redact_params(flat).items()
+        if key != names.SEED and not names.is_bookkeeping(key)
+        and not any(key == s or key.startswith(f"{s}.") for s in searched)
+    }  # fmt: skip
+
+
+def settings_error(study: optuna.Study, settings: Mapping[str, str]) -> Optional[ConfigError]:
+    """Why this launch may not add trials to `study`: the fixed settings it records differ from
+    `settings` (keys only one side has, a config key added or removed since, do not count)."""
+    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    if not recorded:
+        return None
+    differ = sorted(k for k in recorded.keys() & settings.keys() if recorded[k] != settings[k])
+    if not differ:
+        return None
+    shown = ", ".join(f"{k}={recorded[k]} (this launch: {settings[k]})" for k in differ[:4])
+    more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+    return ConfigError(
+        f"Optuna study {study.study_name} was searched with {shown}{more}, so its trials' values do not "
+        "compare with this launch's: choose another hydra.sweeper.study_name"
+    )
+
+
+def check_settings(study: optuna.Study, settings: Mapping[str, str]) -> None:
+    """Refuse a launch whose fixed settings differ from the study's; a study that records none
+    (new, or made before hw4 recorded them) records this launch's."""
+    error = settings_error(study, settings)
+    if error is not None:
+        raise error
+    if not study.user_attrs.get(SETTINGS_ATTR):
+        study.set_user_attr(SETTINGS_ATTR, dict(settings))
+
+
 def recorded_parent(config: DictConfig, store: str) -> Optional[SweepContext]:
     """The parent run an earlier launch of this Optuna search recorded on its study, if the study
     exists and was tracked in `store` (a redacted URI); else None. The launcher's callback asks
-    this before it creates a parent run, so a study that would be refused (the other direction)
-    is refused before any parent is touched."""
+    this before it creates a parent run, so a study that would be refused (the other direction,
+    other fixed settings) is refused before any parent is touched."""
     sweeper = config.hydra.sweeper
     if TRIAL not in sweeper or not sweeper.get("storage") or not sweeper.get("study_name"):
         return None  # not hw4's Optuna sweeper, a study in memory, or a new study of Optuna's naming
@@ -181,6 +269,9 @@ def recorded_parent(config: DictConfig, store: str) -> Optional[SweepContext]:
             return None
     if study.direction.name.lower() != str(sweeper.direction).lower():
         raise direction_error(study.study_name, study.direction.name.lower(), sweeper.direction)
+    error = settings_error(study, fixed_settings(config))
+    if error is not None:
+        raise error
     recorded = study.user_attrs.get(PARENT_ATTR)
     if not recorded or recorded.get("tracking_uri") != store:
         return None

@@ -11,12 +11,21 @@ as a stopped grid ends.
 Each job gets its trial (`hydra.sweeper.study_name` and `hydra.sweeper.trial` in its Hydra
 config): it reports every epoch to it and stops when the study's pruner says so
 (hw4/sweep/study.py). A job that was pruned returns normally; its trial is told PRUNED here.
+
+A launcher that dies (SIGKILL, a lost machine) cannot tell its trials: while a batch runs, the
+launcher records their heartbeats (`Heartbeat`), and every launch first fails the study's stale
+trials (Optuna's `fail_stale_trials`), which queues each again with its parameters. Its job
+then resumes the dead trial's run from its checkpoint, under the same parent run
+(hw4.sweep.callback reopens a parent whose launcher died).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import warnings
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from hw4.errors import ConfigError
 from hw4.runtime.signals import Stopped, signal_name, stop_signal
 from hw4.sweep import study as studies
 
@@ -39,7 +49,17 @@ RESULTS_FILE = "optimization_results.yaml"
 
 
 def distribution(override: Override) -> Any:
-    """The Optuna distribution an override sweeps over, or (not a sweep) its fixed value."""
+    """The Optuna distribution an override sweeps over, or (not a sweep) its fixed value.
+
+    Read as Hydra's official Optuna plugin reads it (create_optuna_distribution_from_override):
+    `choice(...)` and a shuffled range are categorical; `interval(a, b)` is a float interval (Hydra
+    makes its bounds floats), `int(interval(a, b))` an integer one, either log-scaled under
+    `tag(log, ...)`. Two differences, both where the plugin's reading would run something other
+    than what was written: `tag(int, interval(a, b))` is an integer interval too (the plugin
+    ignores the tag and samples floats, which an int setting such as a batch size then refuses),
+    and `range(start, stop, step)` holds exactly the values Hydra's own `range` sweep enumerates,
+    `stop` excluded (the plugin's IntUniformDistribution(start, stop, step) includes it).
+    """
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     value = override.value()
@@ -47,16 +67,31 @@ def distribution(override: Override) -> Any:
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
     if override.is_range_sweep():
         assert isinstance(value, RangeSweep)
-        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
-            return FloatDistribution(value.start, value.stop, step=value.step)
-        return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
+        return range_distribution(override, value)
     if override.is_interval_sweep():
         assert isinstance(value, IntervalSweep)
         log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
+        if "int" in value.tags or (isinstance(value.start, int) and isinstance(value.end, int)):
+            # The integers inside the interval (as the bounds are integers: the plugin's int()).
+            return IntDistribution(math.ceil(value.start), math.floor(value.end), log=log_scale)
         return FloatDistribution(value.start, value.end, log=log_scale)
-    raise ValueError(f"{override.input_line}: not a search space Optuna can sample")
+    raise ConfigError(f"{override.input_line}: not a search space Optuna can sample")
+
+
+def range_distribution(override: Override, value: RangeSweep) -> Any:
+    """Hydra's `range(start, stop, step)` as the evenly spaced distribution of exactly the values
+    the range enumerates: from the lowest to the highest of them, `stop` itself excluded."""
+    count = sum(1 for _ in override.sweep_iterator())
+    if count == 0:
+        raise ConfigError(f"{override.input_line}: an empty range, nothing to sample")
+    if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+        # In decimal: start + (n - 1) * step as written, not as float sums round it.
+        start, step = Decimal(str(value.start)), Decimal(str(value.step))
+        ends = sorted((start, start + (count - 1) * step))
+        return FloatDistribution(float(ends[0]), float(ends[1]), step=float(abs(step)))
+    start, step = int(value.start), int(value.step)
+    ends = sorted((start, start + (count - 1) * step))
+    return IntDistribution(ends[0], ends[1], step=abs(step))
 
 
 def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
@@ -88,6 +123,52 @@ def trial_value(job_return: JobReturn) -> Optional[float]:
     return None if math.isnan(value) else value
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Optuna's own step before each trial of `optimize`: trials whose heartbeat stopped (their
+    launcher died) are told FAIL and, through the storage's RetryHeartbeatStaleTrialCallback,
+    queued again with their parameters. Nothing without a heartbeat (an in-memory study)."""
+    with warnings.catch_warnings():  # marked experimental by Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class Heartbeat:
+    """While a batch's jobs run, record its trials' heartbeats every `heartbeat_interval` seconds
+    in a thread of the launcher (Optuna's `optimize` does this for the trial it runs; ask and tell
+    leave it to the caller). The jobs may run in other processes or machines: what the heartbeat
+    says is that the launcher that will tell their trials is alive."""
+
+    def __init__(self, storage: Optional[optuna.storages.RDBStorage], trials: list[optuna.Trial]) -> None:
+        self.storage = storage
+        self.interval = storage.get_heartbeat_interval() if storage is not None else None
+        self.trial_ids = [trial._trial_id for trial in trials]  # as Optuna's own heartbeat names them
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "Heartbeat":
+        if self.interval:
+            self.beat()  # at once: a trial without any heartbeat is never found stale
+            self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        for trial_id in self.trial_ids:
+            try:
+                self.storage.record_heartbeat(trial_id)
+            except Exception as exc:  # the storage blinked: the next beat tries again
+                log.warning("heartbeat of trial id %d not recorded (%s)", trial_id, str(exc).splitlines()[0])
+
+
 class OptunaSweeperImpl:
     def __init__(
         self,
@@ -101,8 +182,18 @@ class OptunaSweeperImpl:
         n_jobs: int,
         max_failure_rate: float,
         params: Optional[DictConfig],
+        heartbeat_interval: Optional[int] = None,
+        grace_period: Optional[int] = None,
+        max_retry: Optional[int] = None,
         trial: Optional[int] = None,  # set on each job's config, never on the sweep's
     ) -> None:
+        if heartbeat_interval is not None and (
+            heartbeat_interval < 1 or (grace_period or 2 * heartbeat_interval) <= heartbeat_interval
+        ):
+            raise ValueError(
+                "hydra.sweeper.heartbeat_interval must be >= 1 and below grace_period, "
+                f"got {heartbeat_interval} and {grace_period}"
+            )
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate must be in [0, 1], got {max_failure_rate}")
         if n_jobs < 1 or n_trials < 0:
@@ -121,6 +212,12 @@ class OptunaSweeperImpl:
         self.n_jobs = n_jobs
         self.max_failure_rate = max_failure_rate
         self.params = params or {}
+        self.heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": grace_period,
+            "max_retry": max_retry,
+        }
+        self.rdb: Optional[optuna.storages.RDBStorage] = None  # the study's storage, once opened
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -142,13 +239,16 @@ class OptunaSweeperImpl:
         from hw4.tracking import redact
 
         storage = studies.storage_url(self.storage, self.config.hydra.runtime.cwd)
-        with studies.creating(storage) as opened:
+        with studies.creating(storage, **self.heartbeat) as opened:
             study = optuna.create_study(
                 study_name=self.study_name, storage=opened, sampler=self.sampler, pruner=self.pruner,
                 direction=self.direction, load_if_exists=True,
             )  # fmt: skip
-        if study.direction.name.lower() != str(self.direction).lower():  # an existing study keeps its own
-            raise studies.direction_error(study.study_name, study.direction.name.lower(), self.direction)
+            if study.direction.name.lower() != str(self.direction).lower():  # an existing study keeps its own
+                raise studies.direction_error(study.study_name, study.direction.name.lower(), self.direction)
+            # Under the storage's lock: of two new launches at once, the second compares with the first.
+            studies.check_settings(study, studies.fixed_settings(self.config))
+        self.rdb = opened if isinstance(opened, optuna.storages.RDBStorage) else None
         done = len(study.get_trials(deepcopy=False))
         if done:  # a seeded sampler would draw the first launch's values again
             self.sampler.reseed_rng()
@@ -175,10 +275,12 @@ class OptunaSweeperImpl:
         while to_go > 0:
             self.check_stop()
             batch = min(to_go, self.n_jobs)
+            fail_stale_trials(study)  # a dead launcher's trials: FAIL, and asked again first
             trials = [study.ask(fixed_distributions=sampled) for _ in range(batch)]
             overrides = [self.job_overrides(study, trial, fixed) for trial in trials]
             try:
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                with Heartbeat(self.rdb, trials):
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException:  # a second Ctrl-C, a dead worker: no trial stays RUNNING
                 for trial in trials:
                     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -189,13 +291,16 @@ class OptunaSweeperImpl:
             now = {t.number: t for t in study.get_trials(deepcopy=False)}  # with what the jobs wrote
             for trial, job_return in zip(trials, returns):
                 value = trial_value(job_return)
+                if now[trial.number].state.is_finished():  # failed as stale by another launch: retried there
+                    log.warning("trial %d was failed by another launch (no heartbeat in time)", trial.number)
+                    continue
                 if value is not None and studies.pruned_at(now[trial.number]) is not None:
-                    study.tell(trial, state=TrialState.PRUNED)  # its last reported value
+                    study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)  # its last reported value
                     continue
                 if value is not None:
-                    study.tell(trial, value)
+                    study.tell(trial, value, skip_if_finished=True)
                     continue
-                study.tell(trial, state=TrialState.FAIL)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 if stopped:  # its run is KILLED with a checkpoint: the next launch tries it first
                     study.enqueue_trial(trial.params, skip_if_exists=False)
                 else:
@@ -209,6 +314,7 @@ class OptunaSweeperImpl:
                     _ = job_return.return_value  # re-raises the job's own error, if it raised one
                 raise RuntimeError(f"{len(failed)} of {len(returns)} trials failed")
             to_go -= batch
+        fail_stale_trials(study)  # a dead launcher's trials that went stale while this launch ran
 
     def sweep_context(self) -> Any:
         from hw4.sweep.context import SweepContext, sweep_dir

@@ -7,7 +7,8 @@ distributions in Hydra's override grammar: `interval(1e-4, 3e-2)`, `tag(log, int
 MLflow store), a failed trial does not abort the search (`max_failure_rate` 1.0), the sampler
 is one `_target_` node (any `optuna.samplers` class) rather than a config group, and every trial
 can be pruned after any epoch: `hydra/sweeper/pruner=median` (the default, as Optuna's),
-`percentile`, `successive_halving` (ASHA), `hyperband` or `none`.
+`percentile`, `successive_halving` (ASHA), `hyperband` or `none`. hw4's own keys:
+`heartbeat_interval`, `grace_period` and `max_retry`, for a launcher that dies.
 """
 
 # No `from __future__ import annotations`: Hydra loads this module outside sys.modules, where
@@ -44,6 +45,16 @@ class OptunaSweeperConf:
     max_failure_rate: float = 1.0
     params: Optional[Dict[str, str]] = None  # the search space, in Hydra's override grammar
     pruner: Any = None  # chosen from the hydra/sweeper/pruner group (conf/hydra/sweeper/pruner)
+    # A launcher that dies (killed, its machine lost) leaves its trials RUNNING: while their jobs
+    # run, the launcher records each trial's heartbeat every heartbeat_interval seconds, and a
+    # launch finds a trial whose heartbeat is older than grace_period seconds stale: told FAIL and
+    # asked again with its parameters (up to max_retry times; null: always), its run resumed from
+    # its checkpoint. Optuna's heartbeat, on an RDB storage only; heartbeat_interval=null: none.
+    # The settings are each launch's own: launches of one study should share them (a launch with
+    # a shorter grace_period fails the live trials of one with a longer heartbeat_interval).
+    heartbeat_interval: Optional[int] = 60
+    grace_period: Optional[int] = None  # null: twice heartbeat_interval, as Optuna's
+    max_retry: Optional[int] = 3
     # The sweeper sets it on each job's config (with study_name): the number of the trial it runs.
     trial: Optional[int] = None
 

@@ -231,3 +231,34 @@ def test_a_store_error_is_not_a_missing_run(tracking_uri):
         compare.print_diff(Denied(), ["a", "b"])
     with pytest.raises(ConfigError, match="no such run"):
         compare.print_diff(MlflowClient(tracking_uri), ["0" * 32, "1" * 32])
+
+
+def test_a_sweep_ranked_by_val_loss_is_compared_by_val_loss(tracking_uri, tmp_path):
+    """Issue 34, section 5: hw4-compare and api.compare rank a sweep by its own objective (the
+    parent's ranked_by, as hw4-promote reads it), here best_val_loss: lr 1e-2 has the lower loss,
+    lr 1e-3 the higher accuracy. Without a sweep, tracking.objective says the same."""
+    from hw4 import api
+
+    client, experiment_id, parent = sweep_parent(tracking_uri)
+    client.set_tag(parent, names.RANKED_BY, names.BEST_VAL_LOSS)
+    for seed, (loss_a, loss_b) in enumerate([(0.40, 0.30), (0.42, 0.31), (0.41, 0.29)]):
+        a = child(client, experiment_id, parent, 1e-3, seed, [0.5, 0.90 + seed / 100])  # more accurate
+        b = child(client, experiment_id, parent, 1e-2, seed, [0.5, 0.85 + seed / 100])  # lower loss
+        client.log_metric(a, names.BEST_VAL_LOSS, loss_a)
+        client.log_metric(b, names.BEST_VAL_LOSS, loss_b)
+
+    for overrides in ([f"parent={parent}"], ["tracking.objective=best_val_loss"]):
+        result = hw4_compare(tmp_path, tracking_uri, *overrides)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        header = next(line for line in lines if line.split()[:1] == ["config_key"]).split()
+        rows = table_rows(result.stdout, "config_key")
+        assert [row[1] for row in rows] == ["0.01", "0.001"]  # lowest mean val loss first
+        assert rows[0][-1] == "best" and rows[1][-2] == "no"  # tied_with_best against the loss's best
+        assert "best_val_loss" in header and "0.3000 ± 0.0100" in " ".join(rows[0])  # shown as the others
+        verdict = lines[lines.index(next(line for line in lines if line.startswith("ranked by"))) + 1]
+        assert verdict.startswith("lr 1e-2 is best, distinguishable from every other configuration")
+
+    table = api.compare(parent=parent, uri=tracking_uri, experiment="cmp")
+    assert table.loc[0, "optimizer.lr"] == "0.01" and table.loc[0, "tied_with_best"] == "best"
+    assert table.loc[0, "best_val_loss"] == "0.3000 ± 0.0100"

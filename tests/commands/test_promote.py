@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hw4 import data, names, tracking
+from hw4 import names, tracking
 from hw4.commands import promote
 from hw4.errors import ConfigError, TrackingError
 
@@ -63,70 +58,6 @@ def test_the_best_configuration_by_mean_then_its_best_seed_is_registered(promote
     assert version.tags["sweep"] == parent.info.run_id and version.tags["run"] == best.info.run_id
     assert version.tags["metric"] == metric
     assert float(version.tags["value"]) == pytest.approx(best.data.metrics[metric])
-
-
-@pytest.mark.slow
-def test_the_champion_loads_by_alias_and_predicts_its_test_accuracy(promoted, tiny_data_dir, monkeypatch):
-    import mlflow.pyfunc
-
-    uri, _ = promoted
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    model = mlflow.pyfunc.load_model("models:/fashion-mnist@champion")
-    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 784)
-    raw = data.load(tiny_data_dir, n_classes=10)
-    x = data.to_model_input(raw.x_test, [784])
-    predicted = np.asarray(model.predict(x)).argmax(axis=1)
-    version = MlflowClient(uri).get_model_version_by_alias("fashion-mnist", "champion")
-    expected = MlflowClient(uri).get_run(version.run_id).data.metrics["test_categorical_accuracy"]
-    assert (predicted == raw.y_test).mean() == pytest.approx(expected, abs=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_invocations(promoted, tiny_data_dir, tmp_path):
-    uri, _ = promoted
-    port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", "models:/fashion-mnist@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],  # fmt: skip
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    try:
-        raw = data.load(tiny_data_dir, n_classes=10)
-        x = data.to_model_input(raw.x_test[:4], [784])
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": x.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    predictions = np.array(json.load(response)["predictions"])
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.monotonic() < deadline, "the model server did not answer in time"
-                time.sleep(1)
-        import mlflow.pyfunc
-
-        os.environ["MLFLOW_TRACKING_URI"] = uri
-        try:
-            local = np.asarray(mlflow.pyfunc.load_model("models:/fashion-mnist@champion").predict(x))
-        finally:
-            del os.environ["MLFLOW_TRACKING_URI"]
-        assert predictions.shape == (4, 10)
-        np.testing.assert_allclose(predictions, local, rtol=1e-5, atol=1e-6)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow

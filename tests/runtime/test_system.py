@@ -45,6 +45,8 @@ def test_parallel_sweep_jobs_split_the_usable_cores(monkeypatch):
     training = pytest.importorskip("hw4.training")
     monkeypatch.setattr(system, "usable_cores", lambda: 4)
     seen = {}
+    # As in a new process: an earlier run in this one (a worker's in-process sweep) set its pools.
+    monkeypatch.setattr(training.tf.config.threading, "get_intra_op_parallelism_threads", lambda: 0)
     monkeypatch.setattr(
         training.tf.config.threading, "set_intra_op_parallelism_threads", lambda n: seen.update(intra=n)
     )
@@ -117,9 +119,9 @@ def test_the_xla_cache_folder_is_per_tensorflow_and_cpu_and_the_users_flag_wins(
     monkeypatch.setattr(system, "_applied", None)
     for off in (None, "null", "false", "None", ""):
         assert system.use_xla_cache(off) is None and os.environ[system.XLA_FLAGS_ENV] == "--xla_other=1"
-    (tmp_path / "read-only").mkdir(mode=0o500)
-    if os.geteuid() != 0:  # root writes anywhere
-        assert system.use_xla_cache(str(tmp_path / "read-only")) is None  # the compile would fail
+    (tmp_path / "a-file").write_text("")  # a folder under a file: no one can make it, root included
+    assert system.use_xla_cache(str(tmp_path / "a-file" / "cache")) is None  # the compile would fail
+    assert os.environ[system.XLA_FLAGS_ENV] == "--xla_other=1"  # and XLA is not pointed at it
     assert system.use_xla_cache("mine", base=tmp_path) == tmp_path / "mine"  # relative: to the launch folder
     assert os.environ[system.XLA_FLAGS_ENV] == f"--xla_other=1 {system.XLA_CACHE_FLAG}={tmp_path / 'mine'}"
 

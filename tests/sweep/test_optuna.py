@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -168,7 +169,70 @@ def test_the_command_line_replaces_a_preset_parameter_swept_or_fixed():
     assert (sampled, fixed) == ({}, {"optimizer.lr": "0.01"})
     sampled, fixed = _core.search_space(["data.limit=200", "data.limit=choice(200,400)", "trainer.epochs=range(1,4)"])
     assert fixed == {} and sampled["data.limit"].choices == (200, 400)
-    assert isinstance(sampled["trainer.epochs"], optuna.distributions.IntDistribution)
+    assert sampled["trainer.epochs"] == optuna.distributions.IntDistribution(1, 3)  # Hydra's range(1,4): 1, 2, 3
+
+
+def parsed(line: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(line)
+
+
+def values_of(found) -> list:
+    """Every value an evenly spaced distribution holds, lowest first."""
+    count = round((found.high - found.low) / found.step) + 1
+    return [found.low + k * found.step for k in range(count)]
+
+
+@pytest.mark.parametrize(
+    "line", ["x=range(1,4)", "x=range(1,10,3)", "x=range(0,10,5)", "x=range(4,1,-1)", "x=range(-3,3,2)",
+             "x=float(range(1,4))", "x=range(0.5,2.0,0.5)", "x=range(0,1,0.3)", "x=range(0.1,0.35,0.1)"],
+)  # fmt: skip
+def test_a_range_holds_exactly_the_values_hydras_range_sweep_enumerates(line):
+    """Issue 34: range(1,4) was IntDistribution(1, 4), 4 included; Hydra's range stops before it."""
+    override = parsed(line)
+    enumerated = sorted(override.sweep_iterator())
+    found = _core.distribution(override)
+    floats = any(isinstance(v, float) for v in enumerated)
+    assert isinstance(found, optuna.distributions.FloatDistribution if floats else optuna.distributions.IntDistribution)
+    assert not found.log
+    assert values_of(found) == pytest.approx(enumerated)
+    if not floats:
+        assert all(isinstance(v, int) for v in (found.low, found.high, found.step))
+
+
+def test_an_empty_range_is_refused_in_one_line():
+    from hw4.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"range\(3,1\): an empty range"):
+        _core.distribution(parsed("x=range(3,1)"))
+
+
+@pytest.mark.parametrize(
+    ("line", "low", "high", "log"),
+    [
+        ("x=tag(int, interval(32, 256))", 32, 256, False),  # issue 34: sampled floats, then a type error
+        ("x=int(interval(32, 256))", 32, 256, False),  # the official plugin's integer interval
+        ("x=tag(log, int(interval(32, 256)))", 32, 256, True),
+        ("x=tag(int, log, interval(32, 256))", 32, 256, True),
+        ("x=tag(int, interval(0.5, 4.5))", 1, 4, False),  # the integers inside it
+    ],
+)
+def test_an_int_interval_samples_integers(line, low, high, log):
+    found = _core.distribution(parsed(line))
+    assert found == optuna.distributions.IntDistribution(low, high, log=log)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [study.ask(fixed_distributions={"x": found}).params["x"] for _ in range(20)]
+    assert all(isinstance(v, int) and low <= v <= high for v in drawn) and len(set(drawn)) > 1
+
+
+@pytest.mark.parametrize(
+    ("line", "low", "high", "log"),
+    [("x=interval(32, 256)", 32.0, 256.0, False), ("x=tag(log, interval(1e-4, 3e-2))", 1e-4, 3e-2, True)],
+)
+def test_a_plain_interval_samples_floats(line, low, high, log):
+    found = _core.distribution(parsed(line))
+    assert found == optuna.distributions.FloatDistribution(low, high, log=log)
 
 
 def test_a_search_into_an_existing_sweep_folder_numbers_its_jobs_after_the_last(tmp_path):
@@ -198,3 +262,121 @@ def test_the_first_parent_stays_the_studys_while_it_exists():
     studies.record_parent(study, beside, parent_exists=lambda run_id: False)  # the first was deleted
     assert study.user_attrs[studies.PARENT_ATTR]["parent_run_id"] == "beside"
     assert "launch_id" not in study.user_attrs[studies.PARENT_ATTR]  # what one launch alone knows
+
+
+def test_a_study_records_its_first_launchs_settings_and_refuses_others():
+    """A study made before hw4 recorded settings records the next launch's; a launch whose
+    settings differ is refused, naming each differing key with both values."""
+    from hw4.errors import ConfigError
+
+    study = optuna.create_study(study_name="lr-mlp-adam")
+    first = {"trainer.epochs": "20", "data.limit": "None", "model.name": "mlp"}
+    studies.check_settings(study, first)  # none recorded: these are the study's now
+    assert study.user_attrs[studies.SETTINGS_ATTR] == first
+    studies.check_settings(study, {**first, "model.new_key": "1"})  # a key only one side has: not compared
+    smoke = {**first, "trainer.epochs": "2", "data.limit": "400"}
+    with pytest.raises(ConfigError) as refused:
+        studies.check_settings(study, smoke)
+    message = str(refused.value)
+    assert "\n" not in message and "hydra.sweeper.study_name" in message
+    assert "data.limit=None (this launch: 400)" in message and "trainer.epochs=20 (this launch: 2)" in message
+    assert study.user_attrs[studies.SETTINGS_ATTR] == first  # the refused launch changed nothing
+
+
+def test_the_fixed_settings_leave_out_the_searched_keys_the_seed_and_bookkeeping():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from hw4.config import CONFIG_DIR, register_configs
+
+    register_configs()
+    overrides = ["hparams_search=optuna_lr", "debug=fast", "trainer.seed=3", "data.limit=choice(200,400)",
+                 "tracking.uri=sqlite:///elsewhere.db", "trainer.verbose=2"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):  # the launcher's config, as Hydra loads it
+        load = GlobalHydra.instance().config_loader().load_configuration
+        config = load("config", overrides, run_mode=RunMode.MULTIRUN)
+    settings = studies.fixed_settings(config)
+    assert settings["trainer.epochs"] == "2" and settings["model.name"] == "mlp"  # debug=fast's, the preset's
+    assert settings["optimizer.name"] == "adam"
+    searched = ("optimizer.lr", "data.limit")  # hydra.sweeper.params' and the command line's sweep
+    bookkeeping = ("trainer.seed", "trainer.verbose", "tracking.uri", "data.dir")
+    assert not set(searched + bookkeeping) & set(settings)
+    assert not [k for k in settings if k.startswith("hydra.")]
+
+
+@pytest.mark.slow
+def test_a_launch_with_other_fixed_settings_is_refused_before_any_trial_or_parent(
+    tiny_data_dir, tracking_uri, tmp_path
+):
+    """Issue 34: a debug=fast smoke test and a real search joined one study and one parent run."""
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    finished(search(tmp_path, tiny_data_dir, tracking_uri, "first", "hydra.sweeper.n_trials=1"))
+    (parent,) = parents(tracking_uri)
+    other = search(tmp_path, tiny_data_dir, tracking_uri, "other", "hydra.sweeper.n_trials=1", "trainer.epochs=2")
+    _, err = other.communicate(timeout=600)
+    assert other.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "hydra.sweeper.study_name" in line]
+    assert "lr-mlp-adam" in line and "trainer.epochs=1 (this launch: 2)" in line
+    assert [t.number for t in optuna.load_study(study_name="lr-mlp-adam", storage=storage).trials] == [0]
+    assert [p.info.run_id for p in parents(tracking_uri)] == [parent.info.run_id]
+    assert MlflowClient(tracking_uri).get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def all_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hw4")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir, tracking_uri, tmp_path):
+    """Issue 34: a launcher SIGKILLed during a trial, then the same command again (a new sweep
+    folder, Hydra's default): the dead trial is failed (its heartbeat stopped) and asked again,
+    its run resumed from its checkpoint under the same parent; nothing stays RUNNING."""
+    epochs = 40
+    command = [
+        "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=1", "hydra/sweeper/pruner=none",
+        "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2", "debug=fast",
+        f"trainer.epochs={epochs}", f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}",
+    ]  # fmt: skip
+    client = MlflowClient(tracking_uri)
+
+    def child_trained_two_epochs() -> bool:
+        return any(r.info.status == "RUNNING" and r.data.tags.get(names.SWEEP_ROLE) != "parent"
+                   and len(client.get_metric_history(r.info.run_id, "loss")) >= 2
+                   for r in all_runs(tracking_uri))  # fmt: skip
+
+    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not child_trained_two_epochs():
+        assert launcher.poll() is None, launcher.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the trial did not train two epochs in time"
+        time.sleep(0.1)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    (killed_trial,) = optuna.load_study(study_name="lr-mlp-adam", storage=storage).trials
+    assert killed_trial.state == TrialState.RUNNING  # the fault as it is: nothing could tell it
+    (killed_run,) = [r for r in all_runs(tracking_uri) if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
+    (parent,) = parents(tracking_uri)
+    assert killed_run.info.status == parent.info.status == "RUNNING"
+    time.sleep(3)  # past the grace period
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="lr-mlp-adam", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = study.trials[1]
+    assert retry.params == killed_trial.params and retry.system_attrs["failed_trial"] == 0  # Optuna's retry
+    assert not [r.info.run_id for r in all_runs(tracking_uri) if r.info.status == "RUNNING"]
+    (parent_again,) = parents(tracking_uri)  # the dead launch's parent, continued, not forked
+    assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
+    children = [r for r in all_runs(tracking_uri) if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
+    assert [(c.info.run_id, c.info.status) for c in children] == [(killed_run.info.run_id, "FINISHED")]
+    assert retry.user_attrs["mlflow_run_id"] == killed_run.info.run_id
+    assert f"resuming run {killed_run.info.run_id}" in again.stdout  # from its checkpoint
+    assert {m.step for m in client.get_metric_history(killed_run.info.run_id, "loss")} == set(range(epochs))

@@ -1,0 +1,99 @@
+"""A new sqlite store that two sweep launchers open at the same moment, and a sweep whose start
+fails: one launch, one parent run, or an abort in one line; never a half-tracked sweep."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hw4 import names
+from hw4.errors import Hw4Error
+from hw4.sweep.context import CONTEXT_FILE
+
+LAUNCHERS = 2
+
+
+def launcher(tmp_path: Path, data_dir: Path, uri: str, folder: str) -> subprocess.Popen:
+    """A one-job sweep of one epoch, in its own sweep folder (the race is in the launch's start)."""
+    command = [
+        "hw4-train", "-m", "model=mlp", "debug=fast", "trainer.epochs=1", "optimizer.lr=1e-3",
+        f"data.dir={data_dir}", f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path / folder}",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_launchers_create_one_new_store_at_once(tiny_data_dir, tmp_path):
+    """Both launchers run MLflow's schema migration on a store that does not exist yet: one
+    creates it, the other waits and opens it; each sweep gets its own parent and children."""
+    db = tmp_path / "new-store" / "mlflow.db"  # not there yet: the launchers create it
+    uri = f"sqlite:///{db}"
+    launches = [launcher(tmp_path, tiny_data_dir, uri, f"sweep-{i}") for i in range(LAUNCHERS)]
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+
+    for launch, (_, stderr) in zip(launches, outputs):
+        assert launch.returncode == 0, stderr[-3000:]
+        assert "raised" not in stderr, stderr[-3000:]  # Hydra's warning for a failed callback
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hw4")
+    found = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [run for run in found if run.data.tags.get(names.SWEEP_ROLE) == names.PARENT_ROLE]
+    assert len(parents) == LAUNCHERS and {p.info.status for p in parents} == {"FINISHED"}
+    for parent in parents:
+        children = [run for run in found if run.data.tags.get(names.PARENT_RUN) == parent.info.run_id]
+        assert len(children) == 1 and {c.info.status for c in children} == {"FINISHED"}
+    assert len(found) == LAUNCHERS * 2  # no job trained outside its sweep
+
+
+def sweep_command(tmp_path: Path, data_dir: Path, uri: str, folder: Path) -> list[str]:
+    return [
+        "hw4-train", "-m", "model=mlp", "debug=fast", "optimizer.lr=1e-3,1e-2", f"data.dir={data_dir}",
+        f"tracking.uri={uri}", f"hydra.sweep.dir={folder}",
+    ]  # fmt: skip
+
+
+def test_a_sweep_whose_start_fails_stops_in_one_line_and_ends_its_parent_failed(tiny_data_dir, tracking_uri, tmp_path):
+    """The parent run exists when the launch fails (its sweep folder cannot take the context
+    file): the launch exits 1 with one line, the parent ends FAILED, and no job runs untracked."""
+    folder = tmp_path / "multirun"
+    (folder / CONTEXT_FILE).mkdir(parents=True)  # a folder where the context file must go
+    (folder / CONTEXT_FILE / "in-the-way").write_text("")
+    result = subprocess.run(
+        sweep_command(tmp_path, tiny_data_dir, tracking_uri, folder), cwd=tmp_path, capture_output=True, text=True
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("sweep not started: ") and CONTEXT_FILE in lines[0]
+    client = MlflowClient(tracking_uri)
+    found = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
+    assert [(r.data.tags.get(names.SWEEP_ROLE), r.info.status) for r in found] == [(names.PARENT_ROLE, "FAILED")]
+    assert found[0].data.tags[names.ERROR] == lines[0]
+
+
+def test_a_store_that_cannot_be_used_stops_the_sweep_in_one_line(tiny_data_dir, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # its folder cannot be made
+    result = subprocess.run(
+        sweep_command(tmp_path, tiny_data_dir, uri, tmp_path / "multirun"), cwd=tmp_path, capture_output=True, text=True
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("sweep not started: tracking store folder ") and "a-file" in lines[0]
+    assert not (tmp_path / "multirun" / CONTEXT_FILE).exists()  # no job started
+
+
+def test_api_sweep_raises_the_error_that_stopped_the_launch(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
+    """In a notebook the launch's error is raised (no exit), and its parent ends FAILED too."""
+    from hw4 import api
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "multirun"
+    (folder / CONTEXT_FILE).mkdir(parents=True)
+    with pytest.raises(Hw4Error, match=f"IsADirectoryError: .*{CONTEXT_FILE}"):
+        api.sweep(sweep_command(tmp_path, tiny_data_dir, tracking_uri, folder)[2:])
+    client = MlflowClient(tracking_uri)
+    found = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
+    assert [(r.data.tags.get(names.SWEEP_ROLE), r.info.status) for r in found] == [(names.PARENT_ROLE, "FAILED")]
