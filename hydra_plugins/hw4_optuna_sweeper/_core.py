@@ -71,10 +71,12 @@ def distribution(override: Override) -> Any:
     if override.is_interval_sweep():
         assert isinstance(value, IntervalSweep)
         log_scale = "log" in value.tags
-        if "int" in value.tags or (isinstance(value.start, int) and isinstance(value.end, int)):
-            # The integers inside the interval (as the bounds are integers: the plugin's int()).
-            return IntDistribution(math.ceil(value.start), math.floor(value.end), log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
+        integers = "int" in value.tags or (isinstance(value.start, int) and isinstance(value.end, int))
+        # The integers inside the interval (as the bounds are integers: the plugin's int()).
+        low, high = (math.ceil(value.start), math.floor(value.end)) if integers else (value.start, value.end)
+        if low > high or (log_scale and low <= 0):
+            raise ConfigError(f"{override.input_line}: an empty or (log) non-positive interval, nothing to sample")
+        return (IntDistribution if integers else FloatDistribution)(low, high, log=log_scale)
     raise ConfigError(f"{override.input_line}: not a search space Optuna can sample")
 
 

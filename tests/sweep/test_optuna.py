@@ -206,6 +206,9 @@ def test_an_empty_range_is_refused_in_one_line():
 
     with pytest.raises(ConfigError, match=r"range\(3,1\): an empty range"):
         _core.distribution(parsed("x=range(3,1)"))
+    for line in ("x=tag(int, interval(0.5, 0.9))", "x=tag(log, interval(0, 1))"):  # no integer; log of 0
+        with pytest.raises(ConfigError, match="an empty or \\(log\\) non-positive interval"):
+            _core.distribution(parsed(line))
 
 
 @pytest.mark.parametrize(
