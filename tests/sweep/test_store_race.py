@@ -97,3 +97,34 @@ def test_api_sweep_raises_the_error_that_stopped_the_launch(tiny_data_dir, track
     client = MlflowClient(tracking_uri)
     found = client.search_runs([client.get_experiment_by_name("hw4").experiment_id])
     assert [(r.data.tags.get(names.SWEEP_ROLE), r.info.status) for r in found] == [(names.PARENT_ROLE, "FAILED")]
+
+
+CONNECT_AT = """
+import sys, time
+from hw4 import tracking  # MLflow imported: only the store's creation is left to race
+
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+tracking.connect(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_processes_opening_one_new_store_at_the_same_moment_create_it_once(tmp_path):
+    """The race itself, without the launchers' timing: three processes, MLflow already imported,
+    open one new sqlite store at one moment (hw4.tracking.store_lock serializes the creation)."""
+    import sys
+    import time
+
+    (tmp_path / "new").mkdir()
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    start = time.time() + 8  # after every process has imported MLflow, on two cores
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CONNECT_AT, uri, str(start)], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in processes]
+    assert time.time() > start  # they did meet at the start
+    assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    assert MlflowClient(uri).search_experiments()  # one store, its tables made once
