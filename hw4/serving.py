@@ -8,9 +8,9 @@ with the training split's mean and standard deviation. `prep=augment` transforms
 batches only, so its pipeline only scales.
 
 The pipeline reuses the trained model's layers (a Sequential's, the same weights; any other
-model as an uncompiled clone) and is never compiled: the saved file holds no optimizer and no learning-rate schedule, only built-in Keras
-layers, so a plain Keras install loads it without hw4 (`mlflow.pyfunc.load_model`,
-`mlflow models serve`).
+model as an uncompiled clone) and is never compiled: the saved file holds no optimizer and no
+learning-rate schedule, only built-in Keras layers, so a plain Keras install loads it without
+hw4 (`mlflow.pyfunc.load_model`, `mlflow models serve`).
 """
 
 from __future__ import annotations

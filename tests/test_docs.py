@@ -19,5 +19,6 @@ def test_the_main_command_promises_a_band_around_its_rows_mean_that_holds_the_ru
     promise = text[text.index("The main command above") :].split("\n\n")[0]
     assert f"{mean:.4f} ± {2 * std:.4f}" in promise  # two standard deviations over seeds
     assert not re.search(r"\bit gives \d", promise)  # no exact number, which another CPU does not give
-    quoted = [float(v) for v in re.findall(r"\bgave (0\.\d{4})", promise)]
-    assert quoted and all(abs(value - mean) <= 2 * std for value in quoted), quoted
+    # Every single run it quotes (the seeds' range, each CPU's seed 0) lies in that band.
+    quoted = [float(v) for v in re.findall(r"\b0\.\d{4}\b", promise) if float(v) not in (mean, std, 2 * std)]
+    assert len(quoted) >= 4 and all(abs(value - mean) <= 2 * std for value in quoted), quoted

@@ -64,9 +64,12 @@ class RunLock:
         handle.flush()
         self._file = handle
 
-    def release(self) -> None:
+    def release(self, *, keep_file: bool = False) -> None:
+        """Drop the lock. `keep_file`: the run is left RUNNING, and its lock file, free now, tells a
+        later process that its holder is gone (`is_held` is false)."""
         if self._file is not None:
-            self.path.unlink(missing_ok=True)
+            if not keep_file:
+                self.path.unlink(missing_ok=True)
             self._file.close()  # closing drops the lock
             self._file = None
 

@@ -172,11 +172,10 @@ class MlflowSweepCallback(Callback):
                 ended = False
                 log.error("parent run %s could not be ended FAILED (%s)", parent_id, tracking.first_line(error))
             self._finished = True  # nothing left for on_multirun_end or the exit handler to end
-        # Released only once the parent has ended (a notebook's process goes on). A parent left
-        # RUNNING keeps the lock file, freed when this process exits: a later launch of its study
-        # then knows its launcher is gone and continues it.
-        if self._parent_lock is not None and ended:
-            self._parent_lock.release()
+        # Released now (a notebook's process goes on). A parent that could not be ended keeps its
+        # lock file, free: a later launch of its study knows its launcher is gone and continues it.
+        if self._parent_lock is not None:
+            self._parent_lock.release(keep_file=not ended)
             self._parent_lock = None
         return LaunchAborted(f"sweep not started: {reason}", exc)
 

@@ -190,7 +190,7 @@ class OptunaSweeperImpl:
         trial: Optional[int] = None,  # set on each job's config, never on the sweep's
     ) -> None:
         if heartbeat_interval is not None and (
-            heartbeat_interval < 1 or (grace_period or 2 * heartbeat_interval) <= heartbeat_interval
+            heartbeat_interval < 1 or (grace_period is not None and grace_period <= heartbeat_interval)
         ):
             raise ValueError(
                 "hydra.sweeper.heartbeat_interval must be >= 1 and below grace_period, "
