@@ -295,18 +295,12 @@ class MlflowSweepCallback(Callback):
         """Take the lock of the launcher of `parent_run_id` if it is on this disk and no live
         process holds it: that launcher died. False for a live launcher, or one whose lock is
         not on this disk (another machine's, or one from before launchers held a lock)."""
-        from hw4.errors import TrackingError
         from hw4.runtime import locks
 
         if self._lock_root is None or not locks.lock_path(self._lock_root, parent_run_id).exists():
             return False
-        lock = locks.RunLock(locks.lock_path(self._lock_root, parent_run_id), parent_run_id)
-        try:
-            lock.acquire()
-        except TrackingError:  # its launcher is alive
-            return False
-        self._parent_lock = lock
-        return True
+        self._parent_lock = self._try_parent_lock(parent_run_id)
+        return self._parent_lock is not None
 
     def _hold_parent_lock(self) -> None:
         """Hold the flock of this launch's parent run (`<checkpoint_dir>/<parent run id>.lock`, as
@@ -314,19 +308,24 @@ class MlflowSweepCallback(Callback):
         dies, however it dies. Held by another live launcher (two launches of one folder at once,
         or one still ending the parent this launch reopens), this launch goes on without it: a
         later launch then takes its parent for a live launch's, as before launchers held locks."""
-        from hw4.errors import TrackingError
-        from hw4.runtime import locks
-
         parent_id = self.context.parent_run_id
         if self._parent_lock is not None and self._parent_lock.run_id == parent_id:
             return  # taken from a dead launcher in _reopen
-        lock = locks.RunLock(locks.lock_path(self._lock_root, parent_id), parent_id)
+        self._parent_lock = self._try_parent_lock(parent_id)
+        if self._parent_lock is None:
+            log.info("parent run %s: another live launcher holds its lock", parent_id)
+
+    def _try_parent_lock(self, parent_run_id: str) -> Any:
+        """The parent run's lock, taken; None while a live process holds it."""
+        from hw4.errors import TrackingError
+        from hw4.runtime import locks
+
+        lock = locks.RunLock(locks.lock_path(self._lock_root, parent_run_id), parent_run_id)
         try:
             lock.acquire()
         except TrackingError:
-            log.info("parent run %s: another live launcher holds its lock", parent_id)
-            return
-        self._parent_lock = lock
+            return None
+        return lock
 
     def _stopped_by(self) -> Optional[int]:
         """The signal that stopped the sweep (0 if not known), or None if it was not stopped."""

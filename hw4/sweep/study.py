@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import math
@@ -96,16 +95,15 @@ def rdb_storage(
 @contextlib.contextmanager
 def creating(storage: Optional[str], **heartbeat: Optional[int]) -> Iterator[Any]:
     """The storage to create or open a study in (None: Optuna's in-memory storage); `heartbeat`:
-    rdb_storage's. A sqlite file is opened under an exclusive file lock, so that two launches
-    creating a new file at once do not race on its tables, nor on recording the study's settings."""
+    rdb_storage's. A sqlite file is opened under the store lock MLflow's store is opened under
+    (hw4.tracking.store_lock), so that two launches creating a new file at once do not race on
+    its tables, nor on recording the study's settings."""
+    from hw4.tracking import store_lock
+
     if not storage:
         yield storage
         return
-    if not storage.startswith("sqlite:///") or storage.endswith(":memory:"):
-        yield rdb_storage(storage, **heartbeat)
-        return
-    with open(storage[len("sqlite:///") :] + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with store_lock(storage):
         yield rdb_storage(storage, **heartbeat)
 
 
