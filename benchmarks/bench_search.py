@@ -7,7 +7,7 @@ Every strategy trains the MLP preset (`+experiment=part3_mlp`) at 10 epochs on t
 `hw4-train` process each, one after the other on this machine, into one fresh store:
 
 - `grid`: `+sweep=lr_seeds`, 5 learning rates x 3 seeds, every epoch. Its winner and the rates
-  tied with it (Welch's t-test, hw4.runs) are the reference answer.
+  tied with it (Welch's t-test, hw4.ranking) are the reference answer.
 - `tpe_asha`, `tpe_median`, `tpe`: `hparams_search=optuna_lr` over the grid's range
   (log-uniform 1e-4 to 1e-2), `--trials` trials of at most the grid's 10 epochs, pruned by
   successive halving (ASHA), by the median rule, or not at all.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from hw4 import names, runs
+from hw4 import names, ranking, runs
 from hw4.sweep.context import SweepContext
 
 GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]  # conf/sweep/lr.yaml
@@ -88,12 +88,12 @@ def measure(strategy: str, client: MlflowClient, parent: str, wall: float) -> di
     parent_run = client.get_run(parent)
     children = runs.training_runs(client, parent_run.info.experiment_id, parent)
     epochs = sum(len(client.get_metric_history(c.info.run_id, names.LOSS)) for c in children)
-    summary, configurations = runs.summarize(children)
+    frame = runs.table(children)
+    summary, configurations = ranking.summarize(frame)
     row = {"strategy": strategy, "runs": len(children), "epochs": epochs, "wall_s": round(wall, 1)}
     row["pruned"] = summary["jobs_pruned"]
     if strategy == "grid":
-        frame = runs.table(children)
-        tied = frame[frame["config_key"].isin(runs.tied_keys(configurations))]["lr"]
+        tied = frame[frame["config_key"].isin(ranking.tied_keys(configurations))]["lr"]
         row.update(best_lr=summary["best_lr"], tied_lrs=sorted({float(v) for v in tied}))
         row["best_value"] = summary["best_config_mean_val_categorical_accuracy"]
     else:

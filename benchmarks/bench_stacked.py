@@ -7,8 +7,8 @@ seed, same order) from the same initial weights. Stacked, their weights are [K, 
 every Dense layer one batched matmul (einsum), and Adam's update takes a [K, 1, 1] learning rate
 (its step is linear in the rate). This probe times, in one process per variant and alternating:
 
-- alone: the K models one after another, each in hw4's compiled epoch (XLA), as an in-process
-  sweep trains them;
+- alone: the K models one after another, each a run of hw4's epoch loop (hw4.training.loop,
+  XLA as a full-data MLP run gets it), as an in-process sweep trains them;
 - stacked: the K models in one compiled epoch (XLA) of the stacked model.
 
 Both run the same epochs, the homework's MLP at batch 128 on the real training split. It prints
@@ -39,12 +39,14 @@ def splits(data_dir: str):
 
 
 def alone(args) -> dict:
-    """Each rate in hw4's own compiled loop, one after another."""
+    """Each rate in hw4's own epoch loop, one after another."""
     import keras
     from omegaconf import OmegaConf
 
-    from hw4 import models, training
+    from hw4 import models
     from hw4.config import TrainerConfig
+    from hw4.runtime.signals import RunSignals
+    from hw4.training import compile, loop, runtime
 
     s = splits(args.data_dir)
     trainer = OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"epochs": args.epochs, "verbose": 0})
@@ -58,12 +60,19 @@ def alone(args) -> dict:
             if epoch:  # the first epoch compiles
                 times.append(time.perf_counter() - self.start)
 
+    steps = trainer.epochs * -(-len(s.x_train) // trainer.batch_size)
     for rate in RATES[: args.k]:
-        training.configure_runtime(trainer)
+        runtime.configure_runtime(trainer)
         model = models.mlp((784,))
-        training.compile_model(model, keras.optimizers.Adam(rate))
-        history = training.fit(model, s, trainer, [Timer()])
-        accuracy.append(history["val_categorical_accuracy"][-1])
+        runtime.compile_model(model, keras.optimizers.Adam(rate))
+        settings = loop.LoopSettings(
+            epochs=trainer.epochs, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
+            schedule=1.0, jit=compile.wants_xla(model, trainer.jit_compile, augment=False, steps=steps),
+        )  # fmt: skip
+        member = loop.Member(model=model, callbacks=[Timer()], seed=trainer.seed, peak=rate)
+        with RunSignals() as signals:
+            loop.train([member], s, settings, signals)
+        accuracy.append(member.history["val_categorical_accuracy"][-1])
     # K models' epoch: the K medians added up.
     per_model = statistics.median(times)
     return {"epoch_s": per_model * args.k, "val_accuracy": accuracy}

@@ -3,15 +3,15 @@
     python benchmarks/bench_train.py --model lenet --epochs 3
     python benchmarks/bench_train.py --model mlp --epochs 5 --rounds 2 --write BENCHMARKS.md
     python benchmarks/bench_train.py --model lenet --variants hw4 --lever bf16=trainer.precision=mixed_bfloat16
+    python benchmarks/bench_train.py --model mlp --variants reference hw4 --lever jax=env:KERAS_BACKEND=jax
 
 Each measurement runs in its own subprocess (so peak memory is its own), alternating between
 the variants in every round:
 
 - reference: the homework's code path, pixels / 255.0 (float64 arrays) straight into
   model.fit, no tracking;
-- hw4: the framework's path (hw4.data.prepare, hw4.training.fit with its per-epoch checkpoint
-  and MLflow callbacks) logging to a temporary sqlite store;
-- hw4-fit: the hw4 path on Keras' fit loop (trainer.loop=fit) instead of the compiled epoch;
+- hw4: the framework's path (hw4.data.prepare, the run as the one member of hw4.training.loop
+  with its per-epoch checkpoint and MLflow callbacks) logging to a temporary sqlite store;
 - hw4-untracked: the hw4 path with MLflow logging off (tracking overhead = hw4 / this).
 
 Reported per variant: median and fastest epoch seconds over all rounds' epochs after the first,
@@ -36,9 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "fashion-mnist"
-VARIANTS = ("reference", "hw4", "hw4-fit", "hw4-untracked")
-# Overrides a variant adds to --set: hw4-fit is hw4 on Keras' fit loop (the loop before issue 24).
-VARIANT_SET = {"hw4-fit": ["trainer.loop=fit"]}
+VARIANTS = ("reference", "hw4", "hw4-untracked")
+# Overrides a variant adds to --set: filled by --lever.
+VARIANT_SET: dict[str, list[str]] = {}
 MODELS = ("lenet", "mlp")
 
 
@@ -77,7 +77,10 @@ def run_variant(args: argparse.Namespace) -> dict:
     import numpy as np
     from omegaconf import OmegaConf
 
-    from hw4 import data, training
+    from hw4 import data, steps
+    from hw4.runtime.signals import RunSignals
+    from hw4.training import callbacks as epoch_callbacks
+    from hw4.training import loop, runtime
 
     cfg = compose_config(args)
     model_cfg, trainer = cfg.model, cfg.trainer
@@ -98,7 +101,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         keras.utils.set_random_seed(0)
         if "c5_as_dense" in model_cfg:
             model_cfg = OmegaConf.merge(model_cfg, {"c5_as_dense": False})
-        model = training.build_model(model_cfg, num_classes=10)
+        model = runtime.build_model(model_cfg, num_classes=10)
         splits = data.prepare(raw, model_cfg.input_shape, n_classes=10)
         x_train = splits.x_train.astype(np.float64)  # what `x / 255.0` on uint8 gives
         x_val = splits.x_val.astype(np.float64)
@@ -109,13 +112,21 @@ def run_variant(args: argparse.Namespace) -> dict:
             epochs=args.epochs, batch_size=args.batch_size, verbose=0, callbacks=[EpochTimer()],
         ).history  # fmt: skip
     else:
-        training.configure_runtime(trainer)  # seed, dtype policy, threads
-        model = training.build_model(model_cfg, num_classes=10)
+        runtime.configure_runtime(trainer)  # seed, dtype policy, threads
+        model = runtime.build_model(model_cfg, num_classes=10, seed=trainer.seed)
         splits = data.prepare(raw, model_cfg.input_shape, n_classes=10)
-        training.compile_model(model, keras.optimizers.Adam(1e-3), trainer.jit_compile, trainer.steps_per_execution)
+        runtime.compile_model(model, keras.optimizers.Adam(1e-3))
+        settings = steps.loop_settings(cfg, model, len(splits.x_train))  # as a run: XLA by trainer.jit_compile
+
+        def fit(callbacks: list) -> dict:
+            member = loop.Member(model=model, callbacks=callbacks, seed=trainer.seed, peak=1e-3)
+            with RunSignals() as signals:
+                loop.train([member], splits, settings, signals)
+            return member.history
+
         callbacks: list = [EpochTimer()]
         with tempfile.TemporaryDirectory() as tmp:
-            if args.variant != "hw4-untracked":  # hw4, hw4-fit and the levers
+            if args.variant != "hw4-untracked":  # hw4 and the levers
                 from hw4 import checkpoints, tracking
 
                 client = tracking.connect(tracking.resolve_uri("sqlite:///mlflow.db", tmp))
@@ -123,11 +134,11 @@ def run_variant(args: argparse.Namespace) -> dict:
                 with tracking.start_run(client, experiment, "bench") as run:
                     callbacks += [
                         checkpoints.EpochCheckpoint(Path(tmp) / "ckpt"),
-                        training.EpochMetricsLogger(run.log_metrics),
+                        epoch_callbacks.EpochMetricsLogger(run.log_metrics),
                     ]
-                    history = training.fit(model, splits, trainer, callbacks)
+                    history = fit(callbacks)
             else:
-                history = training.fit(model, splits, trainer, callbacks)
+                history = fit(callbacks)
     return {
         "variant": args.variant,
         "epoch_times": times,
@@ -188,7 +199,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--write", help="append the results table to this Markdown file")
     parser.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE",
-                        help="hw4-train overrides for all variants, e.g. trainer.pipeline=tf_data "
+                        help="hw4-train overrides for all variants, e.g. trainer.jit_compile=true "
                              "(the reference uses only the model's)")  # fmt: skip
     parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--lever", nargs="*", default=[], metavar="NAME=SETTING[,SETTING]",
@@ -228,7 +239,7 @@ def main() -> None:
         f"### {args.model}, batch {args.batch_size}, {args.epochs} epochs, {args.rounds} round(s)"
         + (f", hw4 with {' '.join(args.set)}" if args.set else ""),
         "",
-        f"CPU: {cpu_model()}, {os.cpu_count()} cores; TensorFlow/Keras from this venv; "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; Keras from this venv on {os.environ.get('KERAS_BACKEND', 'tensorflow')}; "
         f"training FLOPs per sample: {flops / 1e6:.2f} M; `hw4-train --help`: {startup_seconds():.2f} s",
         "",
         "| variant | epoch s (median) | fastest epoch s | samples/s | vs reference (median, fastest) | GFLOP/s | val acc | peak RSS MB |",

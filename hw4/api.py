@@ -90,7 +90,7 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     OVERRIDES` does; returns the sweep's per-configuration table, ranked (hw4-compare's
     statistics), with the parent run id and the summary in `table.attrs`. A sweep a signal
     stopped raises KeyboardInterrupt once its parent has ended."""
-    from hw4 import runs, tracking
+    from hw4 import ranking, runs, tracking
     from hw4 import train as entrypoint
     from hw4.sweep import callback
     from hw4.sweep.callback import MlflowSweepCallback
@@ -112,7 +112,7 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     context = launched.context
     client = tracking.client_for(launched.store_uri)
     children = runs.training_runs(client, context.experiment_id, context.parent_run_id)
-    summary, table = runs.summarize(children, launched.objective)
+    summary, table = ranking.summarize(runs.table(children), launched.objective)
     table.attrs.update(parent_run_id=context.parent_run_id, summary=summary)
     return table
 
@@ -124,7 +124,7 @@ def compare(*, parent: Optional[str] = None, group: bool = True, **tracking_sett
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from hw4 import runs, tracking
+    from hw4 import ranking, runs, tracking
     from hw4.commands import compare as command
 
     try:
@@ -143,4 +143,4 @@ def compare(*, parent: Optional[str] = None, group: bool = True, **tracking_sett
         return frame
     if not group:
         return command.run_table(frame, metric=metric)
-    return command.config_table(runs.group(frame, metric, sweep=parent is not None), metric=metric)
+    return command.config_table(ranking.group(frame, metric, sweep=parent is not None), metric=metric)

@@ -36,6 +36,9 @@ class CheckpointState:
 
     epoch: int = -1
     history: dict[str, list[float]] = field(default_factory=dict)
+    # Set when training ended before its last epoch (early stopping, pruning): the tags saying
+    # why. A resume then evaluates and logs; it never trains past the stop.
+    ended: Optional[dict] = None
 
     def append(self, epoch: int, logs: Mapping[str, float]) -> None:
         self.epoch = epoch
@@ -106,6 +109,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in self.folder.glob("epoch-*"):
             if old not in (epoch_dir, previous):
                 shutil.rmtree(old, ignore_errors=True)
+
+    def mark_ended(self, tags: dict) -> None:
+        """Record in the latest checkpoint that training ended here, and why (`tags`)."""
+        self.state.ended = dict(tags)
+        epoch_dir = _latest_dir(self.folder)
+        if epoch_dir is None:
+            return
+        tmp = epoch_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(self.state.__dict__))
+        _fsync(tmp)
+        os.replace(tmp, epoch_dir / STATE_FILE)
+        _fsync(epoch_dir)
 
 
 def _fsync(path: Path) -> None:

@@ -122,18 +122,16 @@ class TrainerConfig:
     epochs: int = 20
     batch_size: int = 128
     seed: int = 0
-    # TensorFlow op determinism: identical histories for identical seeds, somewhat slower.
+    # TensorFlow op determinism: identical histories for identical seeds, somewhat slower (JAX's
+    # CPU ops are deterministic already).
     deterministic: bool = False
     # Keras verbosity: 1 = progress bar, 2 = one line per epoch, 0 = silent.
     verbose: int = 1
     # Batch size for evaluation and prediction (no gradients, so larger is faster).
     eval_batch_size: int = 1024
-    # Speed levers (measured in BENCHMARKS.md). Batches run per compiled call: fewer Python
-    # round trips; the same updates in the same order.
-    steps_per_execution: int = 16
-    # XLA: "auto" is XLA in the compiled loop for models without convolutions (the MLP; LeNet-5's
-    # convolutions are faster on oneDNN) in runs long enough to pay back its compile
-    # (hw4.compiled_loop.XLA_MIN_STEPS batches), and Keras' own choice in fit; or true/false.
+    # XLA on TensorFlow (JAX always compiles with it): "auto" is XLA for models without
+    # convolutions (the MLP; LeNet-5's convolutions are faster on oneDNN) in runs long enough to
+    # pay back its compile (hw4.training.compile.XLA_MIN_STEPS batches); or true/false.
     jit_compile: str = "auto"
     # XLA's compilation cache on disk: a later run of the same program skips the first epoch's
     # compile. "auto" = $XDG_CACHE_HOME (or ~/.cache)/hw4/xla/<TensorFlow>-<CPU>, a folder, or null.
@@ -142,14 +140,6 @@ class TrainerConfig:
     # LeNet-5's epoch 0.78x float32's there, but not its dropout and batch-norm variants nor the
     # MLP (BENCHMARKS.md), so not the default.
     precision: str = "float32"
-    # Input pipeline: "numpy" (batches gathered from the arrays in memory, in a new order each
-    # epoch that depends on (seed, epoch) only; measured fastest here) or "tf_data"
-    # (tf.data's shuffle buffer, prefetched).
-    pipeline: str = "numpy"
-    # Training loop: "compiled" (each epoch one compiled program over the data held as tensors,
-    # the numpy pipeline's batch order; XLA as jit_compile says) or "fit"
-    # (Keras' fit over the pipeline above). Measured in BENCHMARKS.md.
-    loop: str = "compiled"
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
     threads: Optional[int] = None
     # Save model, optimizer state and history every epoch, under <checkpoint_dir>/<run id>.
@@ -256,8 +246,6 @@ class CleanConfig:
 TRAINER_CHOICES = {
     "jit_compile": ("auto", "true", "false"),
     "precision": ("float32", "mixed_bfloat16"),
-    "pipeline": ("tf_data", "numpy"),
-    "loop": ("compiled", "fit"),
     "prune": ("none", "median"),
 }
 
@@ -374,14 +362,6 @@ def check_prep_and_schedule(cfg: DictConfig, need: Callable[[bool, str], None]) 
     p, s, t, f = cfg.prep, cfg.schedule, cfg.trainer, cfg.lr_find
     need(p.name in PREPS, f"prep must be one of {', '.join(PREPS)}, got {p.name}")
     need(0 <= p.max_shift <= 8, f"prep.max_shift must be 0 to 8 pixels, got {p.max_shift}")
-    need(
-        p.name != "augment" or str(t.pipeline) == "numpy",
-        "prep=augment needs trainer.pipeline=numpy (it augments the batches that pipeline draws)",
-    )
-    need(
-        str(t.pipeline) == "numpy" or str(t.loop) == "fit",
-        f"trainer.pipeline={t.pipeline} needs trainer.loop=fit (the compiled loop holds the data as tensors)",
-    )
     need(s.name in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {s.name}")
     need(
         0 <= s.warmup_epochs < t.epochs,
@@ -417,7 +397,6 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer {o.get('name', '')!r}: lr is missing (set optimizer.lr)")
     need(t.epochs >= 1, f"trainer.epochs must be >= 1, got {t.epochs}")
     need(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
-    need(t.steps_per_execution >= 1, f"trainer.steps_per_execution must be >= 1, got {t.steps_per_execution}")
     need(t.eval_batch_size >= 1, f"trainer.eval_batch_size must be >= 1, got {t.eval_batch_size}")
     need(t.threads is None or t.threads >= 1, f"trainer.threads must be >= 1, got {t.threads}")
     need(

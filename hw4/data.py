@@ -118,7 +118,7 @@ def load_keras(n_classes: int = 10) -> RawData:
     """keras.datasets' copy: its cache ($KERAS_HOME/datasets/fashion-mnist) or a download."""
     from hw4.runtime import quiet
 
-    quiet.load_tensorflow()
+    quiet.load_keras()
     import keras
 
     try:

@@ -21,3 +21,7 @@ class DataError(Hw4Error):
 
 class TrackingError(Hw4Error):
     """The MLflow tracking store cannot be used."""
+
+
+class TrainingDiverged(Hw4Error):
+    """The loss became NaN or infinite."""

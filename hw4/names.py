@@ -43,6 +43,7 @@ EPOCH_METRIC_OF = {BEST_VAL_ACCURACY: VAL_ACCURACY, BEST_VAL_LOSS: VAL_LOSS}
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags)
 CONFIG_KEY = "config_key"
 DTYPE_POLICY = "dtype_policy"  # the model's Keras dtype policy (trainer.precision)
+BACKEND = "keras_backend"  # the Keras backend that trained the run: tensorflow or jax
 XLA = "xla"  # "true"/"false": whether training ran under XLA (trainer.jit_compile resolved)
 JOB_KEY = "job_key"
 # The job as planned, whatever data it ran on (job_key without the data's digest): a FAILED
@@ -74,9 +75,12 @@ CREATION_TOKEN = "hw4.creation_token"  # makes creating a run safe to retry (tra
 # them out, so a resumed or relocated run is the same configuration.
 BOOKKEEPING = (
     "data.dir",  # where the data is; its content is `data.digest`, which counts
-    "trainer.steps_per_execution",  # batches per compiled call: the same updates in the same order
     "trainer.eval_batch_size",  # evaluation batches: no gradients, the same metrics
-    "trainer.loop",  # fit or the compiled epoch: the same updates in the same batch order
+    # Retired options that earlier runs recorded (how batches were fed, not which): left out so
+    # that those runs keep their identity.
+    "trainer.steps_per_execution",
+    "trainer.loop",
+    "trainer.pipeline",
     "trainer.xla_cache",  # where compiled programs are kept: the same programs
     "trainer.verbose",
     "trainer.resume",

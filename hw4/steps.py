@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from hw4 import names
-from hw4.errors import ConfigError
+from hw4.errors import ConfigError, TrainingDiverged
 from hw4.runtime import timing
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from hw4.runtime.signals import RunSignals
     from hw4.sweep.job import Job
     from hw4.tracking import RunLogger
-    from hw4.training import Evaluation
+    from hw4.training.evaluate import Evaluation
 
 
 @dataclass(kw_only=True)
@@ -219,7 +219,8 @@ def logged_epochs(run: RunLogger) -> set[int]:
 def restore_or_build(ctx: RunContext) -> StartingPoint:
     """The checkpoint of a resumed run, else a new compiled model whose run gets its inputs
     logged. Epochs a checkpoint holds but the store missed (a kill between the two) are logged."""
-    from hw4 import checkpoints, training
+    from hw4 import checkpoints
+    from hw4.training import runtime, schedules
 
     run, resumed = ctx.run, bool(ctx.resume_id)
     logged = logged_epochs(run) if resumed else set()
@@ -235,79 +236,153 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
     if resumed:
         print(f"run {run.run_id} ended before its first epoch: training it from the start")
     cfg = ctx.cfg
-    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
-    steps_per_epoch = math.ceil(len(ctx.splits.x_train) / cfg.trainer.batch_size)
-    schedule = training.build_schedule(
-        cfg.schedule, peak=cfg.optimizer.lr, steps_per_epoch=steps_per_epoch, epochs=cfg.trainer.epochs
-    )
-    optimizer = training.build_optimizer(cfg.optimizer, learning_rate=schedule)
-    training.compile_model(model, optimizer, cfg.trainer.jit_compile, cfg.trainer.steps_per_execution)
+    model = runtime.build_model(cfg.model, num_classes=len(cfg.data.class_names), seed=cfg.trainer.seed)
+    runtime.compile_model(model, schedules.build_optimizer(cfg.optimizer))
     log_run_inputs(ctx, model)
     return StartingPoint(model, checkpoints.CheckpointState())
 
 
-def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
-    """Fit with checkpoints, per-epoch metrics, early stopping, best weights and pruning as
-    configured."""
-    from hw4 import checkpoints, compiled_loop, training
+@dataclass(eq=False)
+class Training:
+    """One run's part in a training program: its member of the loop, and the callbacks whose
+    decisions its run records."""
+
+    member: Any  # hw4.training.loop.Member
+    past: dict[str, list[float]] = field(default_factory=dict)  # the epochs before this attempt
+    best: Any = None  # hw4.training.callbacks.BestEpoch
+    pruner: Any = None  # hw4.training.callbacks.EpochPruner
+
+
+def loop_settings(cfg: DictConfig, model: keras.Model, n_train: int) -> Any:
+    """What the members of one program share (hw4.training.loop.LoopSettings)."""
+    from hw4.training import batches, compile, loop, schedules
+
+    trainer, prep = cfg.trainer, cfg.prep
+    augment = batches.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
+    steps_per_epoch = math.ceil(n_train / trainer.batch_size)
+    return loop.LoopSettings(
+        epochs=trainer.epochs, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
+        schedule=schedules.build_schedule(cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=trainer.epochs),
+        augment=augment, verbose=trainer.verbose,
+        jit=compile.wants_xla(
+            model, trainer.jit_compile, augment=augment is not None, steps=trainer.epochs * steps_per_epoch
+        ),
+    )  # fmt: skip
+
+
+def prepare_training(ctx: RunContext, start: StartingPoint) -> Training:
+    """The run as a member of a program: its callbacks in fit's order (best epoch, checkpoint,
+    metrics, pruner last: the epoch is saved and logged before a stop), its seed and peak rate."""
+    from hw4 import checkpoints
     from hw4.sweep import job
+    from hw4.training import callbacks as epoch_callbacks
+    from hw4.training import compile, loop
 
     trainer, run, state = ctx.cfg.trainer, ctx.run, start.state
     best = None
     if trainer.early_stopping or trainer.restore_best:
-        best = training.BestEpoch(trainer.early_stopping, trainer.restore_best, state.history, start.best_weights)
-    callbacks = [best] if best else []  # first: the checkpoint saves the best weights it holds
-    prep = ctx.cfg.prep
-    augment = training.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
-    # In both loops, so that a run resumed under the other loop records the one it ends with.
-    if trainer.loop == "compiled":
-        xla = compiled_loop.run_uses_xla(
-            start.model, trainer, n_train=len(ctx.splits.x_train), augment=augment is not None
+        best = epoch_callbacks.BestEpoch(
+            trainer.early_stopping, trainer.restore_best, state.history, start.best_weights
         )
-    else:  # Keras resolved trainer.jit_compile when the model was compiled
-        xla = bool(start.model.jit_compile)
-    run.set_tags({names.XLA: str(xla).lower(), **({"checkpoint_dir": ctx.folder} if trainer.checkpoint else {})})
+    callbacks = [best] if best else []  # first: the checkpoint saves the best weights it holds
+    settings = loop_settings(ctx.cfg, start.model, len(ctx.splits.x_train))
+    run.set_tags({
+        names.XLA: str(settings.jit).lower(), names.BACKEND: compile.backend(),
+        **({"checkpoint_dir": ctx.folder} if trainer.checkpoint else {}),
+    })  # fmt: skip
+    checkpoint = None
     if trainer.checkpoint:
         kept = (lambda: best.best_weights) if trainer.restore_best else None
-        callbacks.append(checkpoints.EpochCheckpoint(ctx.folder, state, kept))
-    callbacks.append(training.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
+        checkpoint = checkpoints.EpochCheckpoint(ctx.folder, state, kept)
+        callbacks.append(checkpoint)
+    callbacks.append(epoch_callbacks.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
     pruner = None
     if ctx.job.trial is not None:  # an Optuna search: the study's pruner decides
         ctx.job.trial.report_history(state.history)
-        pruner = training.EpochPruner(ctx.job.trial.decide)
+        pruner = epoch_callbacks.EpochPruner(ctx.job.trial.decide)
     elif trainer.prune == "median" and ctx.job.parent_run_id:
-        pruner = training.MedianPruner(job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after)
+        pruner = epoch_callbacks.MedianPruner(
+            job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after
+        )
     if pruner:
-        callbacks.append(pruner)  # last: the epoch is saved and logged before a stop
-    ctx.signals.check()  # a signal before training: stop before the first epoch
-    try:
-        history = training.fit(
-            start.model, ctx.splits, trainer, callbacks,
-            initial_epoch=state.epoch + 1, past_history=state.history, signals=ctx.signals, augment=augment,
-        )  # fmt: skip
-    except training.TrainingDiverged:
-        checkpoints.remove(ctx.folder)  # its last weights are NaN: nothing to resume
-        raise
+        callbacks.append(pruner)  # the epoch is saved and logged before a stop
+    if trainer.verbose:  # verbose 2 is one line per epoch
+        callbacks.append(epoch_callbacks.StepProgress())
+    # Copied before training: the checkpoint's state extends its own lists as epochs end.
+    training = Training(None, {name: list(values) for name, values in state.history.items()}, best, pruner)
+    ended = state.ended is not None  # a resume of a run that ended early: nothing left to train
+    training.member = loop.Member(
+        model=start.model, callbacks=callbacks, seed=trainer.seed, peak=ctx.cfg.optimizer.lr,
+        initial_epoch=trainer.epochs if ended else state.epoch + 1,
+        on_ended=(lambda: checkpoint.mark_ended(stop_tags(training))) if checkpoint else None,
+    )  # fmt: skip
+    return training
+
+
+def stop_tags(training: Training) -> dict[str, Any]:
+    """Why training ended before its last epoch, as the run's tags (none when it did not)."""
     tags: dict[str, Any] = {}
-    if pruner and pruner.pruned_at is not None:
-        tags.update({names.PRUNED: "true", names.PRUNED_AT: pruner.pruned_at})
-    if best and best.stopped_epoch:
-        tags[names.EARLY_STOPPED_AT] = best.stopped_epoch
-    restored = best is not None and trainer.restore_best and best.best_weights is not None
+    if training.pruner and training.pruner.pruned_at is not None:
+        tags.update({names.PRUNED: "true", names.PRUNED_AT: training.pruner.pruned_at})
+    if training.best and training.best.stopped_epoch:
+        tags[names.EARLY_STOPPED_AT] = training.best.stopped_epoch
+    return tags
+
+
+def finish_training(ctx: RunContext, start: StartingPoint, training: Training) -> Fitted:
+    """What the program left for this run: its whole history and why it stopped. Raises Stopped
+    when a signal stopped it before its last epoch, TrainingDiverged on a NaN loss."""
+    from hw4 import checkpoints
+    from hw4.runtime.signals import Stopped, signal_name
+
+    member, state = training.member, start.state
+    history = {name: list(values) for name, values in training.past.items()}
+    for name, values in member.history.items():
+        history.setdefault(name, []).extend(values)
+    if member.stopped_after is not None:
+        signum = ctx.signals.signum()
+        raise Stopped(signum, f"{signal_name(signum)}: stopped after epoch {member.stopped_after + 1}")
+    losses = history.get(names.LOSS, [])
+    if losses and not math.isfinite(losses[-1]):
+        checkpoints.remove(ctx.folder)  # its last weights are NaN: nothing to resume
+        raise TrainingDiverged(
+            f"loss became {losses[-1]} in epoch {len(losses)}; training stopped (lower optimizer.lr?)"
+        )
+    tags = state.ended if state.ended is not None else stop_tags(training)
+    best = training.best
+    restored = best is not None and ctx.cfg.trainer.restore_best and best.best_weights is not None
     evaluated = best.best_epoch if restored else len(history[names.LOSS]) - 1
     return Fitted(history, tags, evaluated)
+
+
+def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
+    """Train the run: alone, a program of one member; under hydra/launcher=members, as a member
+    of its group's program (hw4.sweep.members), trained once every job of the group is here."""
+    from hw4.sweep import members
+    from hw4.training import loop
+
+    training = prepare_training(ctx, start)
+    ctx.signals.check()  # a signal before training: stop before the first epoch
+    settings = loop_settings(ctx.cfg, start.model, len(ctx.splits.x_train))
+    coordinator = members.current()
+    if coordinator is not None:
+        coordinator.park(training.member, ctx.splits, settings)
+    else:
+        loop.train([training.member], ctx.splits, settings, ctx.signals)
+    return finish_training(ctx, start, training)
 
 
 def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> float:
     """Test metrics, best-epoch metrics, figures (in the background) and the model; returns the
     sweep objective."""
-    from hw4 import artifacts, training
+    from hw4 import artifacts
+    from hw4.training import evaluate
 
     cfg, run, splits, background = ctx.cfg, ctx.run, ctx.splits, ctx.background
     evaluation = ctx.evaluation = ctx.clock.call(
-        "evaluate", training.evaluate, model, splits, cfg.trainer.eval_batch_size
+        "evaluate", evaluate.evaluate, model, splits, cfg.trainer.eval_batch_size
     )
-    best = training.best_epoch(fitted.history)
+    best = evaluate.best_epoch(fitted.history)
     run.log_metrics({**evaluation.metrics(), **best, names.EVALUATED_EPOCH: fitted.evaluated_epoch})
     run.set_tags(fitted.stop_tags)
     background.submit(
@@ -364,12 +439,13 @@ def find_learning_rate(ctx: RunContext) -> Optional[float]:
     """sweep=lr_find: the range test on a new model (hw4/lr_find.py), its curve logged per batch
     and as a figure, its suggestion printed and tagged; returns the suggested rate (None when
     the curve is too short to tell)."""
-    from hw4 import lr_find, plots, training
+    from hw4 import lr_find, plots
+    from hw4.training import runtime, schedules
 
     cfg, run, settings = ctx.cfg, ctx.run, ctx.cfg.lr_find
     run.log_params(ctx.params)
-    model = training.build_model(cfg.model, num_classes=len(cfg.data.class_names))
-    training.compile_model(model, training.build_optimizer(cfg.optimizer), cfg.trainer.jit_compile, 1)
+    model = runtime.build_model(cfg.model, num_classes=len(cfg.data.class_names), seed=cfg.trainer.seed)
+    runtime.compile_model(model, schedules.build_optimizer(cfg.optimizer))
     curve = ctx.clock.call(
         "fit", lr_find.range_test, model, ctx.splits.x_train, ctx.splits.y_train, batch_size=cfg.trainer.batch_size,
         min_lr=settings.min_lr, max_lr=settings.max_lr, steps=settings.steps, explode=settings.explode,

@@ -157,12 +157,13 @@ def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
     if resume_id:
         tracking.check_resumable(job.client, resume_id, params)
     raw, splits = clock.call("data", steps.load_data, cfg)
-    clock.call("imports", quiet.load_tensorflow)  # TensorFlow loads here, without its start-up lines
-    from hw4 import training
+    clock.call("imports", quiet.load_keras)  # Keras and its backend load here, without their start-up lines
+    from hw4.training import runtime
 
     config.check_model_arguments(cfg.model)  # before a run exists: a typo is one line, no run
     parallel_jobs = sweep_job.parallel_jobs()
-    threads = training.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
+    runtime.use_compile_cache(cfg.trainer.xla_cache, Path(launch_dir))
+    threads = runtime.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
     if cfg.trainer.verbose == 1 and parallel_jobs > 1:
         cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
     ctx = steps.RunContext(

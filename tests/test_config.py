@@ -79,7 +79,7 @@ def test_schema_rejects_bad_overrides(override, message):
         ("model.dropout=-0.5", r"model.dropout must be in \[0, 1\)"),
         ("model.bn_momentum=1.5", r"model.bn_momentum must be in \[0, 1\)"),
         ("trainer.threads=0", "trainer.threads must be >= 1"),
-        ("trainer.pipeline=torch", "trainer.pipeline must be one of tf_data, numpy, got torch"),
+        ("trainer.jit_compile=sometimes", "trainer.jit_compile must be one of auto, true, false, got sometimes"),
         ("trainer.precision=fp8", "trainer.precision must be one of float32, mixed_bfloat16"),
         (("trainer.resume=abc", "trainer.checkpoint=false"), "trainer.resume needs trainer.checkpoint"),
         ("data.val_fraction=0", r"data.val_fraction must be in \(0, 1\)"),

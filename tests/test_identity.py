@@ -22,7 +22,16 @@ def test_the_data_digest_counts_and_the_data_folder_does_not():
     assert names.plan_key(BASE) == names.plan_key(other_data)  # the same planned job, on other data
 
 
-@pytest.mark.parametrize("key, a, b", [("trainer.steps_per_execution", 1, 64), ("trainer.eval_batch_size", 256, 4096)])
+@pytest.mark.parametrize(
+    "key, a, b",
+    [
+        ("trainer.eval_batch_size", 256, 4096),
+        # Retired options (issue 35) that earlier runs recorded: those runs keep their identity.
+        ("trainer.steps_per_execution", 1, 64),
+        ("trainer.loop", "fit", "compiled"),
+        ("trainer.pipeline", "tf_data", "numpy"),
+    ],
+)
 def test_settings_that_leave_the_updates_unchanged_do_not_split_a_configuration(key, a, b):
     assert names.config_key({**BASE, key: a}) == names.config_key({**BASE, key: b})
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,7 @@ RULES = [
      "process plumbing knows nothing of runs, sweeps or commands"),
     ("hw4.sweep", ("hw4.commands", "hw4.train", "hw4.steps"), "the sweep serves jobs; it does not run them"),
     ("hw4.commands", ("hw4.train", "hw4.steps", "hw4.sweep.callback"), "commands read the record; they do not train"),
+    ("hw4.ranking", ("hw4.tracking", "hw4.runs"), "ranking works on records already read (hw4.runs reads them)"),
 ]  # fmt: skip
 
 
@@ -48,6 +51,17 @@ def test_each_layer_imports_only_the_layers_below_it(importer, forbidden, why):
             continue
         wrong = {m for m in hw4_imports(path) if m.startswith(forbidden)}
         assert not wrong, f"{name} imports {sorted(wrong)}: {why}"
+
+
+def test_ranking_imports_no_mlflow():
+    """hw4.ranking works on values: no MLflow import in it (at the top or inside a function), and
+    importing it loads none through anything else."""
+    tree = ast.parse((PACKAGE / "ranking.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {m for m in imported if m.split(".")[0] == "mlflow"}, sorted(imported)
+    code = "import sys, hw4.ranking; sys.exit('mlflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "import hw4.ranking loads MLflow"
 
 
 def test_the_training_core_imports_no_sweep_launcher_or_command():

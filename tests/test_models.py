@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from hw4.config import CONFIG_DIR, register_configs
 
 keras = pytest.importorskip("keras")
-from hw4 import models, training  # noqa: E402  (needs Keras)
+from hw4 import models  # noqa: E402  (needs Keras)
+from hw4.training import runtime, schedules  # noqa: E402
 
 register_configs()
 
@@ -17,7 +18,7 @@ register_configs()
 def build(model_name: str, *overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"model={model_name}", *overrides])
-    return training.build_model(cfg.model, num_classes=10)
+    return runtime.build_model(cfg.model, num_classes=10)
 
 
 def test_mlp_has_the_homework_parameter_count():
@@ -135,7 +136,7 @@ def test_summary_lists_layers_and_parameters():
 def test_optimizers_take_the_learning_rate(name):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"optimizer={name}", "optimizer.lr=0.0123"])
-    optimizer = training.build_optimizer(cfg.optimizer)
+    optimizer = schedules.build_optimizer(cfg.optimizer)
     assert type(optimizer).__name__.lower() == name
     assert float(optimizer.learning_rate) == pytest.approx(0.0123)
 
@@ -146,4 +147,4 @@ def test_unknown_optimizer_name_is_a_clear_error():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=["optimizer.name=adamx"])
     with pytest.raises(ConfigError, match="optimizer.name='adamx' .* is not a Keras optimizer"):
-        training.build_optimizer(cfg.optimizer)
+        schedules.build_optimizer(cfg.optimizer)

@@ -241,7 +241,7 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     """trainer.deterministic=true: SIGKILL after epoch 2, resume, and the validation loss of
     every epoch equals that of the same run left alone (batch order included). With a warmed-up
     step schedule and augmented batches (issue 25): the schedule goes on at the optimizer's step,
-    and the shifts and flips of each (seed, epoch, batch) are drawn again alike."""
+    and the shifts and flips of each (seed, epoch) are drawn again alike."""
     from conftest import write_dataset
 
     data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)

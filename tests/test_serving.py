@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-from hw4 import data, models, serving, training  # noqa: E402  (needs Keras)
+from hw4 import data, models, serving  # noqa: E402  (needs Keras)
+from hw4.training import runtime, schedules  # noqa: E402
 
 
 def raw_data(n: int = 60) -> data.RawData:
@@ -40,12 +41,14 @@ BUILDERS = {
 
 
 def trained(name: str, splits: data.Splits) -> keras.Model:
-    """A model compiled as hw4 compiles it (a warm-up schedule: an hw4 object in its optimizer),
-    after a few steps, so batch norm's moving statistics are not their initial values."""
+    """A model compiled by hw4's compile_model, with an hw4 object in its optimizer (a warm-up
+    schedule, as a user's optimizer may hold, and as hw4's own did before issue 35) for the saved
+    pipeline to leave out, after a few steps, so batch norm's moving statistics are not their
+    initial values."""
     builder, shape = BUILDERS[name]
     model = builder(shape)
-    schedule = training.LinearWarmup(1e-3, warmup_steps=2)
-    training.compile_model(model, keras.optimizers.Adam(schedule), "false")
+    schedule = schedules.LinearWarmup(1e-3, warmup_steps=2)
+    runtime.compile_model(model, keras.optimizers.Adam(schedule))
     model.fit(splits.x_train, splits.y_train, batch_size=16, epochs=1, verbose=0)
     return model
 

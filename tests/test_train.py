@@ -188,7 +188,7 @@ def test_tensorflow_start_up_lines_show_with_the_switch_and_real_errors_always()
     assert not quiet.keep("I0000 00:00:1 port.cc:153] oneDNN custom operations are on. You may see")
     assert not quiet.keep("E0000 00:00:1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error")
     assert quiet.keep("E0000 00:00:1 some_kernel.cc:10] Out of memory while allocating a tensor")
-    load = [sys.executable, "-c", "from hw4.runtime import quiet; quiet.load_tensorflow()"]
+    load = [sys.executable, "-c", "from hw4.runtime import quiet; quiet.load_keras()"]
     silent = subprocess.run(load, capture_output=True, text=True)
     shown = subprocess.run(load, capture_output=True, text=True, env={**os.environ, "HW4_TF_LOGS": "1"})
     assert silent.returncode == shown.returncode == 0

@@ -15,7 +15,11 @@ from hw4 import data, names
 from hw4.config import TrainerConfig
 
 keras = pytest.importorskip("keras")
-from hw4 import checkpoints, models, training  # noqa: E402  (needs Keras)
+from fitting import fit  # noqa: E402  (needs Keras)
+
+from hw4 import checkpoints, models  # noqa: E402
+from hw4.training import batches, compile, evaluate, runtime, schedules, step  # noqa: E402
+from hw4.training import callbacks as epoch_callbacks  # noqa: E402
 
 TRAINER = OmegaConf.structured(TrainerConfig)  # the defaults, from their one place
 
@@ -27,7 +31,7 @@ def splits(tiny_data_dir):
 
 def compiled_mlp():
     model = models.mlp((784,))
-    training.compile_model(model, keras.optimizers.Adam(1e-3), steps_per_execution=4)
+    runtime.compile_model(model, keras.optimizers.Adam(1e-3))
     return model
 
 
@@ -36,7 +40,7 @@ def test_history_has_one_value_per_epoch_with_checkpoints(splits, tmp_path):
     state = checkpoints.CheckpointState()
     callback = checkpoints.EpochCheckpoint(tmp_path / "ckpt", state)
     # The caller hands the checkpoint's own history as the past (as hw4.train does).
-    history = training.fit(compiled_mlp(), splits, trainer, [callback], initial_epoch=0, past_history=state.history)
+    history = fit(compiled_mlp(), splits, trainer, [callback], initial_epoch=0, past_history=state.history)
     assert {len(values) for values in history.values()} == {3}
     assert state.history["loss"] == history["loss"]
 
@@ -45,9 +49,7 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     folder = tmp_path / "ckpt"
     first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
     state = checkpoints.CheckpointState()
-    training.fit(
-        compiled_mlp(), splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
-    )
+    fit(compiled_mlp(), splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
     # The latest epoch and, as its fallback, the one before (issue 21, item 1.6).
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["epoch-0000", "epoch-0001"]
 
@@ -55,36 +57,13 @@ def test_resume_from_a_checkpoint_completes_the_history(splits, tmp_path):
     assert restored.epoch == 1 and len(restored.history["loss"]) == 2
     assert int(model.optimizer.iterations) > 0  # the optimizer state came back too
     full = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
-    history = training.fit(
+    history = fit(
         model, splits, full, [checkpoints.EpochCheckpoint(folder, restored)],
         initial_epoch=restored.epoch + 1, past_history=restored.history,
     )  # fmt: skip
     assert {len(values) for values in history.values()} == {4}
     assert history["loss"][:2] == state.history["loss"]
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["epoch-0002", "epoch-0003"]  # older ones pruned
-
-
-def test_numpy_and_tf_data_pipelines_train_alike(splits):
-    """From the same initial weights, both pipelines see every sample once per epoch in a
-    shuffled order: their batch orders differ, their learning does not. A pipeline that
-    separated images from labels, or dropped batches, would fall behind."""
-    keras.utils.set_random_seed(0)
-    initial = compiled_mlp().get_weights()
-    results = {}
-    for pipeline in ("numpy", "tf_data"):
-        model = compiled_mlp()
-        model.set_weights(initial)
-        trainer = OmegaConf.merge(TRAINER, {"epochs": 5, "verbose": 0, "pipeline": pipeline, "loop": "fit"})
-        results[pipeline] = training.fit(model, splits, trainer, [])
-    numpy_run, tf_run = results["numpy"], results["tf_data"]
-    assert numpy_run.keys() == tf_run.keys() and len(numpy_run["loss"]) == len(tf_run["loss"]) == 5
-    for history in (numpy_run, tf_run):
-        assert history["loss"][-1] < 0.5 * history["loss"][0]  # both learn
-    assert numpy_run["loss"] != tf_run["loss"]  # two different batch orders, not one pipeline twice
-    np.testing.assert_allclose(
-        numpy_run["val_categorical_accuracy"][-1], tf_run["val_categorical_accuracy"][-1], atol=0.1
-    )
-    np.testing.assert_allclose(numpy_run["loss"], tf_run["loss"], rtol=0.3)  # epoch by epoch, alike
 
 
 class RecordWeights(keras.callbacks.Callback):
@@ -107,21 +86,20 @@ def test_restore_best_keeps_the_best_epoch_across_a_resume(splits, tmp_path):
     checkpoint's copy of the best weights, and equal what the best epoch ended with."""
     folder, weights = tmp_path / "ckpt", {}
     first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0, "restore_best": True})
-    best = training.BestEpoch(None, True)
+    best = epoch_callbacks.BestEpoch(None, True)
     state = checkpoints.CheckpointState()
     callbacks = [best, checkpoints.EpochCheckpoint(folder, state, lambda: best.best_weights), RecordWeights(weights)]
-    training.fit(compiled_mlp(), splits, first, callbacks, past_history=state.history)
+    fit(compiled_mlp(), splits, first, callbacks, past_history=state.history)
 
     model, restored, kept = checkpoints.load(folder)
     assert kept is not None
-    model.optimizer.learning_rate.assign(50.0)  # ruin the epochs after the resume
-    resumed = training.BestEpoch(None, True, restored.history, kept)
+    resumed = epoch_callbacks.BestEpoch(None, True, restored.history, kept)
     full = OmegaConf.merge(first, {"epochs": 4})
-    history = training.fit(
+    history = fit(
         model, splits, full, [resumed, RecordWeights(weights)],
-        initial_epoch=restored.epoch + 1, past_history=restored.history,
+        initial_epoch=restored.epoch + 1, past_history=restored.history, peak=50.0,  # ruin the epochs after it
     )  # fmt: skip
-    best_epoch = training.best_epoch(history)[names.BEST_EPOCH]
+    best_epoch = evaluate.best_epoch(history)[names.BEST_EPOCH]
     assert best_epoch < 2 and resumed.best_epoch == best_epoch
     assert_same_weights(model.get_weights(), weights[best_epoch])
     assert not np.array_equal(model.get_weights()[0], weights[3][0])
@@ -134,7 +112,7 @@ def logs(value: float) -> dict:
 @pytest.mark.parametrize("resume_after", [None, 3])
 def test_early_stopping_counts_epochs_without_improvement_across_a_resume(resume_after):
     accuracies = [0.5, 0.6, 0.55, 0.54, 0.7]  # patience 2: stop at epoch 3 (0-based)
-    callback = training.BestEpoch(2, False)
+    callback = epoch_callbacks.BestEpoch(2, False)
     model = compiled_mlp()
     start = 0
     if resume_after:
@@ -142,7 +120,7 @@ def test_early_stopping_counts_epochs_without_improvement_across_a_resume(resume
             names.VAL_ACCURACY: accuracies[:resume_after],
             names.VAL_LOSS: [1 - a for a in accuracies[:resume_after]],
         }
-        callback = training.BestEpoch(2, False, past)
+        callback = epoch_callbacks.BestEpoch(2, False, past)
         start = resume_after
     callback.set_model(model)
     callback.on_train_begin()
@@ -156,7 +134,7 @@ def test_early_stopping_counts_epochs_without_improvement_across_a_resume(resume
 def test_median_pruner_stops_below_the_siblings_median_after_the_warm_up():
     siblings = {0: [0.9, 0.95], 1: [0.5, 0.7, 0.9], 2: [0.9]}
     for epoch, value, pruned in [(0, 0.1, None), (1, 0.8, None), (1, 0.6, 1), (2, 0.1, None)]:
-        pruner = training.MedianPruner(lambda e: siblings[e], after=2)
+        pruner = epoch_callbacks.MedianPruner(lambda e: siblings[e], after=2)
         model = compiled_mlp()
         pruner.set_model(model)
         pruner.on_epoch_end(epoch, logs(value))
@@ -164,69 +142,84 @@ def test_median_pruner_stops_below_the_siblings_median_after_the_warm_up():
         assert model.stop_training == (pruned is not None)
 
 
-def epoch_order(order, epoch: int) -> list[int]:
-    """The sample order of one epoch, read back from the first feature of each gathered row."""
-    order.on_epoch_begin(epoch)
-    return [int(v) for x, _ in order.dataset for v in x[:, 0].numpy()]
-
-
-def test_numpy_pipeline_reshuffles_every_epoch_and_replays_any_epoch_alike():
-    x = np.arange(50, dtype=np.float32).reshape(50, 1)
-    y = np.zeros((50, 10), dtype=np.float32)
-    keras.utils.set_random_seed(0)  # with Keras' own shuffle this made every epoch alike
-    order = training.EpochOrder(x, y, batch_size=8, seed=3)
-    epochs = [epoch_order(order, e) for e in range(3)]
+def test_the_batch_order_reshuffles_every_epoch_and_replays_any_epoch_alike():
+    np.random.seed(0)  # the global NumPy state (Keras' seeding sets it) plays no part
+    epochs = [batches.epoch_order(50, seed=3, epoch=e).tolist() for e in range(3)]
     assert all(sorted(e) == list(range(50)) for e in epochs)  # each sample once per epoch
     assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
-    resumed = training.EpochOrder(x, y, batch_size=8, seed=3)  # a new process resuming at epoch 2
-    assert epoch_order(resumed, 2) == epochs[2]
-    assert epoch_order(training.EpochOrder(x, y, batch_size=8, seed=4), 0) != epochs[0]
+    np.random.seed(1)
+    resumed = batches.epoch_order(50, seed=3, epoch=2)  # a new process resuming at epoch 2
+    assert resumed.tolist() == epochs[2]
+    assert batches.epoch_order(50, seed=4, epoch=0).tolist() != epochs[0]
 
 
-class BatchRecorder(keras.Model):
-    """Records the first feature of every training row it is given, epoch by epoch."""
+class SeenRows(keras.layers.Layer):
+    """Writes the first feature of every training row it is given into a non-trainable variable,
+    in the order given: state the step carries and hands back, as batch norm's statistics."""
 
-    def __init__(self):
+    def __init__(self, n: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n = n
+
+    def build(self, input_shape):
+        self.seen = self.add_weight(shape=(self.n,), initializer="zeros", trainable=False, name="seen")
+        self.count = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="count")
+
+    def call(self, x, training=False):
+        if training:
+            self.seen.assign(keras.ops.slice_update(self.seen.value, (self.count.value,), x[:, 0]))
+            self.count.assign(self.count + keras.ops.shape(x)[0])
+        return x
+
+
+class RecordOrder(keras.callbacks.Callback):
+    """Each epoch's rows as SeenRows saw them, by epoch."""
+
+    def __init__(self, layer: SeenRows):
         super().__init__()
-        self.dense = keras.layers.Dense(10, activation="softmax")
-        self.epochs: list[list[int]] = []
+        self.layer, self.epochs = layer, {}
 
-    def call(self, x):
-        return self.dense(x)
-
-    def train_step(self, data):
-        x = data[0]
-        self.epochs[-1].extend(int(v) for v in x[:, 0].numpy())
-        return {"loss": keras.ops.convert_to_tensor(0.5)}
-
-
-class NewEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
-        self.model.epochs.append([])
+        self.layer.count.assign(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[epoch] = [int(v) for v in keras.ops.convert_to_numpy(self.layer.seen)]
 
 
-def test_fit_shows_every_epoch_a_new_batch_order_with_the_numpy_pipeline():
-    rows = np.arange(40, dtype=np.float32)[:, None] * np.ones((1, 4), dtype=np.float32)
-    labels = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
+def test_the_loop_trains_every_epoch_in_a_new_batch_order_that_a_resume_replays():
+    """The loop's own batches, read back from inside the model: each sample once an epoch (the
+    smaller last batch too), a new order every epoch, the seed's order (hw4.training.batches),
+    and a run resumed at epoch 2 draws the uninterrupted run's epoch 2."""
+    n = 44  # batch 8: five whole batches and a last one of 4
+    rows = np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 4), dtype=np.float32)
+    labels = np.eye(10, dtype=np.float32)[np.arange(n) % 10]
     splits = data.Splits(rows, labels, rows[:10], labels[:10], rows[:10], labels[:10])
-    model = BatchRecorder()
-    model.compile(loss="categorical_crossentropy", run_eagerly=True)
-    # Keras' fit: the model's own train_step records its batches (the compiled loop has none).
-    trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0, "batch_size": 8, "seed": 1, "loop": "fit"})
-    keras.utils.set_random_seed(1)  # as hw4 seeds every run
-    training.fit(model, splits, trainer, [NewEpoch()])
-    assert [sorted(e) for e in model.epochs] == [list(range(40))] * 3
-    assert model.epochs[0] != model.epochs[1] != model.epochs[2]
+    trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0, "batch_size": 8, "seed": 1})
+
+    def recorded(initial_epoch: int) -> dict[int, list[int]]:
+        keras.utils.set_random_seed(1)  # as hw4 seeds every run
+        layer = SeenRows(n)
+        model = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(10, activation="softmax")])
+        runtime.compile_model(model, keras.optimizers.Adam(1e-3))
+        recorder = RecordOrder(layer)
+        fit(model, splits, trainer, [recorder], initial_epoch=initial_epoch)
+        return recorder.epochs
+
+    epochs = recorded(0)
+    assert [sorted(epochs[e]) for e in range(3)] == [list(range(n))] * 3
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+    assert all(epochs[e] == batches.epoch_order(n, seed=1, epoch=e).tolist() for e in range(3))
+    assert recorded(2) == {2: epochs[2]}
 
 
 def test_progress_never_counts_past_the_epoch_and_times_single_steps():
-    progress = training.StepProgress()
+    progress = epoch_callbacks.StepProgress()
     progress.set_params({"verbose": 1, "epochs": 1, "steps": 20})
     progress.on_epoch_begin(0)
     progress.on_train_batch_end(15)  # a compiled call of 16 steps
     progress.on_train_batch_end(31)  # the last call: Keras names step 32 of 20
     assert progress.seen == 20
-    bar = training.StepProgbar(target=375)
+    bar = epoch_callbacks.StepProgbar(target=375)
     bar._start = 0.0
     assert bar._estimate_step_duration(16, 1.6) == pytest.approx(0.1)  # first call: 16 steps
     assert bar._estimate_step_duration(32, 3.2) == pytest.approx(0.1)  # not 1.6 s / 31 steps
@@ -234,8 +227,8 @@ def test_progress_never_counts_past_the_epoch_and_times_single_steps():
 
 def test_evaluate_gives_keras_evaluate_numbers_from_one_pass_of_predictions(splits):
     model = compiled_mlp()
-    training.fit(model, splits, OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0}), [])
-    evaluation = training.evaluate(model, splits, batch_size=64)
+    fit(model, splits, OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0}), [])
+    evaluation = evaluate.evaluate(model, splits, batch_size=64)
     expected = model.evaluate(splits.x_test, splits.y_test, batch_size=64, verbose=0, return_dict=True)
     assert evaluation.test_loss == pytest.approx(expected["loss"], rel=1e-5)
     assert evaluation.test_accuracy == pytest.approx(expected[names.ACCURACY], abs=1e-7)
@@ -260,7 +253,7 @@ def fit_with_signals(splits, epochs: int, at: int, count: int = 1, signals=None)
     state = checkpoints.CheckpointState()
     counter = EpochCounter(state)
     trainer = OmegaConf.merge(TRAINER, {"epochs": epochs, "verbose": 0})
-    history = training.fit(compiled_mlp(), splits, trainer, [SendSignals(at, count), counter], signals=signals)
+    history = fit(compiled_mlp(), splits, trainer, [SendSignals(at, count), counter], signals=signals)
     return history, state
 
 
@@ -277,7 +270,7 @@ def test_a_signal_stops_training_after_the_epoch_it_came_in(splits):
     state = checkpoints.CheckpointState()
     trainer = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
     with pytest.raises(KeyboardInterrupt, match="SIGTERM: stopped after epoch 1$"):
-        training.fit(compiled_mlp(), splits, trainer, [SendSignals(at=0), EpochCounter(state)])
+        fit(compiled_mlp(), splits, trainer, [SendSignals(at=0), EpochCounter(state)])
     assert state.epoch == 0  # epoch 0 ended whole (its checkpoint and metrics), no other began
 
 
@@ -318,9 +311,7 @@ def test_a_sweeps_stop_file_stops_training_after_the_epoch_like_a_signal(splits,
     with RunSignals(stop_file) as signals:
         assert not signals.stop_requested
         with pytest.raises(KeyboardInterrupt, match="SIGTERM: stopped after epoch 2$") as stopped:
-            training.fit(
-                compiled_mlp(), splits, trainer, [RequestStop(stop_file, at=1), EpochCounter(state)], signals=signals
-            )
+            fit(compiled_mlp(), splits, trainer, [RequestStop(stop_file, at=1), EpochCounter(state)], signals=signals)
     assert state.epoch == 1 and stopped.value.signum == signal.SIGTERM  # named by the launcher
     assert signals.received is None  # no signal came to this process
 
@@ -361,9 +352,7 @@ def test_resuming_logs_the_epoch_a_kill_cut_off_between_its_checkpoint_and_its_m
     trainer = OmegaConf.merge(TRAINER, {"epochs": 3, "verbose": 0})
     folder = tmp_path / "ckpt"
     state = checkpoints.CheckpointState()
-    training.fit(
-        compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
-    )
+    fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
     client = tracking.connect(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(client, "gap", None)
     with pytest.raises(KeyboardInterrupt):
@@ -388,13 +377,15 @@ def test_resuming_logs_the_epoch_a_kill_cut_off_between_its_checkpoint_and_its_m
 def test_op_determinism_does_not_leak_into_the_next_job_of_a_process():
     """An in-process sweep: a deterministic job, then one that is not. TensorFlow's switch is
     process-wide; the second job must get the faster nondeterministic ops back."""
+    if compile.is_jax():
+        pytest.skip("TensorFlow's switch: JAX's CPU ops are deterministic already")
     from tensorflow.python.framework import config as tf_config
 
     settings = {"seed": 0, "precision": "float32", "threads": None}
     try:
-        training.configure_runtime(OmegaConf.create({**settings, "deterministic": True}))
+        runtime.configure_runtime(OmegaConf.create({**settings, "deterministic": True}))
         assert tf_config.is_op_determinism_enabled()
-        training.configure_runtime(OmegaConf.create({**settings, "deterministic": False}))
+        runtime.configure_runtime(OmegaConf.create({**settings, "deterministic": False}))
         assert not tf_config.is_op_determinism_enabled()
     finally:
         tf_config.disable_op_determinism()
@@ -405,9 +396,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_epoch_before(splits, tmp_
     folder = tmp_path / "ckpt"
     trainer = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
     state = checkpoints.CheckpointState()
-    training.fit(
-        compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
-    )
+    fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
     assert (folder / "LATEST").read_text() == "epoch-0001"
     (folder / "epoch-0001" / checkpoints.MODEL_FILE).write_bytes(b"")  # what a lost write leaves
     model, restored, _ = checkpoints.load(folder)
@@ -430,9 +419,7 @@ def test_a_checkpoint_is_flushed_to_disk_before_latest_names_it(splits, tmp_path
     )
     trainer = OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0})
     state = checkpoints.CheckpointState()
-    training.fit(
-        compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history
-    )
+    fit(compiled_mlp(), splits, trainer, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
     switched = order.index(("replace", "LATEST"))
     flushed = {name for kind, name in order[:switched] if kind == "fsync"}
     assert {checkpoints.MODEL_FILE, checkpoints.STATE_FILE, "epoch-0000"} <= flushed
@@ -454,61 +441,81 @@ def rates(learning_rate, steps):
 
 def test_the_schedules_peak_at_optimizer_lr_and_decay_as_configured():
     spe, epochs, peak = 10, 4, 0.1  # 10 steps an epoch, 40 in all
-    cosine = training.build_schedule(
+    cosine = schedules.build_schedule(
         schedule("cosine", min_fraction=0.1), peak=peak, steps_per_epoch=spe, epochs=epochs
     )
     assert rates(cosine, [0, 20, 40]) == pytest.approx([0.1, 0.055, 0.01])
-    warm = training.build_schedule(schedule("cosine", warmup_epochs=1), peak=peak, steps_per_epoch=spe, epochs=epochs)
+    warm = schedules.build_schedule(schedule("cosine", warmup_epochs=1), peak=peak, steps_per_epoch=spe, epochs=epochs)
     assert rates(warm, [0, 5, 10]) == pytest.approx([0.01, 0.055, 0.1])  # a linear ramp, then the peak
-    never = training.build_schedule(
+    never = schedules.build_schedule(
         schedule("step", every=5, factor=0.5), peak=peak, steps_per_epoch=spe, epochs=epochs
     )
     assert never == peak  # `every` past the last epoch: no decay (Keras refuses empty boundaries)
-    step = training.build_schedule(schedule("step", every=1, factor=0.5), peak=peak, steps_per_epoch=spe, epochs=epochs)
+    step = schedules.build_schedule(
+        schedule("step", every=1, factor=0.5), peak=peak, steps_per_epoch=spe, epochs=epochs
+    )
     assert rates(step, [0, 9, 10, 25, 39]) == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.0125])  # halved per epoch
-    cycle = training.build_schedule(
+    cycle = schedules.build_schedule(
         schedule("one_cycle", warmup_fraction=0.3, start_divisor=25, end_divisor=25e4),
         peak=peak, steps_per_epoch=spe, epochs=epochs,
     )  # fmt: skip
     assert rates(cycle, [0, 12, 40]) == pytest.approx([0.004, 0.1, 0.1 / 25e4], rel=1e-3)
-    constant = training.build_schedule(
+    constant = schedules.build_schedule(
         schedule("constant", warmup_epochs=1), peak=peak, steps_per_epoch=spe, epochs=epochs
     )
     assert rates(constant, [0, 4, 9, 30]) == pytest.approx([0.01, 0.05, 0.1, 0.1])
-    assert training.build_schedule(schedule("constant"), peak=peak, steps_per_epoch=spe, epochs=epochs) == peak
+    assert schedules.build_schedule(schedule("constant"), peak=peak, steps_per_epoch=spe, epochs=epochs) == peak
+    # What the step uses: the unit shape (peak 1) times the run's peak, at the optimizer's step.
+    unit = schedules.build_schedule(schedule("cosine", warmup_epochs=1), steps_per_epoch=spe, epochs=epochs)
+    assert [schedules.rate_at(unit, peak, s) for s in (0, 5, 10, 40)] == pytest.approx(rates(warm, [0, 5, 10, 40]))
 
 
 def test_a_warmed_up_step_schedule_survives_a_checkpoint_and_continues_at_its_step(splits, tmp_path):
     """The rate of each epoch is logged (learning_rate); a resumed run's optimizer counts on from
     its iterations, so its schedule continues where it stopped rather than starting over."""
     spe = math.ceil(len(splits.x_train) / TRAINER.batch_size)
-    learning_rate = training.build_schedule(
-        schedule("step", warmup_epochs=1, every=1, factor=0.5), peak=0.01, steps_per_epoch=spe, epochs=4
+    # The unit shape (peak 1) the loop multiplies by each run's peak, optimizer.lr, as hw4.steps does.
+    shape = schedules.build_schedule(
+        schedule("step", warmup_epochs=1, every=1, factor=0.5), steps_per_epoch=spe, epochs=4
     )
     model = models.mlp((784,))
-    training.compile_model(model, training.build_optimizer(OmegaConf.create(
-        {"name": "adam", "lr": 0.01, "kwargs": {}}), learning_rate=learning_rate))  # fmt: skip
+    runtime.compile_model(
+        model, schedules.build_optimizer(OmegaConf.create({"name": "adam", "lr": 0.01, "kwargs": {}}))
+    )
     state, folder = checkpoints.CheckpointState(), tmp_path / "ckpt"
     first = OmegaConf.merge(TRAINER, {"epochs": 2, "verbose": 0})
-    training.fit(model, splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history)
+    fit(
+        model, splits, first, [checkpoints.EpochCheckpoint(folder, state)], past_history=state.history,
+        schedule=shape, peak=0.01,
+    )  # fmt: skip
     restored, restored_state, _ = checkpoints.load(folder)
     full = OmegaConf.merge(TRAINER, {"epochs": 4, "verbose": 0})
-    history = training.fit(
-        restored, splits, full, [], initial_epoch=restored_state.epoch + 1, past_history=restored_state.history
-    )
+    history = fit(
+        restored, splits, full, [], initial_epoch=restored_state.epoch + 1, past_history=restored_state.history,
+        schedule=shape, peak=0.01,
+    )  # fmt: skip
     # Each epoch's first rate: the ramp's first step (0.01 / its steps), the peak once the ramp
     # is over, then halved every epoch, resumed or not.
     assert history[names.LEARNING_RATE] == pytest.approx([0.01 / spe, 0.01, 0.005, 0.0025])
 
 
 def augment_batches(splits, epoch: int, augment):
-    order = training.EpochOrder(splits.x_train, splits.y_train, 64, seed=0, augment=augment)  # keyword
-    order.on_epoch_begin(epoch)
-    return [(x.numpy(), y.numpy()) for x, y in order.dataset]
+    """An epoch's training batches of 64 as the step draws them (hw4.training.batches) and moves
+    them (hw4.training.step.augmented)."""
+    n = len(splits.x_train)
+    draws = batches.epoch_draws(n, seed=0, epoch=epoch, augment=augment)  # keyword
+    out = []
+    for rows in np.array_split(np.arange(n), range(64, n, 64)):
+        index = draws.order[rows]
+        x = splits.x_train[index]
+        if augment is not None:
+            x = keras.ops.convert_to_numpy(step.augmented(x, draws.flip[rows], draws.shift[rows], augment=augment))
+        out.append((x, splits.y_train[index]))
+    return out
 
 
 def test_augmentation_draws_the_same_batches_for_the_same_seed_and_epoch(splits):
-    augment = training.Augment(max_shift=2, flip=True)
+    augment = batches.Augment(max_shift=2, flip=True)
     plain, first, again, later = (
         augment_batches(splits, e, a) for e, a in ((0, None), (0, augment), (0, augment), (1, augment))
     )
@@ -525,7 +532,7 @@ def test_augmentation_leaves_validation_alone(splits):
     keras.utils.set_random_seed(0)
     model = compiled_mlp()
     trainer = OmegaConf.merge(TRAINER, {"epochs": 1, "verbose": 0})
-    history = training.fit(model, splits, trainer, [], augment=training.Augment(max_shift=3, flip=True))
+    history = fit(model, splits, trainer, [], augment=batches.Augment(max_shift=3, flip=True))
     plain = model.evaluate(splits.x_val, splits.y_val, verbose=0, return_dict=True)
     assert history["val_loss"][0] == pytest.approx(plain["loss"], rel=1e-5)
 

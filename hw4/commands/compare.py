@@ -10,7 +10,7 @@
 Runs that differ only in `trainer.seed` share a `config_key` and are one configuration: by
 default one row each, with `n` finished seeds of `planned` (and how many failed, were killed or
 pruned), whether it is `complete`, mean ± std over its finished seeds, and `tied_with_best`:
-whether Welch's t-test can tell it from the best (hw4.runs). The best is by the sweep's own
+whether Welch's t-test can tell it from the best (hw4.ranking). The best is by the sweep's own
 objective (its parent's `ranked_by`, as hw4-promote reads it), else by tracking.objective.
 Complete configurations are listed first; a one-line verdict follows the table. Only the config keys that vary among the listed runs
 get a column. The figures use the table's runs and grouping. A Hydra app, so that it reads the
@@ -51,7 +51,7 @@ def histories(client: Any, frame: pd.DataFrame) -> dict[str, list[float]]:
 
 def short(column: str) -> str:
     """`p.optimizer.lr` -> `optimizer.lr`."""
-    from hw4.runs import PARAM
+    from hw4.ranking import PARAM
 
     return column.removeprefix(PARAM)
 
@@ -66,32 +66,34 @@ def ranking_metric(parent: Any, objective: str) -> str:
 
 def metric_name(metric: str) -> str:
     """The table's name for `metric`: its own column (best_val_accuracy), or the MLflow name."""
-    from hw4 import runs
+    from hw4 import ranking
 
-    return runs.COLUMN_OF.get(metric, metric)
+    return ranking.COLUMN_OF.get(metric, metric)
 
 
 def run_table(frame: pd.DataFrame, *, metric: str = names.OBJECTIVE) -> pd.DataFrame:
     """One row per run: the config keys that vary among the runs, then the metrics (the ranking
     `metric` among them)."""
-    from hw4 import runs
+    from hw4 import ranking
 
-    varying = [c for c in runs.varying_params(frame) if c != runs.PARAM + names.SEED]
-    ranked = [runs.METRIC + metric] if metric_name(metric) not in RUN_METRICS and runs.METRIC + metric in frame else []
+    varying = [c for c in ranking.varying_params(frame) if c != ranking.PARAM + names.SEED]
+    ranked = (
+        [ranking.METRIC + metric] if metric_name(metric) not in RUN_METRICS and ranking.METRIC + metric in frame else []
+    )
     table = frame[["run", *varying, *RUN_METRICS[:1], *ranked, *RUN_METRICS[1:]]].copy()
     table.columns = [metric if c in ranked else short(c) for c in table.columns]
     return table
 
 
 def config_table(grouped: pd.DataFrame, *, metric: str = names.OBJECTIVE) -> pd.DataFrame:
-    """The configurations table (hw4.runs.group, ranked by `metric`) to print, with mean ± std
+    """The configurations table (hw4.ranking.group, ranked by `metric`) to print, with mean ± std
     of the aggregated metrics and of `metric` as text."""
-    from hw4 import runs
+    from hw4 import ranking
 
     if grouped.empty:
         return grouped
-    shown = {m: m for m in runs.AGGREGATED}
-    ranked = runs.mean_column(grouped, metric).removesuffix("_mean")
+    shown = {m: m for m in ranking.AGGREGATED}
+    ranked = ranking.mean_column(grouped, metric).removesuffix("_mean")
     shown.setdefault(ranked, metric_name(metric))  # m.best_val_loss as best_val_loss
     table = grouped.drop(columns=[f"{m}_{s}" for m in shown for s in ("mean", "std")])
     for column, name in shown.items():
@@ -109,15 +111,15 @@ def mean_std(mean: float, std: float) -> str:
 
 def format_table(table: pd.DataFrame, sort: str | None, grouped: bool) -> str:
     """The table as text, sorted by `sort` in its direction; grouped, complete configurations
-    come first whatever the sort (the order hw4.runs ranks in)."""
-    from hw4 import runs
+    come first whatever the sort (the order hw4.ranking ranks in)."""
+    from hw4 import ranking
 
     sort = sort or DEFAULT_SORT
     key = f"{sort}_mean" if grouped and f"{sort}_mean" in table.columns else sort
     if key not in table.columns or key in HIDDEN:
         choices = [c for c in table.columns if not c.endswith("_mean") and c not in HIDDEN]
         raise ConfigError(f"sort={sort!r} is not a column; choose one of {choices}")
-    ascending = table[key].dtype == object or sort in ASCENDING or not runs.higher_is_better(sort)
+    ascending = table[key].dtype == object or sort in ASCENDING or not ranking.higher_is_better(sort)
     keys, order = ([key], [ascending]) if not grouped or key == "complete" else (["complete", key], [False, ascending])
     ordered = table.sort_values(keys, ascending=order, na_position="last", kind="stable")
     shown = ordered.drop(columns=[c for c in ordered.columns if c.endswith("_mean") or c in HIDDEN])
@@ -131,15 +133,15 @@ def curve_bands(frame: pd.DataFrame, curves: dict[str, list[float]], grouped: bo
     averaged over the runs that reached it, so a pruned or early-stopped seed does not cut the
     others short; the std band where at least two runs reached the epoch. Per run: every run listed.
     """
-    from hw4 import runs
+    from hw4 import ranking
 
-    varying = runs.varying_params(runs.described(frame), ignore_seed=grouped)
+    varying = ranking.varying_params(ranking.described(frame), ignore_seed=grouped)
 
     def label(row: pd.Series) -> str:
         text = ", ".join(f"{short(c)}={row[c]}" for c in varying) or row["run"]
         return text if grouped else f"{text} ({row['run_id'][:6]})"
 
-    shown = runs.finished_runs(frame) if grouped else frame
+    shown = ranking.finished_runs(frame) if grouped else frame
     bands: dict[str, tuple] = {}
     for _, rows in shown.groupby("config_key" if grouped else "run_id", sort=False):
         series = [curves[r] for r in rows["run_id"] if curves.get(r)]
@@ -164,19 +166,19 @@ def epoch_stats(series: list[list[float]]) -> tuple[np.ndarray, np.ndarray | Non
 
 
 def lr_points(frame: pd.DataFrame, metric: str = "test_accuracy", *, sweep: bool = False) -> pd.DataFrame:
-    """The test-vs-lr figure's data, grouped as the table is (hw4.runs.group: by config_key, over
+    """The test-vs-lr figure's data, grouped as the table is (hw4.ranking.group: by config_key, over
     FINISHED runs): one point per configuration with its learning rate, the mean and std of
-    `metric` (a column of runs.AGGREGATED) over its seeds, `n` and `complete`; `line` joins those
+    `metric` (a column of ranking.AGGREGATED) over its seeds, `n` and `complete`; `line` joins those
     that differ only in the learning rate (named by the other config values that vary)."""
-    from hw4 import runs
+    from hw4 import ranking
 
-    configurations = runs.group(frame, sweep=sweep)
+    configurations = ranking.group(frame, sweep=sweep)
     if configurations.empty:
         return pd.DataFrame(columns=LR_POINT_COLUMNS)
-    finished = runs.finished_runs(frame)
+    finished = ranking.finished_runs(frame)
     lr = finished.groupby("config_key", sort=False)["lr"].first()
-    varying = [c for c in configurations.columns[: configurations.columns.get_loc("n")] if c != runs.LR_KEY]
-    lines = runs.labels(configurations[varying]) if varying else pd.Series("", index=configurations.index)
+    varying = [c for c in configurations.columns[: configurations.columns.get_loc("n")] if c != ranking.LR_KEY]
+    lines = ranking.labels(configurations[varying]) if varying else pd.Series("", index=configurations.index)
     fallback = finished.groupby("config_key", sort=False)[["model", "optimizer"]].first()
     points = pd.DataFrame(
         {
@@ -215,7 +217,7 @@ def main() -> None:
 def run(cfg: DictConfig) -> None:
     from hydra.utils import get_original_cwd
 
-    from hw4 import runs, tracking
+    from hw4 import ranking, runs, tracking
 
     client, experiment_id = tracking.open_experiment(cfg.tracking, get_original_cwd())
     if cfg.diff:
@@ -229,8 +231,8 @@ def run(cfg: DictConfig) -> None:
     if frame.empty:
         print(f"no training runs in {'sweep ' + cfg.parent if cfg.parent else cfg.tracking.experiment}")
         return
-    sweep = bool(cfg.parent)  # a sweep's seeds may form a grid: runs.missing_seeds
-    configurations = runs.group(frame, metric, sweep=sweep) if cfg.group else None
+    sweep = bool(cfg.parent)  # a sweep's seeds may form a grid: ranking.missing_seeds
+    configurations = ranking.group(frame, metric, sweep=sweep) if cfg.group else None
     table = config_table(configurations, metric=metric) if cfg.group else run_table(frame, metric=metric)
     if table.empty:
         print("no finished runs to group; group=false lists every run")
@@ -239,12 +241,12 @@ def run(cfg: DictConfig) -> None:
     print(format_table(table, sort, cfg.group))
     print(ranked_by(sort, cfg.group, metric=metric))
     if cfg.group:
-        print(runs.verdict(configurations, metric))
+        print(ranking.verdict(configurations, metric))
     write_figures(client, frame, cfg, sweep=sweep)
 
 
 def ranked_by(sort: str | None, grouped: bool, *, metric: str = names.OBJECTIVE) -> str:
-    from hw4 import runs
+    from hw4 import ranking
 
     sort = sort or DEFAULT_SORT
     if not grouped:
@@ -252,7 +254,7 @@ def ranked_by(sort: str | None, grouped: bool, *, metric: str = names.OBJECTIVE)
     against = "" if sort == metric_name(metric) else f"; best and tied_with_best by {metric_name(metric)}"
     return (
         f"ranked by {sort} (mean over seeds), complete configurations first "
-        f"(tied_with_best: Welch's t-test against the best, level {runs.ALPHA}{against})"
+        f"(tied_with_best: Welch's t-test against the best, level {ranking.ALPHA}{against})"
     )
 
 

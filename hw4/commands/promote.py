@@ -4,7 +4,7 @@
     hw4-promote parent=<sweep parent run id> metric=test_categorical_accuracy name=fashion-mnist
 
 Best means the configuration with the best mean `metric` over its seeds, then its best seed
-(hw4.runs.best_run, as the sweep summary ranks): complete configurations (every planned seed
+(hw4.ranking.best_run, as the sweep summary ranks): complete configurations (every planned seed
 finished, none pruned) before incomplete ones, losses ascending, anything else descending. An
 incomplete winner is refused unless `allow_incomplete=true`. Its logged model becomes a new
 version of `name`, with the alias `champion` and tags naming the sweep, the run, the metric, its
@@ -47,31 +47,31 @@ def logged_model(client: Any, experiment_id: str, run_id: str) -> Any:
 class Winner(NamedTuple):
     run: Any  # its row of hw4.runs.table
     column: str  # the table column holding the metric
-    verdict: str  # hw4.runs.verdict of the ranking
+    verdict: str  # hw4.ranking.verdict of the ranking
 
 
 def winner(client: Any, parent: Any, metric: str, *, allow_incomplete: bool = False) -> Winner:
-    """The best child of the sweep `parent` by `metric` (hw4.runs.best_run). ConfigError for
+    """The best child of the sweep `parent` by `metric` (hw4.ranking.best_run). ConfigError for
     an unknown metric (naming those available) or an incomplete winner."""
-    from hw4 import runs
+    from hw4 import ranking, runs
 
     sweep = parent.info.run_id
     frame = runs.table(runs.training_runs(client, parent.info.experiment_id, sweep))
-    finished = runs.finished_runs(frame)
+    finished = ranking.finished_runs(frame)
     if finished.empty:
         raise ConfigError(f"sweep {sweep} has no finished child to promote")
-    column = runs.ranking_column(finished, metric)  # unknown: a ConfigError naming the known ones
-    configurations = runs.group(frame, metric, sweep=True)
-    best = runs.best_run(frame, metric, sweep=True, configurations=configurations)
+    column = ranking.ranking_column(finished, metric)  # unknown: a ConfigError naming the known ones
+    configurations = ranking.group(frame, metric, sweep=True)
+    best = ranking.best_run(frame, metric, sweep=True, configurations=configurations)
     if best is None:
         raise ConfigError(f"sweep {sweep} has no finished child with the metric {metric!r}")
     row = configurations.loc[best["config_key"]]
     if not row["complete"] and not allow_incomplete:
         raise ConfigError(
             f"sweep {sweep}: the best configuration by {metric}, {row['label']}, is incomplete "
-            f"({runs.describe(row)}); continue the sweep to rerun its seeds, or pass allow_incomplete=true"
+            f"({ranking.describe(row)}); continue the sweep to rerun its seeds, or pass allow_incomplete=true"
         )
-    return Winner(best, column, runs.verdict(configurations, metric))
+    return Winner(best, column, ranking.verdict(configurations, metric))
 
 
 def registered_model(client: Any, name: str) -> Any:

@@ -6,7 +6,7 @@ one self-contained HTML file (figures embedded as data URIs, no external resourc
 content as Markdown beside the PNGs. Every number comes from a run's metrics, params or
 artifacts; nothing is recomputed here except summaries of logged histories (the final
 train/validation loss gap, and the best epoch of runs from before best-epoch metrics). Sweeps are
-ranked as hw4-compare, the sweep summary and hw4-promote rank them (hw4.runs): by their best
+ranked as hw4-compare, the sweep summary and hw4-promote rank them (hw4.ranking): by their best
 configuration's mean over seeds, complete ones first.
 
 No TensorFlow.
@@ -44,7 +44,7 @@ FIGURES = {
 }
 REPORT_HTML, REPORT_MD, RESULTS_MD = "report.html", "report.md", "results.md"
 SAMPLES_FROM = "part3_mlp"
-# A sweep parent's summary (hw4.runs.summarize): its best configuration's mean, its verdict.
+# A sweep parent's summary (hw4.ranking.summarize): its best configuration's mean, its verdict.
 SWEEP_MEAN, SWEEP_VERDICT = "best_config_mean_val_categorical_accuracy", "verdict"
 
 
@@ -127,14 +127,14 @@ def scratch_section(client: Any, run: Any, scratch_dir: Path) -> dict:
 def sweep_result(client: Any, parent: Any) -> Optional[dict]:
     """A sweep's best configuration and its verdict, as its parent's summary logged them; for
     a sweep that logged no verdict (an older or unfinished one), recomputed from its children
-    by the same ranking (hw4.runs.summarize). None when nothing in it ranks."""
-    from hw4 import runs
+    by the same ranking (hw4.ranking.summarize). None when nothing in it ranks."""
+    from hw4 import ranking, runs
 
     tags, metrics = parent.data.tags, parent.data.metrics
     summary: dict[str, Any] = {**metrics, **tags}
     if SWEEP_VERDICT not in tags or SWEEP_MEAN not in metrics:
         children = runs.training_runs(client, parent.info.experiment_id, parent.info.run_id)
-        summary = runs.summarize(children)[0]
+        summary = ranking.summarize(runs.table(children))[0]
     if summary.get(SWEEP_MEAN) is None or summary.get("best_model") is None:
         return None
     return {
@@ -155,9 +155,9 @@ def sweep_result(client: Any, parent: Any) -> Optional[dict]:
 def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
     """Per model, the best learning-rate sweep of the experiment (other than this one): complete
     best configurations first, then by their mean best-epoch validation accuracy over seeds."""
-    from hw4 import runs
+    from hw4 import ranking, runs
 
-    higher = runs.higher_is_better(names.OBJECTIVE)
+    higher = ranking.higher_is_better(names.OBJECTIVE)
     best: dict[str, dict] = {}
     for parent in runs.search_all(client, [experiment_id], f"tags.{names.SWEEP_ROLE} = 'parent'"):
         if parent.info.run_id == parent_run_id or HOMEWORK_TAG in parent.data.tags:

@@ -1,10 +1,10 @@
-"""TensorFlow loaded without its start-up noise, with real errors still shown.
+"""Keras and its backend (TensorFlow, or JAX) loaded without their start-up noise, with real errors still shown.
 
 While it loads and first looks for devices, TensorFlow's C++ runtime writes INFO and WARNING
 lines straight to the process's stderr (oneDNN, CPU instructions, "Could not find cuda drivers",
 and "failed call to cuInit: ... CUDA error" on a machine with no GPU, which reads like a failure).
 absl writes them before its logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not remove them
-(TensorFlow 2.21). `load_tensorflow` therefore points file descriptor 2 at a temporary file while
+(TensorFlow 2.21). `load_keras` therefore points file descriptor 2 at a temporary file while
 TensorFlow imports and initialises its devices, then writes back every line that is not known
 start-up noise: a real error still shows. It also keeps TensorFlow's Python logger to errors, so
 in-process sweeps do not print "triggered tf.function retracing" for every new job's model.
@@ -43,14 +43,26 @@ def keep(line: str) -> bool:
     return bool(line.strip()) and not STARTUP_NOISE.search(line)
 
 
-def load_tensorflow() -> None:
-    """Import TensorFlow and Keras and initialise the devices, printing only what matters."""
-    if show_all():
+def _start_devices() -> None:
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.devices()
+    else:
         import tensorflow as tf
 
-        tf.config.list_physical_devices()
+        tf.config.list_physical_devices()  # CUDA's probe (cuInit) runs here
+
+
+def load_keras() -> None:
+    """Import Keras and its backend (KERAS_BACKEND: TensorFlow by default, or JAX) and
+    initialise the devices, printing only what matters."""
+    if show_all():
+        _start_devices()
         return
-    if "tensorflow" in sys.modules:  # loaded before (a sweep's later job, a test)
+    if "keras" in sys.modules and _backend_loaded():  # loaded before (a sweep's later job, a test)
         return
     # Later INFO lines, XLA's "XLA service ... initialized" and "Compiled cluster using XLA!" at
     # the first compiled epoch, come after absl is initialised: this level drops them.
@@ -60,10 +72,7 @@ def load_tensorflow() -> None:
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import keras  # noqa: F401
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # CUDA's probe (cuInit) runs here, still captured
+            _start_devices()  # still captured
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -74,3 +83,9 @@ def load_tensorflow() -> None:
     if kept:
         print("\n".join(kept), file=sys.stderr)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _backend_loaded() -> bool:
+    import keras
+
+    return keras.backend.backend() in sys.modules

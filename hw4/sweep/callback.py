@@ -67,11 +67,12 @@ def continue_command(config: DictConfig, folder: Path) -> str:
 
 
 def summarize(client: Any, context: SweepContext, objective: str = names.OBJECTIVE) -> tuple[dict[str, Any], Any]:
-    """The sweep's summary and per-configuration table (hw4.runs.summarize) over its children,
+    """The sweep's summary and per-configuration table (hw4.ranking.summarize) over its children,
     ranked by the sweep's objective (tracking.objective)."""
-    from hw4 import runs
+    from hw4 import ranking, runs
 
-    return runs.summarize(runs.training_runs(client, context.experiment_id, context.parent_run_id), objective)
+    children = runs.training_runs(client, context.experiment_id, context.parent_run_id)
+    return ranking.summarize(runs.table(children), objective)
 
 
 def end_abandoned_children(client: Any, context: SweepContext, lock_root: Optional[Path]) -> None:

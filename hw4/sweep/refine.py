@@ -1,7 +1,7 @@
 """Coarse to fine: `hw4-train +sweep=refine sweep.from=<parent run id>`.
 
 Reads a finished learning-rate sweep from the store, takes the rates tied with its best (Welch's
-t-test over seeds, hw4.runs), and runs a finer log-spaced grid around them with the same seeds
+t-test over seeds, hw4.ranking), and runs a finer log-spaced grid around them with the same seeds
 and the same other overrides, as a continuation under the same parent run: the parent's summary
 then ranks old and new rates together, and `hw4-compare parent=<id>` shows them side by side.
 
@@ -118,7 +118,7 @@ def original_overrides(client: Any, parent_id: str) -> list[str]:
 
 def plan(client: Any, parent_id: str, points: int) -> Refinement:
     """Read the finished sweep `parent_id` and plan its finer grid."""
-    from hw4 import runs, tracking
+    from hw4 import ranking, runs, tracking
 
     parent = tracking.get_run_or_none(client, parent_id)
     if parent is None or parent.data.tags.get(names.SWEEP_ROLE) != names.PARENT_ROLE:
@@ -130,12 +130,12 @@ def plan(client: Any, parent_id: str, points: int) -> Refinement:
     experiment_id = parent.info.experiment_id
     children = runs.training_runs(client, experiment_id, parent_id)
     frame = runs.table(children)
-    finished = runs.finished_runs(frame)
+    finished = ranking.finished_runs(frame)
     grid = sorted({float(v) for v in finished["lr"].dropna()})
     if len(grid) < 2:
         raise ConfigError(f"{FROM}={parent_id}: that sweep finished {len(grid)} learning rate(s); refining needs 2")
-    configurations = runs.group(frame, parent.data.tags.get(names.RANKED_BY, names.OBJECTIVE), sweep=True)
-    tied = sorted({float(v) for v in frame[frame["config_key"].isin(runs.tied_keys(configurations))]["lr"]})
+    configurations = ranking.group(frame, parent.data.tags.get(names.RANKED_BY, names.OBJECTIVE), sweep=True)
+    tied = sorted({float(v) for v in frame[frame["config_key"].isin(ranking.tied_keys(configurations))]["lr"]})
     seeds = sorted({int(run.data.params[names.SEED]) for run in children if names.SEED in run.data.params})
     context = SweepContext(
         tracking.redact(client.tracking_uri), experiment_id, parent_id, parent.data.tags.get(names.SWEEP_ID, parent_id)

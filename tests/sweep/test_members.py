@@ -1,0 +1,120 @@
+"""hydra/launcher=members, run as a user runs it (hw4-train -m ...): a sweep's jobs trained as
+members of one program are each their own MLflow run, equal to the job trained alone; a kill and
+a continue resume every member exactly; jobs that cannot share a program train alone, saying why.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hw4 import names
+
+GRID = ["model=mlp", "optimizer.lr=1e-3,1e-2", "trainer.seed=0,1"]
+HISTORIES = (names.LOSS, names.ACCURACY, names.VAL_LOSS, names.VAL_ACCURACY, names.LEARNING_RATE)
+
+
+def sweep(tmp_path: Path, uri: str, folder: str, *args: str, **popen) -> subprocess.CompletedProcess:
+    command = ["hw4-train", "-m", "trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={uri}",
+               f"hydra.sweep.dir={tmp_path / folder}", *args]  # fmt: skip
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, **popen)
+
+
+def runs_by_job(uri: str) -> dict[tuple[str, str], object]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("hw4")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    children = [r for r in runs if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
+    return {(r.data.params["optimizer.lr"], r.data.params["trainer.seed"]): r for r in children}
+
+
+def histories(uri: str, run_id: str) -> dict[str, list[float]]:
+    client = MlflowClient(uri)
+    return {key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in HISTORIES}  # fmt: skip
+
+
+def assert_same_runs(uri_a: str, uri_b: str) -> None:
+    a, b = runs_by_job(uri_a), runs_by_job(uri_b)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for job, run in a.items():
+        other = b[job]
+        assert run.info.status == other.info.status == "FINISHED"
+        for key, values in histories(uri_a, run.info.run_id).items():
+            np.testing.assert_allclose(values, histories(uri_b, other.info.run_id)[key], rtol=1e-5, err_msg=key)
+        for key in (names.TEST_ACCURACY, names.TEST_LOSS, names.BEST_VAL_ACCURACY):
+            np.testing.assert_allclose(run.data.metrics[key], other.data.metrics[key], rtol=1e-5, err_msg=key)
+        own = {k: v for k, v in run.data.params.items() if not k.startswith("tracking.")}  # the store differs
+        assert own == {k: v for k, v in other.data.params.items() if not k.startswith("tracking.")}
+        same_tags = {names.CONFIG_KEY, names.JOB_KEY, names.XLA, names.BACKEND, "model", "optimizer"}
+        assert {k: run.data.tags[k] for k in same_tags} == {k: other.data.tags[k] for k in same_tags}
+        artifacts = {f.path for f in MlflowClient(uri_a).list_artifacts(run.info.run_id)}
+        assert artifacts == {f.path for f in MlflowClient(uri_b).list_artifacts(other.info.run_id)}
+
+
+@pytest.mark.slow
+def test_each_member_is_its_own_run_equal_to_the_job_trained_alone(tmp_path, tiny_data_dir):
+    """The same grid, job by job (Hydra's basic launcher) and as one program of four members:
+    every run's epochs, test metrics, params, tags and artifacts agree."""
+    alone, together = f"sqlite:///{tmp_path / 'alone.db'}", f"sqlite:///{tmp_path / 'together.db'}"
+    data = f"data.dir={tiny_data_dir}"
+    done = sweep(tmp_path, alone, "alone", *GRID, "trainer.epochs=3", data)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = sweep(tmp_path, together, "together", *GRID, "trainer.epochs=3", data, "hydra/launcher=members")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "jobs 0, 1, 2, 3: one program of 4 members" in done.stdout
+    assert_same_runs(alone, together)
+
+
+@pytest.mark.slow
+def test_jobs_that_cannot_share_a_program_train_alone_and_say_why(tmp_path, tiny_data_dir, tracking_uri):
+    done = sweep(tmp_path, tracking_uri, "mixed", "model=mlp,lenet", "trainer.epochs=1", f"data.dir={tiny_data_dir}",
+                 "hydra/launcher=members")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "job 1 trains alone: its model." in done.stdout and "differ from job 0's" in done.stdout
+    assert all(r.info.status == "FINISHED" for r in runs_by_job(tracking_uri).values())
+
+
+@pytest.mark.slow
+@pytest.mark.serial
+def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path):
+    """SIGTERM to the launcher while its members train: every member stops after the epoch,
+    KILLED with its checkpoint; the same command continues each in its own run, and the result
+    equals the sweep that was never stopped."""
+    from conftest import write_dataset
+
+    from test_continue import epochs_logged, wait_until
+
+    data = f"data.dir={write_dataset(tmp_path / 'data', n_dev=3000, n_test=200)}"
+    whole, stopped = f"sqlite:///{tmp_path / 'whole.db'}", f"sqlite:///{tmp_path / 'stopped.db'}"
+    args = [*GRID, "trainer.epochs=5", data, "hydra/launcher=members"]
+    done = sweep(tmp_path, whole, "whole", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = ["hw4-train", "-m", "trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={stopped}",
+               f"hydra.sweep.dir={tmp_path / 'stopped'}", *args]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def two_epochs() -> bool:
+        try:
+            runs = runs_by_job(stopped)
+        except Exception:  # noqa: BLE001 - the store is still being made
+            return False
+        return len(runs) == 4 and all(epochs_logged(stopped, r.info.run_id) >= 2 for r in runs.values())
+
+    wait_until(two_epochs, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    killed = runs_by_job(stopped)
+    assert {r.info.status for r in killed.values()} == {"KILLED"}
+    assert all(epochs_logged(stopped, r.info.run_id) < 5 for r in killed.values())
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("resuming run") == 4
+    resumed = runs_by_job(stopped)
+    assert {job: r.info.run_id for job, r in resumed.items()} == {job: r.info.run_id for job, r in killed.items()}
+    assert_same_runs(whole, stopped)
