@@ -1,32 +1,28 @@
-"""A sweep as one program, measured (issue 35): Keras 3's stateless API under JAX, one jitted
-epoch per call, and K members of a learning-rate sweep trained side by side by `jax.vmap`.
+"""A sweep as one program (issue 35), hw4's own training core measured on a GPU (or this CPU).
 
-For each model (the homework's MLP and LeNet-5, hw4/models.py), it times the epochs of:
-  fit        Keras' own `model.fit` (KERAS_BACKEND=jax), the homework's way;
-  scan       one member: one `jax.jit` call per epoch, a `lax.scan` over its batches of
-             `model.stateless_call` and `optimizer.stateless_apply`;
-  members=K  K members in one program (`jax.vmap` of that epoch): each its own learning rate
-             (the optimizer's `learning_rate` variable), initial weights (its seed) and batch
-             order (its own permutation).
+For each model (the homework's MLP and LeNet-5, hw4/models.py) it times the epochs of:
+  fit        Keras' own `model.fit`, the homework's way, on the backend in use;
+  members=K  hw4's epoch loop (hw4.training.loop.train, as hw4-train runs it) over K members:
+             K=1 is one run alone; K>1 a learning-rate sweep as one program (on JAX, `jax.vmap`
+             of the epoch over the members' stacked states), each member its own learning rate
+             (log-spaced 1e-4 to 1e-2), initial weights (its seed) and batch order.
 Each row gives the median epoch time over epochs 2 to E (the first compiles), the time per
-member, and the members' validation accuracies after E epochs. `--check` also trains member 0
-alone and compares its history with member 0 of the program: the same seed must give the same
-training, within float tolerance (the equality a sweep program owes the job trained alone).
-
-Runs on this CPU (JAX installs here: pip install 'jax[cpu]') and on a GPU machine. No
-TensorFlow, MLflow or Hydra (hw4.models alone, which needs keras): on the GPU machine only keras,
-namex and optree need carrying.
+member, and the members' validation accuracies after E epochs. `--check` also trains the last
+member alone and compares its loss history with its history in the program (the equality a
+sweep program owes the job trained alone). Everything but MLflow: the loop, its callbacks and
+per-epoch host work (batch orders, states back into each member's model) are timed as they run.
 
     KERAS_BACKEND=jax python benchmarks/bench_gpu.py --data ../shared/datasets/fashion-mnist \\
         --models mlp lenet --members 1 16 --epochs 4 --check --out gpu.json
     KERAS_BACKEND=jax python benchmarks/bench_gpu.py --limit 2000 --epochs 3 --members 1 4   # a smoke run
 
-On the GPU machine (its Python is 3.12; JAX with CUDA is there, keras is not), from this
-checkout, with the wheels and the data carried in ignored folders:
+On the GPU machine (its Python is 3.12; JAX with CUDA is there; keras, Hydra and OmegaConf are
+not), from this checkout, with the wheels and the data carried in ignored folders:
     mkdir -p .git/info .data; echo /.whl/ >> .git/info/exclude; echo /.data/ >> .git/info/exclude
     cp ../shared/datasets/fashion-mnist/*.gz .data/
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl keras==3.15.1 namex optree
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl keras==3.15.1 namex optree \\
+        hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML
 and there (carry .whl and .data):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
     KERAS_BACKEND=jax python3 benchmarks/bench_gpu.py --data .data --members 1 16 128 --check --out $OUT/gpu.json
@@ -47,12 +43,14 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hw4 from this checkout, not installed
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from hw4 import models  # noqa: E402  (keras only: hw4.data would bring Hydra's errors along)
+from hw4 import models, names  # noqa: E402
+from hw4.data import Splits  # noqa: E402
+from hw4.runtime.signals import RunSignals  # noqa: E402
+from hw4.training import loop, runtime, schedules  # noqa: E402
 
 BUILDERS = {
     "mlp": (lambda: models.mlp([784]), [784]),
@@ -65,7 +63,7 @@ def idx(path: Path, header: int) -> np.ndarray:
     return np.frombuffer(gzip.decompress(path.read_bytes()), dtype=np.uint8, offset=header)
 
 
-def load(folder: str | None, limit: int | None, shape: list[int]) -> dict[str, np.ndarray]:
+def load(folder: str | None, limit: int | None, shape: list[int]) -> Splits:
     """The development set, split 8:2 (validation first), scaled and one-hot; random pixels in
     the IDX files' shapes where no folder is given (timing only)."""
     if folder:
@@ -79,58 +77,26 @@ def load(folder: str | None, limit: int | None, shape: list[int]) -> dict[str, n
     x = (x.astype(np.float32) / 255.0).reshape((-1, *shape))
     y = np.eye(10, dtype=np.float32)[y]
     n_val = len(x) // 5
-    return {"x_train": x[n_val:], "y_train": y[n_val:], "x_val": x[:n_val], "y_val": y[:n_val]}
+    return Splits(x[n_val:], y[n_val:], x[:n_val], y[:n_val], x[:1], y[:1])
 
 
-def member(build, seed: int, lr: float):
-    """A new model and Adam optimizer (built), and their state as arrays: (trainable,
-    non-trainable, optimizer variables)."""
+class Clock(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def member(name: str, seed: int, lr: float, callbacks: list) -> loop.Member:
     keras.utils.set_random_seed(seed)
-    model = build()
-    optimizer = keras.optimizers.Adam(learning_rate=float(lr))
-    optimizer.build(model.trainable_variables)
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in optimizer.variables],
-    )
-    return model, optimizer, state
-
-
-def programs(model, optimizer, batch: int):
-    """One member's epoch and validation as pure functions of its state (the model and optimizer
-    are templates: their own variables are never read)."""
-
-    def loss_of(y, p):
-        return keras.ops.mean(keras.losses.categorical_crossentropy(y, p))
-
-    def epoch(state, x, y, order):
-        def step(state, indices):
-            trainable, non_trainable, optimizer_vars = state
-            xb, yb = x[indices], y[indices]
-
-            def loss_fn(trainable):
-                p, updated = model.stateless_call(trainable, non_trainable, xb, training=True)
-                return loss_of(yb, p), updated
-
-            (loss, non_trainable), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-            trainable, optimizer_vars = optimizer.stateless_apply(optimizer_vars, grads, trainable)
-            return (trainable, non_trainable, optimizer_vars), loss
-
-        steps = order.shape[0] // batch  # whole batches: one shape, one program
-        state, losses = jax.lax.scan(step, state, order[: steps * batch].reshape(steps, batch))
-        return state, losses.mean()
-
-    def validate(state, x, y):
-        p, _ = model.stateless_call(state[0], state[1], x, training=False)
-        return (p.argmax(-1) == y.argmax(-1)).mean()
-
-    return epoch, validate
-
-
-def orders(seeds: list[int], n: int, epoch: int) -> jnp.ndarray:
-    """Each member's batch order for `epoch`: a permutation seeded by (its seed, the epoch)."""
-    return jnp.stack([jax.random.permutation(jax.random.PRNGKey(seed * 1000 + epoch), n) for seed in seeds])
+    model = BUILDERS[name][0]()
+    runtime.compile_model(model, schedules.build_optimizer(OmegaConf.create({"name": "adam", "lr": lr, "kwargs": {}})))
+    return loop.Member(model=model, callbacks=callbacks, seed=seed, peak=float(lr))
 
 
 def sweep_rates(k: int) -> np.ndarray:
@@ -138,61 +104,34 @@ def sweep_rates(k: int) -> np.ndarray:
     return np.array([1e-3]) if k == 1 else np.logspace(-4, -2, k)
 
 
-def run_members(name: str, splits: dict, seeds: list[int], rates: np.ndarray, epochs: int, batch: int) -> dict:
-    """Members (seed, rate) trained together in one program (`jax.vmap`), or, one member, alone
-    in a plain `jax.jit` of its epoch."""
-    build, k = BUILDERS[name][0], len(seeds)
-    built = [member(build, seed, lr) for seed, lr in zip(seeds, rates)]
-    model, optimizer = built[0][0], built[0][1]
-    epoch, validate = programs(model, optimizer, batch)
-    x, y = jnp.asarray(splits["x_train"]), jnp.asarray(splits["y_train"])
-    if k == 1:
-        state, train, check = built[0][2], jax.jit(epoch), jax.jit(validate)
-    else:
-        state = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[s for _, _, s in built])
-        train = jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0)))
-        check = jax.jit(jax.vmap(validate, in_axes=(0, None, None)))
-    times, losses = [], []
-    for e in range(epochs):
-        order = jax.block_until_ready(orders(seeds, len(x), e))  # not in the epoch's time
-        order = order[0] if k == 1 else order
-        start = time.perf_counter()
-        state, loss = jax.block_until_ready(train(state, x, y, order))
-        times.append(time.perf_counter() - start)
-        losses.append(np.atleast_1d(np.asarray(loss)).tolist())
-    # In chunks: LeNet's activations for the whole validation set, times K members, are large.
-    chunks = [(jnp.asarray(splits["x_val"][i : i + 2000]), jnp.asarray(splits["y_val"][i : i + 2000]))
-              for i in range(0, len(splits["x_val"]), 2000)]  # fmt: skip
-    correct = sum(np.atleast_1d(np.asarray(check(state, xv, yv))) * len(xv) for xv, yv in chunks)
-    epoch_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
+def run_members(name: str, splits: Splits, seeds: list[int], rates: np.ndarray, epochs: int, batch: int) -> dict:
+    """Members (seed, rate) trained together by hw4's loop; the epoch time is the first
+    member's (the others' epochs end at the same call)."""
+    clock = Clock()
+    members = [member(name, s, lr, [clock] if i == 0 else []) for i, (s, lr) in enumerate(zip(seeds, rates))]
+    settings = loop.LoopSettings(epochs=epochs, batch_size=batch, eval_batch_size=2000, schedule=1.0)
+    loop.train(members, splits, settings, RunSignals())
+    k = len(members)
+    epoch_s = statistics.median(clock.times[1:]) if len(clock.times) > 1 else clock.times[0]
     return {
-        "model": name, "variant": f"members={k}" if k > 1 else "alone (jit + scan)", "members": k,
-        "epoch_s": epoch_s, "per_member_s": epoch_s / k, "first_epoch_s": times[0],
-        "val_accuracy": (correct / len(splits["x_val"])).tolist(), "learning_rates": rates.tolist(),
-        "seeds": seeds, "losses": losses,
+        "model": name, "variant": f"members={k}" if k > 1 else "alone (hw4 loop)", "members": k,
+        "epoch_s": epoch_s, "per_member_s": epoch_s / k, "first_epoch_s": clock.times[0],
+        "val_accuracy": [m.history[names.VAL_ACCURACY][-1] for m in members], "learning_rates": rates.tolist(),
+        "seeds": seeds, "losses": [m.history[names.LOSS] for m in members],
     }  # fmt: skip
 
 
-def run_fit(name: str, splits: dict, epochs: int, batch: int) -> dict:
+def run_fit(name: str, splits: Splits, epochs: int, batch: int) -> dict:
     keras.utils.set_random_seed(0)
     model = BUILDERS[name][0]()
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
-    times = []
-
-    class Clock(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    # Without validation_data: fit would time its validation pass inside the epoch.
-    model.fit(splits["x_train"], splits["y_train"], batch_size=batch, epochs=epochs, verbose=0, callbacks=[Clock()])
-    _, accuracy = model.evaluate(splits["x_val"], splits["y_val"], batch_size=1024, verbose=0)
-    epoch_s = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    clock = Clock()
+    model.fit(splits.x_train, splits.y_train, batch_size=batch, epochs=epochs, verbose=0, callbacks=[clock])
+    _, accuracy = model.evaluate(splits.x_val, splits.y_val, batch_size=1024, verbose=0)
+    epoch_s = statistics.median(clock.times[1:]) if len(clock.times) > 1 else clock.times[0]
     return {
         "model": name, "variant": "fit", "members": 1, "epoch_s": epoch_s, "per_member_s": epoch_s,
-        "first_epoch_s": times[0], "val_accuracy": [accuracy], "learning_rates": [1e-3],
+        "first_epoch_s": clock.times[0], "val_accuracy": [accuracy], "learning_rates": [1e-3],
     }  # fmt: skip
 
 
@@ -205,11 +144,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--limit", type=int, help="the first N development images only")
     parser.add_argument("--no-fit", action="store_true", help="leave out Keras' own fit")
-    parser.add_argument("--check", action="store_true", help="member 0 of the program against member 0 alone")
+    parser.add_argument("--check", action="store_true", help="the last member of the program against it alone")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
-    print(f"keras {keras.__version__} on {keras.backend.backend()}, jax {jax.__version__}, "
-          f"{jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})")  # fmt: skip
+    backend = keras.backend.backend()
+    device = platform.processor() or platform.machine()
+    if backend == "jax":
+        import jax
+
+        device = f"{jax.devices()[0].device_kind}, jax {jax.__version__}"
+    print(f"keras {keras.__version__} on {backend} ({device})")
     rows = []
     for name in args.models:
         splits = load(args.data, args.limit, BUILDERS[name][1])
@@ -220,8 +164,8 @@ def main() -> None:
             rows.append(run_members(name, splits, seeds, rates, args.epochs, args.batch))
             if args.check and k > 1:  # the last member (its own seed and rate) trained alone
                 alone = run_members(name, splits, seeds[-1:], rates[-1:], args.epochs, args.batch)
-                together = np.array([epoch_losses[-1] for epoch_losses in rows[-1]["losses"]])
-                rows[-1]["last_member_alone_max_loss_diff"] = float(np.abs(together - np.ravel(alone["losses"])).max())
+                together = np.array(rows[-1]["losses"][-1])
+                rows[-1]["last_member_alone_max_loss_diff"] = float(np.abs(together - alone["losses"][0]).max())
         for row in rows:
             if row["model"] == name:
                 accuracies, rates = row["val_accuracy"], row["learning_rates"]

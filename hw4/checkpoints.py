@@ -77,14 +77,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
         folder: Path,
         state: Optional[CheckpointState] = None,
         best_weights: Optional[Callable[[], Optional[list]]] = None,
+        ended_tags: Optional[Callable[[], dict]] = None,
     ):
         super().__init__()
         self.folder = Path(folder)
         self.state = state or CheckpointState()
         self.best_weights = best_weights
+        self.ended_tags = ended_tags  # why training ended, when a callback before this one ended it
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         self.state.append(epoch, logs or {})
+        if self.ended_tags is not None and self.model.stop_training:  # early stopping: in this save
+            self.state.ended = self.ended_tags()
         epoch_dir = self.folder / f"epoch-{epoch:04d}"
         epoch_dir.mkdir(parents=True, exist_ok=True)
         self.model.save(epoch_dir / MODEL_FILE)

@@ -205,7 +205,7 @@ def prepare(
 ) -> Splits:
     """The homework's preparation (scale to [0, 1], one-hot, a stratified 8:2 split); `prep`
     "standardize" standardizes on the training split's statistics. "augment" prepares as
-    "scale": its shifts and flips are drawn on the training batches (hw4.training.EpochOrder)."""
+    "scale": its shifts and flips are drawn on the training batches (hw4.training.batches, hw4.training.step.augmented)."""
     x_dev, y_dev, x_test, y_test = raw.x_dev, raw.y_dev, raw.x_test, raw.y_test
     if limit is not None:
         x_dev, y_dev = stratified_subset(x_dev, y_dev, limit, seed, "development")

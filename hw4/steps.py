@@ -226,6 +226,13 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
     logged = logged_epochs(run) if resumed else set()
     if resumed and checkpoints.exists(ctx.folder):
         model, state, best_weights = checkpoints.load(ctx.folder)
+        from hw4.training import step
+
+        if step.learning_rate_position(model.optimizer) is None:
+            raise ConfigError(
+                f"run {run.run_id}: its checkpoint holds a learning-rate schedule inside the optimizer "
+                "(saved before hw4 set the rate in the training step); it cannot be continued: train it again"
+            )
         for epoch in range(state.epoch + 1):
             if epoch not in logged:
                 run.log_metrics(state.epoch_logs(epoch), step=epoch)
@@ -247,7 +254,7 @@ class Training:
     """One run's part in a training program: its member of the loop, and the callbacks whose
     decisions its run records."""
 
-    member: Any  # hw4.training.loop.Member
+    member: Any  # hw4.training.loop.Member, made once the callbacks are
     past: dict[str, list[float]] = field(default_factory=dict)  # the epochs before this attempt
     best: Any = None  # hw4.training.callbacks.BestEpoch
     pruner: Any = None  # hw4.training.callbacks.EpochPruner
@@ -290,30 +297,30 @@ def prepare_training(ctx: RunContext, start: StartingPoint) -> Training:
         names.XLA: str(settings.jit).lower(), names.BACKEND: compile.backend(),
         **({"checkpoint_dir": ctx.folder} if trainer.checkpoint else {}),
     })  # fmt: skip
+    training = Training(
+        member=None, past={name: list(values) for name, values in state.history.items()}, best=best
+    )  # the history copied before training: the checkpoint's state extends its own lists
     checkpoint = None
     if trainer.checkpoint:
         kept = (lambda: best.best_weights) if trainer.restore_best else None
-        checkpoint = checkpoints.EpochCheckpoint(ctx.folder, state, kept)
+        checkpoint = checkpoints.EpochCheckpoint(ctx.folder, state, kept, ended_tags=lambda: stop_tags(training))
         callbacks.append(checkpoint)
     callbacks.append(epoch_callbacks.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
-    pruner = None
-    if ctx.job.trial is not None:  # an Optuna search: the study's pruner decides
-        ctx.job.trial.report_history(state.history)
-        pruner = epoch_callbacks.EpochPruner(ctx.job.trial.decide)
-    elif trainer.prune == "median" and ctx.job.parent_run_id:
-        pruner = epoch_callbacks.MedianPruner(
-            job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after
-        )
-    if pruner:
-        callbacks.append(pruner)  # the epoch is saved and logged before a stop
     if trainer.verbose:  # verbose 2 is one line per epoch
         callbacks.append(epoch_callbacks.StepProgress())
-    # Copied before training: the checkpoint's state extends its own lists as epochs end.
-    training = Training(None, {name: list(values) for name, values in state.history.items()}, best, pruner)
+    if ctx.job.trial is not None:  # an Optuna search: the study's pruner decides
+        ctx.job.trial.report_history(state.history)
+        training.pruner = epoch_callbacks.EpochPruner(ctx.job.trial.decide)
+    elif trainer.prune == "median" and ctx.job.parent_run_id:
+        training.pruner = epoch_callbacks.MedianPruner(
+            job.sibling_values(ctx.job.client, ctx.job, run.run_id), trainer.prune_after
+        )
     ended = state.ended is not None  # a resume of a run that ended early: nothing left to train
     training.member = loop.Member(
         model=start.model, callbacks=callbacks, seed=trainer.seed, peak=ctx.cfg.optimizer.lr,
         initial_epoch=trainer.epochs if ended else state.epoch + 1,
+        # After every member's epoch is saved and logged: a pruner compares it with its siblings'.
+        deciders=[training.pruner] if training.pruner else [],
         on_ended=(lambda: checkpoint.mark_ended(stop_tags(training))) if checkpoint else None,
     )  # fmt: skip
     return training

@@ -10,6 +10,7 @@ composed and checked, so `--help` and `--cfg job` stay fast.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from hydra.utils import get_original_cwd, to_absolute_path
 from omegaconf import DictConfig
 
 from hw4 import config, steps
-from hw4.errors import Hw4Error
+from hw4.errors import ConfigError, Hw4Error
 from hw4.runtime import quiet, system, timing
 from hw4.runtime.signals import RunSignals, signal_name
 from hw4.sweep import refine
@@ -126,10 +127,13 @@ def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
     """Train, evaluate and track one configuration (hw4-train's job, and hw4.api.train's)."""
     clock = timing.Timings(since_process_start=timing.first_in_process())  # logged at the run's end
     config.check(cfg)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend not in ("tensorflow", "jax"):  # torch: its gradient and compile are not built here
+        raise ConfigError(f"KERAS_BACKEND={backend}: hw4 trains on tensorflow (the default) or jax")
     # Imported here, not at the top: --help and --cfg must not pay for MLflow and scikit-learn.
     with clock.step("imports"):
         from hw4 import tracking
-        from hw4.sweep import context
+        from hw4.sweep import context, members
         from hw4.sweep import job as sweep_job
 
     sweep_job.leave_ctrl_c_to_the_launcher()
@@ -164,8 +168,8 @@ def run(cfg: DictConfig, *, exit_on_stop: bool = True) -> Outcome:
     parallel_jobs = sweep_job.parallel_jobs()
     runtime.use_compile_cache(cfg.trainer.xla_cache, Path(launch_dir))
     threads = runtime.configure_runtime(cfg.trainer, parallel_jobs=parallel_jobs)
-    if cfg.trainer.verbose == 1 and parallel_jobs > 1:
-        cfg.trainer.verbose = 2  # parallel jobs' progress bars would interleave: a line per epoch
+    if cfg.trainer.verbose == 1 and (parallel_jobs > 1 or members.current() is not None):
+        cfg.trainer.verbose = 2  # parallel jobs' or members' progress bars would interleave: a line per epoch
     ctx = steps.RunContext(
         cfg=cfg, job=job, launch_dir=launch_dir, params=params, raw=raw, splits=splits,
         signals=signals, clock=clock, resume_id=resume_id,

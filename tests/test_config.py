@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -37,6 +38,19 @@ def test_experiment_presets_match_the_homework(preset, model, lr, epochs):
     assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (epochs, 128)
     assert cfg.data.val_fraction == 0.2
     config.check(cfg)
+
+
+EXPERIMENT_PRESETS = sorted(p.stem for p in (Path(config.CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def test_the_experiment_folder_holds_presets():
+    assert EXPERIMENT_PRESETS  # else the test below would check none
+
+
+@pytest.mark.parametrize("preset", EXPERIMENT_PRESETS)
+def test_every_experiment_preset_composes_and_passes_the_range_checks(preset):
+    """Every file in conf/experiment/, the ones added after the homework's four too."""
+    config.check(make(f"experiment={preset}"))
 
 
 def test_command_line_overrides_beat_presets():

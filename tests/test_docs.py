@@ -36,17 +36,7 @@ LINKED_DOCUMENTS = [*DOCUMENTS, REPO / "CHANGELOG.md", REPO / "benchmarks" / "hi
 # References (names, paths, link targets) to the training core that issue 35 is rewriting right
 # now, as (document, reference): stale until the documents catch up. Empty it as they do; an
 # entry that is no longer stale fails, so the list cannot outlive the rewrite.
-STALE_WHILE_REWRITTEN: set[tuple[str, str]] = {
-    ("BENCHMARKS.md", "hw4/compiled_loop.py"),
-    ("docs/configuration.md", "hw4.compiled_loop.XLA_MIN_STEPS"),
-    ("docs/configuration.md", "hw4.training.BestEpoch"),
-    ("docs/configuration.md", "hw4.training.LinearWarmup"),
-    ("docs/configuration.md", "hw4.training.build_schedule"),
-    ("docs/interrupted-runs.md", "hw4.training.EpochOrder"),
-    ("docs/layout.md", "hw4/training.py"),
-    ("docs/layout.md", "../hw4/training.py"),  # a link
-    ("docs/what-a-run-records.md", "hw4.compiled_loop.XLA_MIN_STEPS"),
-}
+STALE_WHILE_REWRITTEN: set[tuple[str, str]] = set()
 
 # A repository path, also as a relative link's `../hw4/...`, but not the tail of another path
 # (`~/.cache/hw4/xla`); a test path may name a test (`::test_name`, `::Class::test_name`).

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import configure_log
 from omegaconf import DictConfig, OmegaConf
 
 from hw4.runtime.signals import RunSignals
@@ -30,7 +31,7 @@ MEMBER_KEYS = ("optimizer.lr", "trainer.seed")
 PER_RUN_KEYS = (
     "trainer.early_stopping", "trainer.restore_best", "trainer.prune", "trainer.prune_after",
     "trainer.checkpoint", "trainer.checkpoint_dir", "trainer.resume", "trainer.verbose", "trainer.xla_cache",
-    "trainer.threads", "tracking", "data.dir",
+    "trainer.threads", "tracking",
 )  # fmt: skip
 
 
@@ -107,7 +108,6 @@ class Coordinator:
         self._running: Optional[threading.Thread] = None  # the one thread allowed to run
         self._parked: list[tuple[threading.Thread, Any, Any, Any]] = []
         self._error: Optional[BaseException] = None
-        self._trained = False
 
     # --- job side ---------------------------------------------------------------------------
     def park(self, member: Any, splits: Any, settings: Any) -> None:
@@ -116,17 +116,20 @@ class Coordinator:
         me = threading.current_thread()
         hydra_config = HydraConfig.instance().cfg  # global: the other jobs set theirs meanwhile
         with self._turn:
-            self._parked.append((me, member, splits, settings))
-            self._running = None
-            self._turn.notify_all()
-            self._turn.wait_for(lambda: self._running is me)
+            if self._error is None:  # else the launch has stopped: no group will train this one
+                self._parked.append((me, member, splits, settings))
+                self._running = None
+                self._turn.notify_all()
+                self._turn.wait_for(lambda: self._running is me)
         HydraConfig.instance().cfg = hydra_config
+        # Hydra's run_job pointed logging at the job that started last: this one's file again.
+        configure_log(hydra_config.hydra.job_logging, hydra_config.hydra.verbose)
         if self._error is not None:
             raise self._error
 
     # --- launcher side ----------------------------------------------------------------------
-    def run_until_parked(self, job: Callable[[], Any]) -> threading.Thread:
-        """Start `job` (Hydra's run_job) in a thread; return when it has parked or ended."""
+    def start(self, job: Callable[[], Any]) -> threading.Thread:
+        """Start `job` (Hydra's run_job) in a thread; `wait` for it to park or end."""
         result: dict[str, Any] = {}
 
         def body() -> None:
@@ -145,8 +148,12 @@ class Coordinator:
         with self._turn:
             self._running = thread
             thread.start()
-            self._turn.wait_for(lambda: self._running is None)
         return thread
+
+    def wait(self) -> None:
+        """Until the running job has parked or ended."""
+        with self._turn:
+            self._turn.wait_for(lambda: self._running is None)
 
     def train(self, signals: RunSignals) -> None:
         """Train the parked members as one program, here, in the main thread."""
@@ -154,9 +161,17 @@ class Coordinator:
             return
         members = [member for _, member, _, _ in self._parked]
         _, _, splits, settings = self._parked[0]
+        # One program trains on one dataset: the jobs' splits are the one cached copy (hw4.data).
+        assert all(parked[2] is splits for parked in self._parked), "a group's jobs loaded different data"
         try:
             self._train(members, splits, settings, signals)
         except BaseException as error:  # noqa: BLE001 - each job ends its run with it
+            self._error = error
+
+    def fail(self, error: BaseException) -> None:
+        """What stopped the launch (a second Ctrl-C while jobs set up or end): every parked job
+        raises it when it resumes, and its run ends as that makes it end (KILLED)."""
+        if self._error is None:
             self._error = error
 
     def finish(self, thread: threading.Thread) -> None:

@@ -3,6 +3,8 @@ predictions (the step's `predict`), and the best epoch of a history."""
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -28,12 +30,38 @@ class Evaluation:
         return {names.TEST_LOSS: self.test_loss, names.TEST_ACCURACY: self.test_accuracy}
 
 
+# One predict program per architecture and dtype policy, kept for the process: a pure program
+# takes the weights as input, so a sweep's runs (members or jobs one after another) share one
+# trace and compile instead of paying one each.
+_PREDICT: OrderedDict[str, compile.Compiled] = OrderedDict()
+PREDICT_PROGRAMS_KEPT = 8  # the latest architectures (an Optuna search over widths makes many)
+
+
+def _predict_program(model: keras.Model) -> compile.Compiled:
+    shapes = [tuple(w.shape) for w in model.weights]
+    key = json.dumps(
+        [type(model).__name__, model.get_config(), keras.config.dtype_policy().name, shapes],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _PREDICT:
+        programs = step.programs(model, schedule=1.0, augment=None, value_and_grad=compile.value_and_grad)
+        _PREDICT[key] = compile.Compiled(programs.predict, jit=False)
+        while len(_PREDICT) > PREDICT_PROGRAMS_KEPT:
+            _PREDICT.popitem(last=False)
+    _PREDICT.move_to_end(key)
+    return _PREDICT[key]
+
+
 def predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Class probabilities of `x`, in batches of `batch_size`, by one compiled program."""
-    programs = step.programs(model, schedule=1.0, augment=None, value_and_grad=compile.value_and_grad)
     batches = stacked(x, None, batch_size)
-    program = compile.Compiled(programs.predict, jit=False)
-    (out,) = compile.split(program(compile.join([(step.read_state(model),)]), (compile.tensor(batches.x),)), 1)
+    weights = (
+        [keras.ops.convert_to_tensor(v) for v in model.trainable_variables],
+        [keras.ops.convert_to_tensor(v) for v in model.non_trainable_variables],
+        [],
+    )
+    (out,) = compile.split(_predict_program(model)(compile.join([(weights,)]), (compile.tensor(batches.x),)), 1)
     return compile.as_numpy(out).reshape(-1, out.shape[-1])[: batches.n]
 
 

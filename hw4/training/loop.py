@@ -56,6 +56,9 @@ class Member:
     seed: int
     peak: float
     initial_epoch: int = 0
+    # Callbacks that decide from the other members' epochs too (pruners reading siblings from the
+    # store): they see an epoch once every member's other callbacks have logged it.
+    deciders: Sequence[keras.callbacks.Callback] = ()
     on_ended: Optional[Callable[[], None]] = None
     history: dict[str, list[float]] = field(default_factory=dict)
     ended_early: bool = False  # early stopping, pruning or a diverged loss
@@ -138,25 +141,31 @@ def train(members: Sequence[Member], splits: Splits, settings: LoopSettings, sig
     """Train every member from its initial epoch to settings.epochs (or its stop)."""
     program = _Program(_template(members), splits, settings)
     n, n_val = program.n, program.val.n
-    lists = {
-        member: keras.callbacks.CallbackList(
-            list(member.callbacks),
-            add_history=False,
-            add_progbar=False,
-            model=member.model,
-            verbose=settings.verbose,
-            epochs=settings.epochs,
-            steps=program.n_batches,
+
+    def callback_list(member: Member, callbacks: Sequence[keras.callbacks.Callback]) -> keras.callbacks.CallbackList:
+        return keras.callbacks.CallbackList(
+            list(callbacks), add_history=False, add_progbar=False, model=member.model,
+            verbose=settings.verbose, epochs=settings.epochs, steps=program.n_batches,
         )  # fmt: skip
-        for member in members
-    }
+
+    lists = {member: callback_list(member, member.callbacks) for member in members}
+    deciders = {member: callback_list(member, member.deciders) for member in members}
     for member in members:
         member.model.stop_training = False
+        member.done = member.initial_epoch >= settings.epochs  # a resumed run that had ended
         lists[member].on_train_begin()
+        deciders[member].on_train_begin()
     for epoch in range(min(m.initial_epoch for m in members), settings.epochs):
-        active = [m for m in members if not m.done and m.initial_epoch <= epoch]
-        if not active:
+        if signals.stop_requested:  # no member begins an epoch after a stop: those still to
+            for member in members:  # begin (a run resumed ahead of the others) stop where they are
+                if not member.done:
+                    member.stopped_after, member.done = member.initial_epoch - 1, True
             break
+        if all(m.done for m in members):
+            break
+        active = [m for m in members if not m.done and m.initial_epoch <= epoch]
+        if not active:  # the members that begin later (resumed runs ahead of the others)
+            continue
         for member in active:
             lists[member].on_epoch_begin(epoch)
         rates = {m: schedules.rate_at(settings.schedule, m.peak, _iterations(m.model)) for m in active}
@@ -170,6 +179,7 @@ def train(members: Sequence[Member], splits: Splits, settings: LoopSettings, sig
         else:  # side by side; the stopped and not yet begun ride along, their results dropped
             together = program.epoch(members, epoch, moved)
             runs = [(m, together, k) for k, m in enumerate(members) if m in rates]
+        ended = []
         for member, result, k in runs:
             if result.states[k] is not None:
                 step.write_state(member.model, result.states[k])
@@ -184,11 +194,14 @@ def train(members: Sequence[Member], splits: Splits, settings: LoopSettings, sig
             lists[member].on_epoch_end(epoch, logs)
             for name, value in logs.items():
                 member.history.setdefault(name, []).append(value)
+            ended.append((member, logs, member.model.stop_training))
+        for member, logs, already in ended:  # every member's epoch is logged: the deciders' turn
+            deciders[member].on_epoch_end(epoch, logs)
             if not np.isfinite(logs[names.LOSS]):  # as TerminateOnNaN
                 member.model.stop_training = True
             if member.model.stop_training:  # its callbacks ended it: finished, never resumed past
                 member.ended_early = member.done = True
-                if member.on_ended is not None:
+                if member.on_ended is not None and not already:  # (its checkpoint knew already)
                     member.on_ended()
             elif signals.stop_requested and epoch + 1 < settings.epochs:
                 member.stopped_after, member.done = epoch, True
@@ -196,6 +209,7 @@ def train(members: Sequence[Member], splits: Splits, settings: LoopSettings, sig
         if member.history:  # as fit: an optimizer's EMA weights, before BestEpoch's restore
             member.model.optimizer.finalize_variable_values(member.model.trainable_variables)
         lists[member].on_train_end({})
+        deciders[member].on_train_end({})
 
 
 def _template(members: Sequence[Member]) -> keras.Model:

@@ -24,7 +24,16 @@ from hw4.data import IMAGE_SHAPE
 from hw4.training.batches import Augment
 
 LOSS = "categorical_crossentropy"
-ITERATIONS, LEARNING_RATE = 0, 1  # positions in optimizer.variables (Keras' base optimizer)
+ITERATIONS = 0  # position in optimizer.variables (Keras' base optimizer)
+
+
+def learning_rate_position(optimizer: keras.optimizers.Optimizer) -> int | None:
+    """Where the optimizer's `learning_rate` variable sits in its variables; None when its rate is
+    a schedule object (optimizers saved before the step set the rate: no variable to set)."""
+    rate = getattr(optimizer, "_learning_rate", None)  # Keras keeps the variable here, unexposed
+    if not optimizer.built:
+        return None if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) else 1
+    return next((i for i, v in enumerate(optimizer.variables) if v is rate), None)
 
 
 @dataclass
@@ -124,6 +133,7 @@ def programs(
     variables, read at each step and updated in place by the same optimizer's `apply`; the
     programs take and return an empty state. The step is the same function either way."""
     optimizer = model.optimizer
+    rate_at = learning_rate_position(optimizer) if optimizer is not None else None
 
     def current(state: Any) -> tuple[list, list, list]:
         if not stateful:
@@ -149,15 +159,15 @@ def programs(
         (_, (total, hits, non_trainable)), grads = value_and_grad(objective)(trainable)
         iterations = optimizer_values[ITERATIONS]
         rate = peak * (schedule(iterations) if callable(schedule) else schedule)
-        rate = ops.cast(rate, optimizer_values[LEARNING_RATE].dtype)
+        rate = ops.cast(rate, optimizer_values[rate_at].dtype)
         n = ops.cast(ops.shape(images)[0], "float32")
         if stateful:
-            optimizer.variables[LEARNING_RATE].assign(rate)
+            optimizer.variables[rate_at].assign(rate)
             optimizer.apply(grads, model.trainable_variables)
             for variable, value in zip(model.non_trainable_variables, non_trainable):
                 variable.assign(value)
             return state, total * n, hits
-        optimizer_values = [rate if i == LEARNING_RATE else v for i, v in enumerate(optimizer_values)]
+        optimizer_values = [rate if i == rate_at else v for i, v in enumerate(optimizer_values)]
         trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads, trainable)
         return (trainable, non_trainable, optimizer_values), total * n, hits
 

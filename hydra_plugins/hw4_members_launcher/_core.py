@@ -23,6 +23,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     config, context = launcher.config, launcher.hydra_context
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    if config.hydra.job.chdir:  # the jobs share this process and take turns: one working folder
+        from hw4.errors import ConfigError
+
+        raise ConfigError("hydra/launcher=members needs hydra.job.chdir=false (its jobs share one process)")
     configs = []
     for offset, overrides in enumerate(job_overrides):
         sweep_config = context.config_loader.load_sweep_config(config, list(overrides))
@@ -60,15 +64,27 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 def _launch_group(group: list[int], job: Any, stop: Any) -> dict[int, JobReturn]:
     from hw4.runtime.signals import RunSignals
     from hw4.sweep import members
+    from hw4.sweep.callback import held_signals
     from hw4.training import loop
 
     coordinator = members.Coordinator(loop.train)
-    threads = {index: coordinator.run_until_parked(job(index)) for index in group}
-    with RunSignals(stop) as signals:  # the main thread trains: signals come here
-        coordinator.train(signals)
+    threads: dict[int, Any] = {}
+    try:
+        for index in group:  # one at a time, each up to its training
+            threads[index] = coordinator.start(job(index))
+            coordinator.wait()
+        with RunSignals(stop) as signals:  # the main thread trains: signals come here
+            coordinator.train(signals)
+    except BaseException as error:  # a second Ctrl-C while jobs set up: each parked job ends its run
+        coordinator.fail(error)
     returns = {}
     for index, thread in threads.items():
-        coordinator.finish(thread)
+        try:
+            coordinator.finish(thread)
+        except BaseException as error:  # a second Ctrl-C while jobs end: the others still end theirs
+            coordinator.fail(error)
+            with held_signals():
+                coordinator.finish(thread)
         result = thread.result  # type: ignore[attr-defined]
         if "error" in result:  # not the job's own failure (run_job catches those): the launch's
             returns[index] = JobReturn(status=JobStatus.FAILED, _return_value=result["error"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hw4 import names, tracking
+from hw4 import api, names, tracking
 from hw4.commands import promote
 from hw4.errors import ConfigError, TrackingError
 
@@ -18,19 +18,17 @@ pytestmark = pytest.mark.xdist_group("promote")
 
 @pytest.fixture(scope="module")
 def promoted(tiny_data_dir, _migrated_store, tmp_path_factory):
-    """A 2 lr x 2 seed sweep with logged models, then hw4-promote with its defaults."""
+    """A 2 lr x 2 seed sweep with logged models, then the hw4-promote command with its defaults."""
     import shutil
 
     workdir = tmp_path_factory.mktemp("promote")
     (workdir / "mlruns").mkdir()
     shutil.copy(_migrated_store, workdir / "mlruns" / "mlflow.db")
     uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    sweep = subprocess.run(
-        ["hw4-train", "-m", "optimizer.lr=1e-4,1e-2", "trainer.seed=0,1", "trainer.epochs=2",
-         "trainer.verbose=0", f"data.dir={tiny_data_dir}", f"tracking.uri={uri}"],  # fmt: skip
-        cwd=workdir, capture_output=True, text=True,
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:  # the sweep in this process, as `hw4-train -m` runs it
+        patch.chdir(workdir)
+        api.sweep(["optimizer.lr=1e-4,1e-2", "trainer.seed=0,1", "trainer.epochs=2", "trainer.verbose=0",
+                   f"data.dir={tiny_data_dir}", f"tracking.uri={uri}"])  # fmt: skip
     result = subprocess.run(["hw4-promote", f"tracking.uri={uri}"], cwd=workdir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return uri, result.stdout

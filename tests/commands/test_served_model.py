@@ -9,6 +9,7 @@ and must score the run's own logged test accuracy on the same 1,000 images.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,7 +35,12 @@ CASES = {
     "augment": ["prep=augment"],
     "warmup": ["schedule=constant", "schedule.warmup_epochs=1"],  # LinearWarmup, an hw4 schedule
 }
+# Trained under KERAS_BACKEND=jax (a process of its own: the backend is chosen at import), served
+# by the default install (TensorFlow): the .keras file is backend-neutral.
+JAX_CASES = {"jax": ["prep=standardize"]} if importlib.util.find_spec("jax") else {}
+ALL_CASES = [*CASES, *JAX_CASES]
 N_TEST = 1000
+DEFAULT_BACKEND = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the clients': TensorFlow
 
 # A client: MLflow and numpy only. It loads each model by its alias and predicts the raw images.
 CLIENT = r"""
@@ -79,6 +85,21 @@ def served(tmp_path_factory, _migrated_store):
             ])  # fmt: skip
             version = promote.promote(client, table.attrs["parent_run_id"], None, f"fm-{case}", "champion")
             runs[case] = client.get_run(version.run_id)
+    for case, overrides in JAX_CASES.items():
+        trained = subprocess.run(
+            ["hw4-train", "-m", *overrides, "trainer.epochs=2", "trainer.verbose=0", f"data.dir={folder}",
+             f"tracking.uri={uri}", f"hydra.sweep.dir={workdir}/multirun/{case}"],
+            env={**os.environ, "KERAS_BACKEND": "jax"}, cwd=workdir, capture_output=True, text=True,
+        )  # fmt: skip
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        (parent,) = client.search_runs(
+            [client.get_experiment_by_name("hw4").experiment_id],
+            f"tags.{names.SWEEP_ROLE} = 'parent' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )  # fmt: skip
+        version = promote.promote(client, parent.info.run_id, None, f"fm-{case}", "champion")
+        runs[case] = client.get_run(version.run_id)
+        assert runs[case].data.tags[names.BACKEND] == "jax"
     raw = data.load(folder, n_classes=10)
     return uri, raw.x_test, raw.y_test, runs
 
@@ -111,8 +132,8 @@ def test_a_fresh_process_without_hw4_loads_each_model_and_scores_its_test_accura
     np.save(tmp_path / "images.npy", images)
     assert images.dtype == np.uint8 and images.shape == (N_TEST, 28, 28)
     client = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(tmp_path / "images.npy"), *(f"fm-{case}" for case in CASES)],
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-c", CLIENT, str(tmp_path / "images.npy"), *(f"fm-{case}" for case in ALL_CASES)],
+        env={**DEFAULT_BACKEND, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert client.returncode == 0, client.stderr[-3000:]
     answers = json.loads(client.stdout.strip().splitlines()[-1])
@@ -143,12 +164,12 @@ def test_mlflow_models_serve_answers_raw_images_with_each_runs_test_accuracy(ser
     uri, images, labels, runs = served
     servers = {}
     try:
-        for case in CASES:  # started together: each pays TensorFlow's import while the others do
+        for case in ALL_CASES:  # started together: each pays TensorFlow's import while the others do
             port = free_port()
             servers[case] = (f"http://127.0.0.1:{port}", subprocess.Popen(
                 ["mlflow", "models", "serve", "-m", f"models:/fm-{case}@champion", "--env-manager", "local",
                  "-h", "127.0.0.1", "-p", str(port)],
-                env={**os.environ, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                env={**DEFAULT_BACKEND, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, stdout=subprocess.DEVNULL,
                 stderr=open(tmp_path / f"{case}.log", "w"), start_new_session=True,  # read when it fails
             ))  # fmt: skip
         store = MlflowClient(uri)

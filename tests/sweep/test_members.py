@@ -87,7 +87,6 @@ def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path):
     KILLED with its checkpoint; the same command continues each in its own run, and the result
     equals the sweep that was never stopped."""
     from conftest import write_dataset
-
     from test_continue import epochs_logged, wait_until
 
     data = f"data.dir={write_dataset(tmp_path / 'data', n_dev=3000, n_test=200)}"
@@ -118,3 +117,21 @@ def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path):
     resumed = runs_by_job(stopped)
     assert {job: r.info.run_id for job, r in resumed.items()} == {job: r.info.run_id for job, r in killed.items()}
     assert_same_runs(whole, stopped)
+
+
+@pytest.mark.slow
+def test_an_optuna_search_trains_each_batch_of_trials_as_members_and_tells_each(tmp_path, tiny_data_dir, tracking_uri):
+    """hparams_search=optuna_lr under hydra/launcher=members: each batch of n_jobs trials is one
+    program; Optuna's own load_study finds every trial told, each linked to its FINISHED run."""
+    optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    done = sweep(tmp_path, tracking_uri, "search", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4",
+                 "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=members",
+                 "trainer.epochs=2", f"data.dir={tiny_data_dir}", "hydra/launcher=members")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("one program of 2 members") == 2
+    study = optuna.load_study(study_name="members", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    runs = runs_by_job(tracking_uri)
+    assert len(runs) == 4 and {r.info.status for r in runs.values()} == {"FINISHED"}
+    assert sorted(t.value for t in study.trials) == sorted(r.data.metrics[names.OBJECTIVE] for r in runs.values())

@@ -1,7 +1,14 @@
-"""Sweeps: one MLflow parent per sweep, jobs as children, summaries, parallel jobs, failures."""
+"""Sweeps: one MLflow parent per sweep, jobs as children, summaries, parallel jobs, failures.
+
+What a sweep records is checked on sweeps run in this process through hw4.api.sweep (Hydra's
+sweeper, launcher and hw4's callback, as `hw4-train -m` runs them); exit statuses and signals,
+through the real `hw4-train -m`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -14,7 +21,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
+from hw4 import api
 from hw4.config import CONFIG_DIR, register_configs
+from hw4.errors import DataError, TrainingDiverged
 from hw4.names import JOB_NUM as JOB_TAG
 from hw4.names import SWEEP_ID as SWEEP_ID_TAG
 
@@ -29,6 +38,19 @@ def sweep(tmp_path: Path, data_dir: Path, uri: str, *overrides: str) -> subproce
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
 
 
+def sweep_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *overrides: str) -> None:
+    """`hw4-train -m OVERRIDES` launched from `tmp_path`, in this process (hw4.api.sweep): a
+    failed job's error is raised once every job has run and the parent has ended."""
+    monkeypatch.chdir(tmp_path)
+    api.sweep([*overrides, f"hydra.sweep.dir={tmp_path / 'multirun'}"])
+
+
+def fast_sweep_in_process(monkeypatch, tmp_path: Path, data_dir: Path, uri: str, *overrides: str) -> None:
+    """`sweep`'s multirun (the MLP with debug=fast), in this process."""
+    sweep_in_process(monkeypatch, tmp_path, "model=mlp", "debug=fast", f"data.dir={data_dir}", f"tracking.uri={uri}",
+                     *overrides)  # fmt: skip
+
+
 def parent_and_children(uri: str):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("hw4")
@@ -39,14 +61,21 @@ def parent_and_children(uri: str):
 
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
-def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path):
-    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "optimizer.lr=1e-3,3e-3,1e-2", "trainer.verbose=1", *launcher)
-    assert result.returncode == 0, result.stderr[-3000:]
-    epoch_lines = [line for line in result.stdout.splitlines() if re.match(r"\s*\d+/\d+ ", line)]
-    if launcher:  # parallel jobs: one plain line per epoch each, no progress bars to interleave
-        assert len(epoch_lines) == 3 * 2 and "━" not in result.stdout
+def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
+    grid = ["optimizer.lr=1e-3,3e-3,1e-2", "trainer.verbose=1"]
+    if launcher:  # the workers' console output: through the real command, whose stdout they share
+        result = sweep(tmp_path, tiny_data_dir, tracking_uri, *grid, *launcher)
+        assert result.returncode == 0, result.stderr[-3000:]
+        printed = result.stdout
     else:
-        assert "━" in result.stdout  # one job at a time keeps Keras' progress bar
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            fast_sweep_in_process(monkeypatch, tmp_path, tiny_data_dir, tracking_uri, *grid)
+        printed = out.getvalue()
+    epoch_lines = [line for line in printed.splitlines() if re.match(r"\s*\d+/\d+ ", line)]
+    if launcher:  # parallel jobs: one plain line per epoch each, no progress bars to interleave
+        assert len(epoch_lines) == 3 * 2 and "━" not in printed
+    else:
+        assert "━" in printed  # one job at a time keeps Keras' progress bar
     client, parent, children = parent_and_children(tracking_uri)
 
     assert len(children) == 3
@@ -87,13 +116,13 @@ def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, trackin
         assert {c.data.tags["tf_threads"] for c in children} == {expected}
 
 
-def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir, tracking_uri, tmp_path):
+def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
     lrs = "1e-3,1e-2,3e-2,1e6"  # SGD at 1e6 turns the loss into NaN
-    result = sweep(
-        tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", f"optimizer.lr={lrs}",
-        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-    )  # fmt: skip
-    assert result.returncode == 1  # Hydra reports the failed job once the sweep is done
+    with pytest.raises(TrainingDiverged, match="loss became nan"):  # Hydra raises it once the sweep is done
+        fast_sweep_in_process(
+            monkeypatch, tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", f"optimizer.lr={lrs}",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        )  # fmt: skip
     client, parent, children = parent_and_children(tracking_uri)
 
     assert len(children) == 4
@@ -111,10 +140,10 @@ def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (3, 1)
 
 
-def test_a_job_failing_before_training_still_gets_a_failed_child(tiny_data_dir, tracking_uri, tmp_path):
-    result = sweep(tmp_path, tiny_data_dir, tracking_uri, "data.limit=200,100000")
-    assert result.returncode == 1
-    assert "data.limit=100000 is larger than the development set" in result.stderr
+def test_a_job_failing_before_training_still_gets_a_failed_child(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
+    # The exit status and the error on stderr: test_a_sweep_whose_every_job_failed_ends_its_parent_failed.
+    with pytest.raises(DataError, match="data.limit=100000 is larger than the development set"):
+        fast_sweep_in_process(monkeypatch, tmp_path, tiny_data_dir, tracking_uri, "data.limit=200,100000")
     _, parent, children = parent_and_children(tracking_uri)
     by_status = {c.info.status: c for c in children}
     assert set(by_status) == {"FINISHED", "FAILED"}
@@ -125,44 +154,28 @@ def test_a_job_failing_before_training_still_gets_a_failed_child(tiny_data_dir, 
     assert (parent.data.metrics["jobs_finished"], parent.data.metrics["jobs_failed"]) == (1, 1)
 
 
-def test_optuna_search_nests_its_trials(tiny_data_dir, tracking_uri, tmp_path):
+def test_optuna_search_nests_its_trials(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
     pytest.importorskip("optuna", reason="the optuna extra is not installed")
-    result = subprocess.run(
-        [
-            "hw4-train",
-            "hparams_search=optuna_lr",
-            "hydra.sweeper.n_trials=2",
-            "debug=fast",
-            "trainer.epochs=1",
-            f"data.dir={tiny_data_dir}",
-            f"tracking.uri={tracking_uri}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        ],  # fmt: skip
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_in_process(
+        monkeypatch, tmp_path, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=2", "debug=fast", "trainer.epochs=1",
+        f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}",
+    )  # fmt: skip
     _, parent, children = parent_and_children(tracking_uri)
     assert len(children) == 2 and parent.data.metrics["jobs_finished"] == 2
     for child in children:
         assert 1e-4 <= float(child.data.params["optimizer.lr"]) <= 3e-2
 
 
-def test_a_failed_trial_is_told_fail_and_the_search_goes_on(tiny_data_dir, tracking_uri, tmp_path):
+def test_a_failed_trial_is_told_fail_and_the_search_goes_on(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
     """Issue 21, section 5: the plugin's max_failure_rate=0.0 aborted the search at the first
     failed trial; hw4's preset lets the others run (conf/hparams_search/optuna_lr.yaml)."""
     pytest.importorskip("optuna", reason="the optuna extra is not installed")
-    result = subprocess.run(
-        [
-            "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1",
-            "data.limit=choice(200,100000)",  # 100000 is refused: that trial fails
-            "trainer.epochs=1", "trainer.verbose=0", "tracking.log_model=false",
-            f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-        ],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True,
+    sweep_in_process(  # returns: the failed trial does not end the search
+        monkeypatch, tmp_path, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.seed=1",
+        "data.limit=choice(200,100000)",  # 100000 is refused: that trial fails
+        "trainer.epochs=1", "trainer.verbose=0", "tracking.log_model=false",
+        f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     _, parent, children = parent_and_children(tracking_uri)
     statuses = sorted(c.info.status for c in children)
     assert len(children) == 4 and "FAILED" in statuses and "FINISHED" in statuses
@@ -397,12 +410,14 @@ def test_a_stopped_sweep_ends_its_runs_killed_and_leaves_no_process(
     assert f"hydra.sweep.dir={tmp_path / 'multirun'}" in out.decode()  # how to finish it
 
 
-def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(data_copy, tracking_uri, tmp_path):
+def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(
+    data_copy, tracking_uri, tmp_path, monkeypatch
+):
     labels = data_copy / "t10k-labels-idx1-ubyte.gz"
     good = labels.read_bytes()
     labels.write_bytes(b"garbage")  # every job fails while loading data
-    first = sweep(tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")
-    assert first.returncode == 1
+    with pytest.raises(DataError, match="not a complete gzip file"):
+        fast_sweep_in_process(monkeypatch, tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")
     _, parent, _ = parent_and_children(tracking_uri)
     client = MlflowClient(tracking_uri)
     assert len(runs_by_status(client, parent.info.run_id)["FAILED"]) == 2
@@ -415,8 +430,7 @@ def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(
         folder.mkdir(parents=True)
         (folder / "LATEST").write_text("epoch_0")
     labels.write_bytes(good)  # repaired: data.dir is bookkeeping, so these are the same jobs
-    second = sweep(tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")
-    assert second.returncode == 0, second.stderr[-3000:]
+    fast_sweep_in_process(monkeypatch, tmp_path, data_copy, tracking_uri, "optimizer.lr=1e-3,1e-2")  # continued
     by_status = runs_by_status(client, parent.info.run_id)
     finished = {r.info.run_id: r for r in by_status["FINISHED"]}
     assert len(finished) == 2 and len(by_status["FAILED"]) == 2
@@ -430,12 +444,13 @@ def test_a_failed_job_trains_again_in_a_new_child_and_the_old_one_is_superseded(
     assert not any(folder.exists() for folder in left)  # a replaced run's checkpoint will not be resumed
 
 
-def test_median_pruning_stops_a_hopeless_job_and_lets_the_others_finish(tiny_data_dir, tracking_uri, tmp_path):
-    result = sweep(
-        tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", "optimizer.lr=1e-2,3e-2,1e-6",
+def test_median_pruning_stops_a_hopeless_job_and_lets_the_others_finish(
+    tiny_data_dir, tracking_uri, tmp_path, monkeypatch
+):
+    fast_sweep_in_process(
+        monkeypatch, tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", "optimizer.lr=1e-2,3e-2,1e-6",
         "trainer.epochs=6", "trainer.prune=median", "trainer.prune_after=2", "data.limit=200",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
     client, parent, children = parent_and_children(tracking_uri)
     by_lr = {c.data.params["optimizer.lr"]: c for c in children}
     hopeless = by_lr.pop("1e-06")

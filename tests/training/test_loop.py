@@ -80,8 +80,13 @@ def test_a_member_of_a_program_equals_the_job_trained_alone(name):
     for (seed, lr), trained in zip(plan, together):
         alone = member(name, seed=seed, lr=lr)
         loop.train([alone], data, settings(schedule=shape), RunSignals())
-        for key in (names.LOSS, names.VAL_LOSS, names.VAL_ACCURACY, names.LEARNING_RATE):
+        for key in (names.LOSS, names.VAL_LOSS, names.LEARNING_RATE):
             np.testing.assert_allclose(trained.history[key], alone.history[key], rtol=rtol, atol=atol, err_msg=key)
+        # Accuracy counts samples: a near tie on the random data may flip one on JAX.
+        flips = 1 / N_VAL if keras.backend.backend() == "jax" else 0
+        np.testing.assert_allclose(
+            trained.history[names.VAL_ACCURACY], alone.history[names.VAL_ACCURACY], atol=flips + 1e-9
+        )
         for a, b in zip(weights(trained), weights(alone)):
             np.testing.assert_allclose(a, b, rtol=10 * rtol, atol=atol)
     assert len({round(m.history[names.LOSS][-1], 6) for m in together}) == 3  # the members did differ
@@ -100,7 +105,8 @@ class StopAt(keras.callbacks.Callback):
 def test_a_stopped_member_stops_updating_while_the_others_go_on():
     data = splits((784,))
     ended = []
-    stopping = member("mlp", seed=0, lr=1e-3, callbacks=[StopAt(0)], on_ended=lambda: ended.append(True))
+    # A decider (a pruner) stops it: the loop tells its run that training ended there.
+    stopping = member("mlp", seed=0, lr=1e-3, deciders=[StopAt(0)], on_ended=lambda: ended.append(True))
     going = member("mlp", seed=1, lr=1e-3)
     loop.train([stopping, going], data, settings(epochs=3), RunSignals())
     assert len(stopping.history[names.LOSS]) == 1 and len(going.history[names.LOSS]) == 3
@@ -116,12 +122,36 @@ def test_a_signal_in_the_epoch_where_early_stopping_fires_ends_the_run_as_finish
     (a resume must not train past it); a member still going stops on the signal."""
     data = splits((784,))
     signals = RunSignals()
-    signals.received = signal.SIGTERM  # as the handler records a first signal
-    pruned = member("mlp", seed=0, lr=1e-3, callbacks=[StopAt(0)])
+
+    class SignalDuringTheEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            signals.received = signal.SIGTERM  # as the handler records a first signal
+
+    pruned = member("mlp", seed=0, lr=1e-3, callbacks=[SignalDuringTheEpoch(), StopAt(0)])
     other = member("mlp", seed=1, lr=1e-3)
     loop.train([pruned, other], data, settings(epochs=3), signals)
     assert pruned.ended_early and pruned.stopped_after is None
     assert other.stopped_after == 0 and not other.ended_early
+
+
+def test_a_member_that_begins_later_trains_even_when_the_others_have_stopped():
+    """A run resumed ahead of the others (its first epoch 2) in a group whose other members all
+    stop at epoch 0: it still trains its epochs (the loop used to end with no member active)."""
+    data = splits((784,))
+    stopping = member("mlp", seed=0, lr=1e-3, callbacks=[StopAt(0)])
+    ahead = member("mlp", seed=1, lr=1e-3, initial_epoch=2)
+    loop.train([stopping, ahead], data, settings(epochs=4), RunSignals())
+    assert len(stopping.history[names.LOSS]) == 1 and len(ahead.history[names.LOSS]) == 2
+    assert ahead.stopped_after is None and not ahead.ended_early
+
+
+def test_a_stop_before_a_member_begins_stops_it_where_it_is():
+    data = splits((784,))
+    signals = RunSignals()
+    signals.received = signal.SIGTERM
+    ahead = member("mlp", seed=1, lr=1e-3, initial_epoch=2)
+    loop.train([member("mlp", seed=0, lr=1e-3), ahead], data, settings(epochs=4), signals)
+    assert ahead.stopped_after == 1 and not ahead.history  # KILLED after its checkpoint's epoch 2
 
 
 class SecondSignal(keras.callbacks.Callback):
@@ -203,3 +233,25 @@ def test_a_resumed_member_continues_as_if_never_stopped(tmp_path):
     np.testing.assert_allclose(resumed.history[names.LOSS], whole.history[names.LOSS][2:], rtol=1e-5)
     for a, b in zip(weights(resumed), weights(whole)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("decided_by", ["early stopping", "a pruner"])
+def test_the_checkpoint_of_the_epoch_where_training_ended_says_so(tmp_path, decided_by):
+    """Early stopping (a callback before the checkpoint) is in the epoch's own save; a pruner
+    (a decider, after every member's epoch is saved) marks it then. A resume reads `ended` and
+    trains no further (hw4.steps.prepare_training: its first epoch is the last)."""
+    from hw4 import checkpoints
+
+    data = splits((784,))
+    saver = checkpoints.EpochCheckpoint(tmp_path, ended_tags=lambda: {"why": decided_by})
+    if decided_by == "early stopping":
+        m = member("mlp", seed=0, lr=1e-3, callbacks=[StopAt(1), saver])
+    else:
+        m = member("mlp", seed=0, lr=1e-3, callbacks=[saver], deciders=[StopAt(1)],
+                   on_ended=lambda: saver.mark_ended({"why": decided_by}))  # fmt: skip
+    loop.train([m], data, settings(epochs=4), RunSignals())
+    _, state, _ = checkpoints.load(tmp_path)
+    assert state.epoch == 1 and state.ended == {"why": decided_by}
+    resumed = loop.Member(model=m.model, callbacks=[], seed=0, peak=1e-3, initial_epoch=4)
+    loop.train([resumed], data, settings(epochs=4), RunSignals())
+    assert not resumed.history and resumed.stopped_after is None
