@@ -201,10 +201,10 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
             run.log_text(tracking.redact(path.read_text(encoding="utf-8")), f"config/{path.name}")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
     summary = artifacts.data_summary(ctx.raw, ctx.splits)
-    if cfg.prep.name == "augment":  # drawn per training batch (hw4.training.augmented), not stored
+    if cfg.prep.name == "augment":  # drawn per training batch (hw4.training.step.augmented), not stored
         summary["preparation"] = {
             "name": "augment", "max_shift": cfg.prep.max_shift, "flip": cfg.prep.flip,
-            "applied_to": "training batches only, seeded by (trainer.seed, epoch, batch)",
+            "applied_to": "training batches only, drawn from (trainer.seed, epoch)",
         }  # fmt: skip
     run.log_dict(summary, artifacts.DATA_SUMMARY)
     digest = data.digest(ctx.raw)

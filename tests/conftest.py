@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("serial"):
             item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+_TRACKING_URI_AT_START = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Each test starts with the environment's MLFLOW_TRACKING_URI: a run logged in-process sets
+    it (MLflow's set_tracking_uri, for Model.log), and a console script a later test starts in
+    the same worker would otherwise write to that earlier test's store."""
+    if _TRACKING_URI_AT_START is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = _TRACKING_URI_AT_START
 
 
 @pytest.fixture(scope="session", autouse=True)

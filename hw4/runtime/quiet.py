@@ -14,11 +14,13 @@ HW4_TF_LOGS=1 shows everything, as TensorFlow prints it. No TensorFlow import at
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import tempfile
+from typing import Iterator
 
 SHOW_ENV = "HW4_TF_LOGS"
 # Lines TensorFlow prints on every start of a CPU-only machine; nothing a user can act on.
@@ -32,6 +34,12 @@ STARTUP_NOISE = re.compile(
     r"|TF-TRT Warning: Could not find TensorRT"
     r"|Unable to register cu(DNN|FFT|BLAS) factory"
     r"|computation placer already registered"
+    # XLA's persistent compile cache (trainer.xla_cache), when a program is first run: TF 2.21
+    # reports its own tuning flags (+prefer-no-gather, +prefer-no-scatter) as machine features
+    # the host lacks, on the very machine that compiled it; and an entry another process was
+    # still writing is compiled again. Neither changes what runs.
+    r"|Loading XLA:CPU AOT result\. Target machine feature \+prefer-no-(gather|scatter) is not"
+    r"|Error parsing text-format tensorflow\.XlaSerializedCacheEntry"
 )
 
 
@@ -67,12 +75,24 @@ def load_keras() -> None:
     # Later INFO lines, XLA's "XLA service ... initialized" and "Compiled cluster using XLA!" at
     # the first compiled epoch, come after absl is initialised: this level drops them.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with native_noise_dropped():
+        _start_devices()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_noise_dropped() -> Iterator[None]:
+    """File descriptor 2 captured while the block runs (C++ writes there directly), then every
+    line that is not known noise written back: a real error still shows."""
+    if show_all():
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            _start_devices()  # still captured
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -82,7 +102,6 @@ def load_keras() -> None:
     kept = [line for line in text.splitlines() if keep(line)]
     if kept:
         print("\n".join(kept), file=sys.stderr)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _backend_loaded() -> bool:

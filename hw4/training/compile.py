@@ -95,6 +95,7 @@ class Compiled:
     results (grouped as `join` groups them). `jit` asks TensorFlow for XLA; JAX always jits."""
 
     def __init__(self, fn: Callable[..., Any], *, jit: bool):
+        self._compiled: set[tuple] = set()  # the argument shapes compiled so far
         if is_jax():
             import jax
 
@@ -107,6 +108,13 @@ class Compiled:
             )
 
     def __call__(self, group: Any, shared: tuple) -> Any:
+        shapes = tuple(tuple(getattr(leaf, "shape", ())) for leaf in keras.tree.flatten((group, shared)))
+        if shapes not in self._compiled:  # a new shape compiles (and reads XLA's cache)
+            self._compiled.add(shapes)
+            from hw4.runtime import quiet
+
+            with quiet.native_noise_dropped():
+                return self(group, shared)
         if is_jax():
             import jax
 
