@@ -95,7 +95,9 @@ class Clock(keras.callbacks.Callback):
 def member(name: str, seed: int, lr: float, callbacks: list) -> loop.Member:
     keras.utils.set_random_seed(seed)
     model = BUILDERS[name][0]()
-    runtime.compile_model(model, schedules.build_optimizer(OmegaConf.create({"name": "adam", "lr": lr, "kwargs": {}})))
+    runtime.compile_model(
+        model, schedules.build_optimizer(OmegaConf.create({"name": "adam", "lr": float(lr), "kwargs": {}}))
+    )
     return loop.Member(model=model, callbacks=callbacks, seed=seed, peak=float(lr))
 
 
