@@ -256,6 +256,7 @@ class Training:
 
     member: Any  # hw4.training.loop.Member, made once the callbacks are
     past: dict[str, list[float]] = field(default_factory=dict)  # the epochs before this attempt
+    settings: Any = None  # hw4.training.loop.LoopSettings, what the run's program needs
     best: Any = None  # hw4.training.callbacks.BestEpoch
     pruner: Any = None  # hw4.training.callbacks.EpochPruner
 
@@ -298,7 +299,10 @@ def prepare_training(ctx: RunContext, start: StartingPoint) -> Training:
         **({"checkpoint_dir": ctx.folder} if trainer.checkpoint else {}),
     })  # fmt: skip
     training = Training(
-        member=None, past={name: list(values) for name, values in state.history.items()}, best=best
+        member=None,
+        past={name: list(values) for name, values in state.history.items()},
+        settings=settings,
+        best=best,
     )  # the history copied before training: the checkpoint's state extends its own lists
     checkpoint = None
     if trainer.checkpoint:
@@ -370,12 +374,11 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
 
     training = prepare_training(ctx, start)
     ctx.signals.check()  # a signal before training: stop before the first epoch
-    settings = loop_settings(ctx.cfg, start.model, len(ctx.splits.x_train))
     coordinator = members.current()
     if coordinator is not None:
-        coordinator.park(training.member, ctx.splits, settings)
+        coordinator.park(training.member, ctx.splits, training.settings)
     else:
-        loop.train([training.member], ctx.splits, settings, ctx.signals)
+        loop.train([training.member], ctx.splits, training.settings, ctx.signals)
     return finish_training(ctx, start, training)
 
 

@@ -13,8 +13,6 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-BACKENDS = ("tensorflow", "jax")
-
 
 def backend() -> str:
     return keras.backend.backend()

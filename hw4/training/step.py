@@ -93,7 +93,7 @@ def augmented(images: Any, flip: Any, shift: Any, *, augment: Augment) -> Any:
     return ops.reshape(x, shape)
 
 
-def _loss_and_hits(model: keras.Model, labels: Any, outputs: Any) -> tuple[Any, Any]:
+def _loss_and_hits(labels: Any, outputs: Any) -> tuple[Any, Any]:
     """Per-sample loss and hits (1.0 where the top class is the label), in float32."""
     predicted = ops.cast(outputs, "float32")
     loss = keras.losses.get(LOSS)(labels, predicted)
@@ -151,7 +151,7 @@ def programs(
             outputs, new_non_trainable, losses = model.stateless_call(
                 trainable, non_trainable, images, training=True, return_losses=True
             )
-            loss, hits = _loss_and_hits(model, labels, outputs)
+            loss, hits = _loss_and_hits(labels, outputs)
             total = ops.mean(loss) + _penalty(losses)
             # Loss scaling inside the gradient; the optimizer divides it out again.
             return optimizer.scale_loss(total), (total, ops.sum(hits), new_non_trainable)
@@ -194,7 +194,7 @@ def programs(
             outputs, _, losses = model.stateless_call(
                 trainable, non_trainable, x[i], training=False, return_losses=True
             )
-            loss, hits = _loss_and_hits(model, y[i], outputs)
+            loss, hits = _loss_and_hits(y[i], outputs)
             loss = loss + _penalty(losses)  # as Keras' test_step, the weight penalties count
             return sums[0] + ops.sum(loss * weight[i]), sums[1] + ops.sum(hits * weight[i])
 
