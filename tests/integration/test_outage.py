@@ -58,7 +58,12 @@ def run_through_an_outage(
         outputs.append(output)
     deadline = time.monotonic() + 180
     while not all(first_epoch_logged(uri) for _, uri in jobs):
-        assert all(p.poll() is None for p, _ in processes) and time.monotonic() < deadline, "no epoch before the outage"
+        if any(p.poll() is not None for p, _ in processes) or time.monotonic() > deadline:
+            for process, reader in processes:
+                process.kill()
+                reader.join()
+            ended = [f"exit {p.returncode}: {o.get('err', '')[-2000:]}" for (p, _), o in zip(processes, outputs)]
+            raise AssertionError("no epoch before the outage\n" + "\n".join(ended))
         time.sleep(0.2)
     postgres.stop()
     time.sleep(OUTAGE_S)

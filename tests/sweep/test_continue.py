@@ -47,7 +47,9 @@ def wait_until(condition, process: subprocess.Popen, seconds: float = 180) -> No
     while time.monotonic() < deadline:
         if condition():
             return
-        assert process.poll() is None, f"exited {process.returncode} early"
+        if process.poll() is not None:
+            error = process.stderr.read().decode(errors="replace")[-3000:] if process.stderr else ""
+            raise AssertionError(f"exited {process.returncode} early: {error}")
         time.sleep(0.1)
     process.kill()
     raise AssertionError("the process did not reach the wanted point in time")
