@@ -15,7 +15,6 @@ every call, and calls can follow one another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from hw4 import config
@@ -23,24 +22,9 @@ from hw4.errors import ConfigError, Hw4Error
 from hw4.sweep import _hydra
 
 if TYPE_CHECKING:
-    import keras
     import pandas as pd
 
-
-@dataclass
-class TrainResult:
-    """One run, as hw4-train recorded it."""
-
-    run_id: str
-    objective: float  # tracking.objective, as a sweep ranks it
-    history: dict[str, list[float]]  # per-epoch metrics, every epoch (a resumed run's included)
-    test_metrics: dict[str, float]
-    model: keras.Model  # the weights the test metrics are of
-    ui: str  # where to see the run in MLflow's UI
-
-    def _repr_html_(self) -> str:  # a notebook shows this for the cell's value
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.test_metrics.items())
-        return f"<b>run {self.run_id}</b>: {metrics}<br>{self.ui}"
+    from hw4.train import TrainedRun
 
 
 def _command_line(overrides: Sequence[str]) -> tuple[list[str], bool]:
@@ -53,36 +37,33 @@ def _command_line(overrides: Sequence[str]) -> tuple[list[str], bool]:
     return args, _hydra.is_multirun(config.CONFIG_DIR, "config", args)
 
 
-def train(overrides: Sequence[str] = ()) -> TrainResult:
-    """Train, evaluate and track one configuration, as `hw4-train OVERRIDES` does."""
-    from hw4 import tracking
-
+def train(overrides: Sequence[str] = ()) -> TrainedRun:
+    """Train, evaluate and track one configuration, as `hw4-train OVERRIDES` does. A Ctrl-C
+    ends the run KILLED and raises KeyboardInterrupt (hw4.runtime.signals.Stopped) here."""
     args, multirun = _command_line(overrides)
     if multirun:
         raise ConfigError("these overrides make a sweep: call api.sweep(...) for it")
     outcome = _hydra.run(config.CONFIG_DIR, "config", _training_run, args, multirun=False)
-    if outcome.ctx is None:  # already finished (nothing trained), or stopped before the run
+    if outcome.trained is None:  # already finished (nothing trained)
         raise ConfigError(f"no run was trained: {outcome.note}")
-    ctx = outcome.ctx
-    return TrainResult(
-        run_id=ctx.run.run_id,
-        objective=outcome.objective,
-        history=ctx.fitted.history,
-        test_metrics=ctx.evaluation.metrics(),
-        model=ctx.model,
-        ui=tracking.where_to_see(ctx.job.client.tracking_uri, ctx.job.experiment_id, ctx.run.run_id),
-    )
+    return outcome.trained
 
 
 def _training_run(cfg: Any) -> Any:
     """hw4-train's job for api.train, on its composed config: a range test (sweep=lr_find) is
-    refused before anything runs (it has no model to return). A Ctrl-C ends the run KILLED and
-    raises KeyboardInterrupt here, rather than exiting."""
+    refused before anything runs (it has no model to return)."""
     from hw4 import train as entrypoint
 
     if cfg.lr_find.enabled:
         raise ConfigError("sweep=lr_find is a range test, not a training run: run it with hw4-train +sweep=lr_find")
-    return entrypoint.run(cfg, exit_on_stop=False)
+    return entrypoint.run(cfg)
+
+
+def _sweep_job(cfg: Any) -> float:
+    """A job of api.sweep: the sweep objective, as Hydra's sweepers take it."""
+    from hw4 import train as entrypoint
+
+    return entrypoint.run(cfg).objective
 
 
 def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
@@ -91,14 +72,13 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     statistics), with the parent run id and the summary in `table.attrs`. A sweep a signal
     stopped raises KeyboardInterrupt once its parent has ended."""
     from hw4 import ranking, runs, tracking
-    from hw4 import train as entrypoint
     from hw4.sweep import callback
     from hw4.sweep.callback import MlflowSweepCallback
 
     args, _ = _command_line(overrides)
     MlflowSweepCallback.launched = None
     try:
-        _hydra.run(config.CONFIG_DIR, "config", entrypoint.run_for_sweep, args, multirun=True)
+        _hydra.run(config.CONFIG_DIR, "config", _sweep_job, args, multirun=True)
     except callback.LaunchAborted as aborted:  # the sweep could not start: its error, not an exit
         raise (aborted.error if isinstance(aborted.error, Hw4Error) else Hw4Error(aborted.reason)) from None
     finally:  # a job that raised makes Hydra skip on_multirun_end: end the parent (and its handlers) now
@@ -107,8 +87,7 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
     launched = MlflowSweepCallback.launched
     if launched is None or launched.context is None:
         raise ConfigError("the sweep did not start (hydra.callbacks.mlflow_sweep is not configured)")
-    if launched.exit_signal is not None:
-        raise KeyboardInterrupt(f"sweep {launched.context.sweep_id} stopped: parent {launched.context.parent_run_id}")
+    callback.raise_if_stopped()
     context = launched.context
     client = tracking.client_for(launched.store_uri)
     children = runs.training_runs(client, context.experiment_id, context.parent_run_id)

@@ -160,6 +160,10 @@ def load(folder: Path) -> tuple[keras.Model, CheckpointState, Optional[list]]:
     """The compiled model (optimizer state included), the history, and the best epoch's weights
     (None unless they were kept) of the latest checkpoint that reads back whole; a damaged one
     (a zero-length file after a power loss) falls back to the epoch before it."""
+    # A checkpoint saved before issue 35 holds LinearWarmup in its optimizer: registered here, so
+    # that it loads and the resume refuses it in one line (steps.restore_or_build).
+    from hw4.training import warmup  # noqa: F401
+
     problems = []
     for epoch_dir in _epoch_dirs(folder):
         try:

@@ -1,8 +1,10 @@
 """Structured-config schemas (registered in Hydra's ConfigStore) and value checks.
 
 Hydra checks keys and types against these dataclasses while composing, so a typo'd key or a
-string where a number belongs is rejected before anything is loaded. Ranges (epochs > 0, ...)
-are not something OmegaConf can express, so `check` verifies them right after composition.
+string where a number belongs is rejected before anything is loaded, and so is a value no
+Choice has (trainer.precision, trainer.prune). Ranges (epochs > 0, ...) are not something
+OmegaConf can express, so `check` verifies them right after composition; the prep and schedule
+groups are `_target_` factories, which check their own arguments (`option`).
 
 No TensorFlow here: `hw4-train --help` and `--cfg` go through this module only.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Union, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -80,29 +83,23 @@ class OptimizerConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class PrepConfig:
-    """Data preparation, a group (conf/prep): scale (the homework's, the default), standardize or
-    augment. The neutral values below; each option's YAML sets its own."""
+class Choice(str, Enum):
+    """The values of a string switch, typed: Hydra refuses any other while it composes (the error
+    lists the allowed ones). A value is its plain string wherever it is recorded or compared
+    (params, tags, run identity), as before the switch was typed."""
 
-    name: str = MISSING
-    max_shift: int = 0  # augment: pixels a training image may move each way
-    flip: bool = False  # augment: flip training images left-right at random
+    def __str__(self) -> str:
+        return self.value
 
 
-@dataclass
-class ScheduleConfig:
-    """The learning rate over training, a group (conf/schedule); optimizer.lr is its peak. The
-    neutral values below; each option's YAML sets its own."""
+class Precision(Choice):
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"
 
-    name: str = MISSING
-    warmup_epochs: int = 0  # a linear ramp from 0 to the peak over these epochs first
-    min_fraction: float = 0.0  # cosine: the last rate, as a fraction of the peak
-    every: int = 1  # step: epochs between decays
-    factor: float = 1.0  # step: the decay
-    warmup_fraction: float = 0.0  # one_cycle: share of the steps that ramp up
-    start_divisor: float = 1.0  # one_cycle: the first rate is the peak / this
-    end_divisor: float = 1.0  # one_cycle: the last rate is the peak / this
+
+class Prune(Choice):
+    none = "none"  # never, as null
+    median = "median"
 
 
 @dataclass
@@ -131,7 +128,9 @@ class TrainerConfig:
     eval_batch_size: int = 1024
     # XLA on TensorFlow (JAX always compiles with it): "auto" is XLA for models without
     # convolutions (the MLP; LeNet-5's convolutions are faster on oneDNN) in runs long enough to
-    # pay back its compile (hw4.training.compile.XLA_MIN_STEPS batches); or true/false.
+    # pay back its compile (hw4.training.compile.XLA_MIN_STEPS batches); or true/false. A string
+    # checked by `check`, not a Choice: OmegaConf's enum fields refuse the YAML booleans that
+    # `trainer.jit_compile=true` arrives as.
     jit_compile: str = "auto"
     # XLA's compilation cache on disk: a later run of the same program skips the first epoch's
     # compile. "auto" = $XDG_CACHE_HOME (or ~/.cache)/hw4/xla/<TensorFlow>-<CPU>, a folder, or null.
@@ -139,7 +138,7 @@ class TrainerConfig:
     # Keras dtype policy: float32, or mixed_bfloat16 on CPUs with native bf16 (AVX512_BF16, AMX):
     # LeNet-5's epoch 0.78x float32's there, but not its dropout and batch-norm variants nor the
     # MLP (BENCHMARKS.md), so not the default.
-    precision: str = "float32"
+    precision: Precision = Precision.float32
     # TensorFlow threads; null = all cores, or cores / n_jobs under a parallel launcher.
     threads: Optional[int] = None
     # Save model, optimizer state and history every epoch, under <checkpoint_dir>/<run id>.
@@ -154,7 +153,7 @@ class TrainerConfig:
     early_stopping: Optional[int] = None
     # Sweeps: "median" stops a job whose validation accuracy is below the median of its sibling
     # runs at the same epoch (read from the store); null: never.
-    prune: Optional[str] = None
+    prune: Optional[Prune] = None
     # Epochs every job runs before it may be pruned.
     prune_after: int = 2
 
@@ -186,8 +185,10 @@ class Config:
     # own arguments, which `check_model_arguments` checks against the builder's signature.
     model: Any = MISSING
     optimizer: OptimizerConfig = MISSING
-    prep: PrepConfig = MISSING
-    schedule: ScheduleConfig = MISSING
+    # Groups of `_target_` factories, each option one YAML (conf/prep, conf/schedule): its
+    # factory's arguments and `name`, the option's name in the record. Checked by `option`.
+    prep: Any = MISSING
+    schedule: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_find: LrFindConfig = field(default_factory=LrFindConfig)
@@ -242,12 +243,8 @@ class CleanConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# String-valued switches and their values (true/false arrive from YAML as booleans).
-TRAINER_CHOICES = {
-    "jit_compile": ("auto", "true", "false"),
-    "precision": ("float32", "mixed_bfloat16"),
-    "prune": ("none", "median"),
-}
+# trainer.jit_compile's values (true/false arrive from YAML as booleans).
+JIT_COMPILE = ("auto", "true", "false")
 
 
 @dataclass
@@ -338,7 +335,7 @@ def check_model_arguments(model: DictConfig) -> None:
         raise ConfigError(f"model._target_={target!r} is not a builder function that can be imported ({exc})") from None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return  # **kwargs: the builder takes any key
-    given = [key for key in model if key != "_target_"]
+    given = [str(key) for key in model if key != "_target_"]
     unknown = [key for key in given if key not in parameters]
     if unknown:
         raise ConfigError(
@@ -354,30 +351,77 @@ def check_model_arguments(model: DictConfig) -> None:
         raise ConfigError(f"model {model.get('name', '')!r}: {target} needs {', '.join(missing)}")
 
 
-PREPS = ("scale", "standardize", "augment")
-SCHEDULES = ("constant", "cosine", "step", "one_cycle")
+def option_config(group: str, name: str) -> DictConfig:
+    """Option `name` of `group` as conf/<group>/<name>.yaml holds it (e.g. prep "standardize"), for
+    callers that name an option without composing a whole config (tests, notebooks)."""
+    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise ConfigError(f"{group}={name}: no such option in {path.parent} (its options: {options})")
+    return cast(DictConfig, OmegaConf.load(path))  # a YAML mapping
 
 
-def check_prep_and_schedule(cfg: DictConfig, need: Callable[[bool, str], None]) -> None:
-    p, s, t, f = cfg.prep, cfg.schedule, cfg.trainer, cfg.lr_find
-    need(p.name in PREPS, f"prep must be one of {', '.join(PREPS)}, got {p.name}")
-    need(0 <= p.max_shift <= 8, f"prep.max_shift must be 0 to 8 pixels, got {p.max_shift}")
-    need(s.name in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {s.name}")
-    need(
-        0 <= s.warmup_epochs < t.epochs,
-        f"schedule.warmup_epochs must be 0 to trainer.epochs - 1, got {s.warmup_epochs}",
-    )
-    need(
-        s.every >= 1 and 0 < s.factor <= 1,
-        f"schedule.every must be >= 1 and factor in (0, 1], got {s.every}, {s.factor}",
-    )
-    need(
-        s.name != "one_cycle" or not s.warmup_epochs,
-        "schedule=one_cycle ramps up by itself (schedule.warmup_fraction); leave schedule.warmup_epochs at 0",
-    )
-    need(0 <= s.min_fraction <= 1, f"schedule.min_fraction must be in [0, 1], got {s.min_fraction}")
-    need(0 <= s.warmup_fraction < 1, f"schedule.warmup_fraction must be in [0, 1), got {s.warmup_fraction}")
-    need(s.start_divisor >= 1 and s.end_divisor >= 1, "schedule.start_divisor and end_divisor must be >= 1")
+# What a factory's annotation accepts from YAML (an int is a float too; a bool is no int).
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: Any) -> Any:
+    """The chosen option of a factory group (conf/prep, conf/schedule): its `_target_` called by
+    Hydra's instantiate with the YAML's values and what hw4 `supplied` (a schedule's: the run's
+    epochs). Every key of the YAML but `_target_` and `name` (the option's name in the record) is
+    an argument of the factory, of its annotated type, and the factory checks its own ranges
+    (ConfigError). So a typo, a wrong type or a value out of range is one line, and `check` calls
+    this before TensorFlow loads: a factory's module imports no Keras at its top."""
+    import importlib
+    import inspect
+
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    values = cast("dict[str, Any]", plain)  # a YAML mapping's keys are strings
+    target, name = str(values.pop("_target_", "")), values.pop("name", None)
+    if not name:
+        raise ConfigError(f"{group}: name is missing (every option's YAML names itself, as runs record it)")
+    module_name, _, function_name = target.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+        parameters = inspect.signature(factory).parameters
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"{group}._target_={target!r} is not a factory function that can be imported ({exc})"
+        ) from None
+    own = [key for key in parameters if key not in supplied]
+    unknown = [key for key in values if key not in parameters or key in supplied]
+    if unknown:
+        raise ConfigError(
+            f"{group}={name}: {', '.join(unknown)} not an argument of {target} (its arguments: {', '.join(own) or 'none'})"
+        )
+    missing = [key for key in own if parameters[key].default is inspect.Parameter.empty and key not in values]
+    if missing:
+        raise ConfigError(f"{group}={name}: {target} needs {', '.join(missing)} (set them in its YAML)")
+    for key, value in values.items():
+        annotation = parameters[key].annotation  # a string under `from __future__ import annotations`
+        type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        allowed = _TYPES.get(type_name)
+        if allowed and (not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool))):
+            raise ConfigError(f"{group}.{key} must be {type_name}, got {value!r}")
+    try:
+        return instantiate({"_target_": target, **values}, **supplied)
+    except InstantiationException as exc:  # Hydra wraps what the factory raised
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
+
+
+def check_options(cfg: DictConfig, need: Callable[[bool, str], None]) -> None:
+    """The prep and schedule options (their factories' own checks) and the range test's values."""
+    for group, supplied in (("prep", {}), ("schedule", {"epochs": cfg.trainer.epochs})):
+        try:
+            option(group, cfg[group], **supplied)
+        except ConfigError as problem:
+            need(False, str(problem))
+    f = cfg.lr_find
     need(
         0 < f.min_lr < f.max_lr and f.steps >= 10 and f.explode > 1,
         f"lr_find needs 0 < min_lr < max_lr, steps >= 10 and explode > 1, got {f.min_lr}, {f.max_lr}, {f.steps}, {f.explode}",
@@ -403,11 +447,10 @@ def check(cfg: DictConfig) -> None:
         t.resume is None or t.checkpoint,
         "trainer.resume needs trainer.checkpoint=true (the checkpoint is what resumes)",
     )
-    for key, allowed in TRAINER_CHOICES.items():
-        need(
-            str(t[key]).lower() in allowed,
-            f"trainer.{key} must be one of {', '.join(allowed)}, got {t[key]}",
-        )
+    need(
+        str(t.jit_compile).lower() in JIT_COMPILE,
+        f"trainer.jit_compile must be one of {', '.join(JIT_COMPILE)}, got {t.jit_compile}",
+    )
     need(
         t.early_stopping is None or t.early_stopping >= 1,
         f"trainer.early_stopping must be >= 1 epochs or null, got {t.early_stopping}",
@@ -430,6 +473,6 @@ def check(cfg: DictConfig) -> None:
     need(bool(cfg.tracking.experiment.strip()), "tracking.experiment must not be empty")
     problem = objective_problem(cfg.tracking.objective)
     need(problem is None, problem or "")
-    check_prep_and_schedule(cfg, need)
+    check_options(cfg, need)
     if problems:
         raise ConfigError("; ".join(problems))

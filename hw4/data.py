@@ -2,7 +2,8 @@
 
 Preparation follows the homework: pixels scaled to [0, 1] as float32, images reshaped to the
 model's input shape (784 for the MLP, 28x28x1 for LeNet), labels one-hot encoded, and the
-development set split 8:2 into train/validation, stratified and seeded.
+development set split 8:2 into train/validation, stratified and seeded. The options of conf/prep
+(scale, standardize, augment) are factories here: each makes a Preparation, what it adds.
 
 TensorFlow is imported only by `load_keras`, the online default source.
 """
@@ -12,15 +13,19 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from hw4.errors import DataError
+from hw4 import config
+from hw4.errors import ConfigError, DataError
+from hw4.training.batches import Augment
 
 IDX_FILES = {
     "x_dev": "train-images-idx3-ubyte.gz",
@@ -181,16 +186,72 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return label_binarize(labels, classes=list(range(n_classes))).astype(np.float32)
 
 
-def standardized(splits: Splits) -> Splits:
+def standardized(splits: Splits) -> dict[str, Any]:
     """Minus the training images' mean, over their standard deviation (one value each, over
     every pixel of the training split only: nothing of validation or test leaks in), applied
-    alike to all three."""
+    alike to all three, in place; returns the statistics."""
     mean, std = float(splits.x_train.mean(dtype=np.float64)), float(splits.x_train.std(dtype=np.float64))
     for x in (splits.x_train, splits.x_val, splits.x_test):
         x -= np.float32(mean)
         x /= np.float32(std)
-    splits.preparation = {"name": "standardize", "mean": mean, "std": std, "from": "training split"}
-    return splits
+    return {"mean": mean, "std": std, "from": "training split"}
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """An option of conf/prep as its factory (the YAML's `_target_`) made it from the YAML's
+    arguments. `fit` prepares the scaled splits further, in place, from the training split alone,
+    and returns what the run records of it (Splits.preparation); the served model reproduces a
+    `mean` and `std` it records (hw4.serving). `augment` moves training batches, drawn per batch
+    (hw4.training.batches); `record` is what the run records of that."""
+
+    fit: Optional[Callable[[Splits], dict[str, Any]]] = None
+    augment: Optional[Augment] = None
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
+# The factories of conf/prep (a new preparation is one more, and its YAML). hw4.config calls them
+# to check the config before anything loads: they check their arguments and prepare nothing yet.
+
+
+def scale() -> Preparation:
+    """The homework's: pixels / 255 into [0, 1] (what `prepare` does for every option), nothing more."""
+    return Preparation()
+
+
+def standardize() -> Preparation:
+    """Scaled, then standardized with the training split's mean and standard deviation."""
+    return Preparation(fit=standardized)
+
+
+def augment(*, max_shift: int, flip: bool) -> Preparation:
+    """Scaled; each training batch shifted by up to max_shift pixels each way and, with flip,
+    flipped left-right, at random."""
+    if not 0 <= max_shift <= 8:
+        raise ConfigError(f"prep.max_shift must be 0 to 8 pixels, got {max_shift}")
+    return Preparation(
+        augment=Augment(max_shift, flip),
+        record={
+            "max_shift": max_shift,
+            "flip": flip,
+            "applied_to": "training batches only, drawn from (trainer.seed, epoch)",
+        },
+    )
+
+
+PrepOption = Union[str, Mapping[str, Any], None]  # a conf/prep option's name, its config, or None: scale
+
+
+def prep_config(prep: PrepOption) -> Mapping[str, Any]:
+    """`prep` as its config: a name is read from conf/prep/<name>.yaml."""
+    if prep is None or isinstance(prep, str):
+        return config.option_config("prep", prep or "scale")
+    return prep
+
+
+def preparation(prep: PrepOption) -> Preparation:
+    """The conf/prep option `prep` (cfg.prep, or an option's name) as its factory makes it."""
+    return config.option("prep", prep_config(prep))
 
 
 def prepare(
@@ -201,11 +262,14 @@ def prepare(
     seed: int = 0,
     limit: Optional[int] = None,
     *,
-    prep: str = "scale",
+    prep: PrepOption = None,
 ) -> Splits:
-    """The homework's preparation (scale to [0, 1], one-hot, a stratified 8:2 split); `prep`
-    "standardize" standardizes on the training split's statistics. "augment" prepares as
-    "scale": its shifts and flips are drawn on the training batches (hw4.training.batches, hw4.training.step.augmented)."""
+    """The homework's preparation (scale to [0, 1], one-hot, a stratified 8:2 split), then the
+    conf/prep option `prep`'s (cfg.prep or an option's name; None: scale only): its `fit` on the
+    training split (standardize), its record; an augmentation is drawn on the training batches
+    later (hw4.training.batches, hw4.training.step.augmented)."""
+    option = prep_config(prep)
+    chosen = preparation(option)
     x_dev, y_dev, x_test, y_test = raw.x_dev, raw.y_dev, raw.x_test, raw.y_test
     if limit is not None:
         x_dev, y_dev = stratified_subset(x_dev, y_dev, limit, seed, "development")
@@ -233,9 +297,10 @@ def prepare(
         y_val=one_hot(y_val, n_classes),
         x_test=to_model_input(x_test, input_shape),
         y_test=one_hot(y_test, n_classes),
-        preparation={"name": prep},
     )
-    return standardized(splits) if prep == "standardize" else splits
+    fitted = chosen.fit(splits) if chosen.fit else {}
+    splits.preparation = {"name": option["name"], **chosen.record, **fitted}
+    return splits
 
 
 KERAS_SOURCE = "keras.datasets"  # data.dir=null: the published set, through Keras' loader
@@ -269,7 +334,7 @@ def files_stamp(data_dir: Optional[str | Path]) -> tuple:
     """Size and modification time of each IDX file: what says the files did not change."""
     if not data_dir:
         return ()
-    stamps = []
+    stamps: list[tuple[str, Optional[int], Optional[int]]] = []
     for name in IDX_FILES.values():
         try:
             stat = (Path(data_dir) / name).stat()
@@ -287,21 +352,25 @@ def load_prepared(
     seed: int = 0,
     limit: Optional[int] = None,
     *,
-    prep: str = "scale",
+    prep: PrepOption = None,
 ) -> tuple[RawData, Splits]:
     """`load` then `prepare`, kept for the next call with the same files and settings: the jobs
     of a sweep in one process read and prepare the data once. The arrays are read-only, since
     every later job shares them."""
+    option = prep_config(prep)
+    values = OmegaConf.to_container(option, resolve=True) if OmegaConf.is_config(option) else dict(option)
     return _load_prepared(
         str(data_dir) if data_dir else None, files_stamp(data_dir), tuple(input_shape), n_classes,
-        val_fraction, seed, limit, "standardize" if prep == "standardize" else "scale",
+        val_fraction, seed, limit, json.dumps(values, sort_keys=True),
     )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1)
-def _load_prepared(data_dir, _stamp, input_shape, n_classes, val_fraction, seed, limit, prep) -> tuple[RawData, Splits]:
+def _load_prepared(
+    data_dir, _stamp, input_shape, n_classes, val_fraction, seed, limit, prep_json
+) -> tuple[RawData, Splits]:
     raw = load(data_dir, n_classes)
-    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit, prep=prep)
+    splits = prepare(raw, input_shape, n_classes, val_fraction, seed, limit, prep=json.loads(prep_json))
     for array in [*vars(raw).values(), *splits.arrays]:
         array.setflags(write=False)
     return raw, splits

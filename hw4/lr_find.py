@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import numpy as np
@@ -27,7 +27,9 @@ class Suggestion:
     grid: list[float]  # 5 log-spaced rates over [low, high], as a sweep would run them
 
 
-def suggest(lrs: np.ndarray, losses: np.ndarray, *, window: float = 0.05, skip: int = 3) -> Optional[Suggestion]:
+def suggest(
+    lrs: Sequence[float] | np.ndarray, losses: Sequence[float] | np.ndarray, *, window: float = 0.05, skip: int = 3
+) -> Optional[Suggestion]:
     """Where the loss falls fastest against log(rate): the curve smoothed by a centred moving
     average over `window` of its points (a trailing average would lag, and move the point to
     higher rates), its first and last `skip` points left out (the edges of the average, the

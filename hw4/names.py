@@ -88,6 +88,10 @@ BOOKKEEPING = (
     "trainer.checkpoint",
     "trainer.checkpoint_dir",
     "tracking.",  # every tracking setting
+    # The factory of the prep and schedule options: the option's `name` (prep.name, schedule.name)
+    # says which it is, as it did for the runs recorded before options were factories.
+    "prep._target_",
+    "schedule._target_",
 )
 SEED = "trainer.seed"
 DATA_DIGEST = "data.digest"  # a content hash of the data files, added to the params by hw4-train

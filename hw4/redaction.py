@@ -38,7 +38,7 @@ def redact(text: str) -> str:
         userinfo_end = -1  # the `@` that ends the userinfo, under the wider of the two readings
         if (sqlalchemy := USERINFO.match(text, position)) is not None:
             userinfo_end = sqlalchemy.end() - 1
-        authority = AUTHORITY.match(text, position).group()
+        authority = found.group() if (found := AUTHORITY.match(text, position)) else ""  # it matches, if only ""
         if "@" in authority:
             userinfo_end = max(userinfo_end, position + authority.rindex("@"))
         if userinfo_end < 0:

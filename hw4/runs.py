@@ -6,7 +6,7 @@ No TensorFlow; MLflow only inside the functions that talk to the store.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pandas as pd
 
@@ -14,18 +14,22 @@ from hw4 import names
 from hw4.errors import ConfigError, TrackingError
 from hw4.ranking import METRIC, PARAM, RUN_COLUMNS
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
 PAGE = 1000  # runs per search request (the store's own upper bound is higher)
 
 
 def search_all(
-    client: Any, experiment_ids: list[str], filter_string: str = "", order_by: Optional[list[str]] = None
-) -> list:
+    client: MlflowClient, experiment_ids: list[str], filter_string: str = "", order_by: Optional[list[str]] = None
+) -> list[Run]:
     """Every run matching `filter_string`, page by page (no silent cap at one page), each
     page read through the store's retry policy (one layer: the retrying client's)."""
     from hw4 import tracking
 
     client = tracking.retrying(client)
-    found: list = []
+    found: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
@@ -38,7 +42,7 @@ def search_all(
 
 
 def sweep_runs(
-    client: Any,
+    client: MlflowClient,
     experiment_id: str,
     parent_run_id: Optional[str] = None,
     *,
@@ -57,7 +61,7 @@ def sweep_runs(
     return [run for run in found if names.SUPERSEDED_BY not in run.data.tags]
 
 
-def training_runs(client: Any, experiment_id: str, parent_run_id: Optional[str] = None) -> list:
+def training_runs(client: MlflowClient, experiment_id: str, parent_run_id: Optional[str] = None) -> list:
     """The training runs of an experiment, or the children of one sweep, without sweep parents,
     other commands' runs (hw4-scratch) and runs replaced by a later attempt."""
     return [
@@ -68,7 +72,7 @@ def training_runs(client: Any, experiment_id: str, parent_run_id: Optional[str] 
     ]
 
 
-def latest_run_id(client: Any, experiment_id: str, filter_string: str, missing: str) -> str:
+def latest_run_id(client: MlflowClient, experiment_id: str, filter_string: str, missing: str) -> str:
     """The id of the newest run matching `filter_string`; ConfigError(`missing`) if none does."""
     found = client.search_runs(
         [experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1
@@ -78,7 +82,7 @@ def latest_run_id(client: Any, experiment_id: str, filter_string: str, missing: 
     return found[0].info.run_id
 
 
-def get_run(client: Any, run_id: str, what: str) -> Any:
+def get_run(client: MlflowClient, run_id: str, what: str) -> Run:
     """The run `run_id`. ConfigError("`what`: no such run ...") only when the store says it does
     not hold it; any other store error is a TrackingError that names it (an auth or network
     error is not a missing run)."""

@@ -3,9 +3,9 @@
 A client has what the IDX files and `keras.datasets.fashion_mnist` give: pixel values 0 to 255
 as uint8, shaped (n, 28, 28). The logged model takes exactly that and returns the probabilities
 of the 10 classes, (n, 10). Inside it, Keras' own preprocessing layers prepare the pixels as
-training did (`hw4.data.prepare`): scaled by 1/255, then, for `prep=standardize`, standardized
-with the training split's mean and standard deviation. `prep=augment` transforms training
-batches only, so its pipeline only scales.
+training did (`hw4.data.prepare`): scaled by 1/255, then, where the preparation recorded a mean
+and standard deviation (`prep=standardize`: the training split's), standardized with them.
+`prep=augment` transforms training batches only, so its pipeline only scales.
 
 The pipeline reuses the trained model's layers (a Sequential's, the same weights; any other
 model as an uncompiled clone) and is never compiled: the saved file holds no optimizer and no
@@ -32,12 +32,12 @@ PIXEL_SCALE = 1.0 / 255.0
 
 def inference_pipeline(model: keras.Model, preparation: Mapping[str, Any]) -> keras.Model:
     """uint8 (n, 28, 28) pixels -> `model`'s class probabilities, with the preparation the model
-    was trained on (`Splits.preparation`: its name and, standardized, the training split's
-    `mean` and `std` of the scaled pixels)."""
+    was trained on (`Splits.preparation`: its name and, standardized, the `mean` and `std` of the
+    scaled pixels it was standardized with, whichever conf/prep option recorded them)."""
     pixels = keras.Input(shape=INPUT_SHAPE, dtype=INPUT_DTYPE, name="pixels")
     # float32 whatever the model's dtype policy: the statistics are float32 values.
     x = layers.Rescaling(PIXEL_SCALE, dtype="float32", name="scale")(pixels)
-    if preparation.get("name") == "standardize":
+    if "mean" in preparation and "std" in preparation:
         std = float(preparation["std"])
         x = layers.Normalization(
             axis=None, mean=float(preparation["mean"]), variance=std * std, dtype="float32", name="standardize"

@@ -12,7 +12,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, cast
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from hw4.runtime.signals import RunSignals
     from hw4.sweep.job import Job
     from hw4.tracking import RunLogger
-    from hw4.training.evaluate import Evaluation
 
 
 @dataclass(kw_only=True)
@@ -46,15 +45,12 @@ class RunContext:
     splits: Splits
     signals: RunSignals
     clock: timing.Timings
+    verbose: int  # trainer.verbose, or 2 (a line per epoch) where jobs share the console
     resume_id: Optional[str] = None  # the run to reopen: trainer.resume, or a continued sweep's
     tags: dict[str, Any] = field(default_factory=dict)
     run: Optional[RunLogger] = None
     folder: Optional[Path] = None  # the run's checkpoints
     background: Optional[Background] = None  # figures drawn while the run goes on
-    # What the run made, once it has (for hw4.api): the model, its fit and its test metrics.
-    model: Optional[keras.Model] = None
-    fitted: Optional[Fitted] = None
-    evaluation: Optional[Evaluation] = None
 
 
 @dataclass
@@ -76,6 +72,14 @@ class Fitted:
     history: dict[str, list[float]]
     stop_tags: dict[str, Any]
     evaluated_epoch: int
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What evaluate_and_log left: the sweep objective and the test metrics it logged."""
+
+    objective: float
+    test_metrics: dict[str, float]
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -104,7 +108,7 @@ def load_data(cfg: DictConfig) -> tuple[RawData, Splits]:
         val_fraction=cfg.data.val_fraction,
         seed=cfg.data.split_seed,
         limit=cfg.data.limit,
-        prep=cfg.prep.name,
+        prep=cfg.prep,
     )
 
 
@@ -113,7 +117,7 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
     and the data's content digest, which the run's identity hashes instead of data.dir."""
     from hw4 import data, tracking
 
-    params = tracking.redact_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    params = tracking.redact_params(tracking.flatten(cast(dict, OmegaConf.to_container(cfg, resolve=True))))
     params[names.DATA_DIGEST] = data.source_digest(cfg.data.dir)
     return params
 
@@ -187,6 +191,7 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
     from hw4 import artifacts, data, models, tracking
 
     cfg, run = ctx.cfg, ctx.run
+    assert run is not None and ctx.background is not None  # opened_run set it
     hydra_cfg = HydraConfig.get()
     # A run reopened before its first epoch holds the params of its first attempt: MLflow refuses
     # to change one, and the bookkeeping ones (trainer.resume, data.dir) may differ; the others
@@ -200,12 +205,7 @@ def log_run_inputs(ctx: RunContext, model: keras.Model) -> None:
         for path in sorted(p for p in saved.iterdir() if p.is_file()):
             run.log_text(tracking.redact(path.read_text(encoding="utf-8")), f"config/{path.name}")
     run.log_text(models.summary_text(model), artifacts.SUMMARY)
-    summary = artifacts.data_summary(ctx.raw, ctx.splits)
-    if cfg.prep.name == "augment":  # drawn per training batch (hw4.training.step.augmented), not stored
-        summary["preparation"] = {
-            "name": "augment", "max_shift": cfg.prep.max_shift, "flip": cfg.prep.flip,
-            "applied_to": "training batches only, drawn from (trainer.seed, epoch)",
-        }  # fmt: skip
+    summary = artifacts.data_summary(ctx.raw, ctx.splits)  # with the preparation's record (hw4.data.prepare)
     run.log_dict(summary, artifacts.DATA_SUMMARY)
     digest = data.digest(ctx.raw)
     run.log_dataset(cfg.data.name, digest, cfg.data.dir or "keras.datasets", summary["prepared_shapes"])
@@ -223,6 +223,7 @@ def restore_or_build(ctx: RunContext) -> StartingPoint:
     from hw4.training import runtime, schedules
 
     run, resumed = ctx.run, bool(ctx.resume_id)
+    assert run is not None and ctx.folder is not None  # opened_run set it
     logged = logged_epochs(run) if resumed else set()
     if resumed and checkpoints.exists(ctx.folder):
         model, state, best_weights = checkpoints.load(ctx.folder)
@@ -261,17 +262,19 @@ class Training:
     pruner: Any = None  # hw4.training.callbacks.EpochPruner
 
 
-def loop_settings(cfg: DictConfig, model: keras.Model, n_train: int) -> Any:
-    """What the members of one program share (hw4.training.loop.LoopSettings)."""
-    from hw4.training import batches, compile, loop, schedules
+def loop_settings(cfg: DictConfig, model: keras.Model, n_train: int, *, verbose: Optional[int] = None) -> Any:
+    """What the members of one program share (hw4.training.loop.LoopSettings); `verbose`:
+    the run's (RunContext.verbose), else trainer.verbose."""
+    from hw4 import data
+    from hw4.training import compile, loop, schedules
 
-    trainer, prep = cfg.trainer, cfg.prep
-    augment = batches.Augment(prep.max_shift, prep.flip) if prep.name == "augment" else None
+    trainer = cfg.trainer
+    augment = data.preparation(cfg.prep).augment  # drawn per training batch: none but for prep=augment
     steps_per_epoch = math.ceil(n_train / trainer.batch_size)
     return loop.LoopSettings(
         epochs=trainer.epochs, batch_size=trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
         schedule=schedules.build_schedule(cfg.schedule, steps_per_epoch=steps_per_epoch, epochs=trainer.epochs),
-        augment=augment, verbose=trainer.verbose,
+        augment=augment, verbose=trainer.verbose if verbose is None else verbose,
         jit=compile.wants_xla(
             model, trainer.jit_compile, augment=augment is not None, steps=trainer.epochs * steps_per_epoch
         ),
@@ -287,13 +290,14 @@ def prepare_training(ctx: RunContext, start: StartingPoint) -> Training:
     from hw4.training import compile, loop
 
     trainer, run, state = ctx.cfg.trainer, ctx.run, start.state
+    assert run is not None and ctx.folder is not None  # opened_run set it
     best = None
     if trainer.early_stopping or trainer.restore_best:
         best = epoch_callbacks.BestEpoch(
             trainer.early_stopping, trainer.restore_best, state.history, start.best_weights
         )
     callbacks = [best] if best else []  # first: the checkpoint saves the best weights it holds
-    settings = loop_settings(ctx.cfg, start.model, len(ctx.splits.x_train))
+    settings = loop_settings(ctx.cfg, start.model, len(ctx.splits.x_train), verbose=ctx.verbose)
     run.set_tags({
         names.XLA: str(settings.jit).lower(), names.BACKEND: compile.backend(),
         **({"checkpoint_dir": ctx.folder} if trainer.checkpoint else {}),
@@ -306,11 +310,11 @@ def prepare_training(ctx: RunContext, start: StartingPoint) -> Training:
     )  # the history copied before training: the checkpoint's state extends its own lists
     checkpoint = None
     if trainer.checkpoint:
-        kept = (lambda: best.best_weights) if trainer.restore_best else None
+        kept = (lambda: best.best_weights) if best is not None and trainer.restore_best else None
         checkpoint = checkpoints.EpochCheckpoint(ctx.folder, state, kept, ended_tags=lambda: stop_tags(training))
         callbacks.append(checkpoint)
     callbacks.append(epoch_callbacks.EpochMetricsLogger(run.log_metrics, start.logged_epochs))
-    if trainer.verbose:  # verbose 2 is one line per epoch
+    if ctx.verbose:  # verbose 2 is one line per epoch
         callbacks.append(epoch_callbacks.StepProgress())
     if ctx.job.trial is not None:  # an Optuna search: the study's pruner decides
         ctx.job.trial.report_history(state.history)
@@ -355,7 +359,8 @@ def finish_training(ctx: RunContext, start: StartingPoint, training: Training) -
         raise Stopped(signum, f"{signal_name(signum)}: stopped after epoch {member.stopped_after + 1}")
     losses = history.get(names.LOSS, [])
     if losses and not math.isfinite(losses[-1]):
-        checkpoints.remove(ctx.folder)  # its last weights are NaN: nothing to resume
+        if ctx.folder is not None:  # its last weights are NaN: nothing to resume
+            checkpoints.remove(ctx.folder)
         raise TrainingDiverged(
             f"loss became {losses[-1]} in epoch {len(losses)}; training stopped (lower optimizer.lr?)"
         )
@@ -382,16 +387,15 @@ def fit(ctx: RunContext, start: StartingPoint) -> Fitted:
     return finish_training(ctx, start, training)
 
 
-def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> float:
-    """Test metrics, best-epoch metrics, figures (in the background) and the model; returns the
-    sweep objective."""
+def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> Evaluated:
+    """Test metrics, best-epoch metrics, figures (in the background) and the model."""
     from hw4 import artifacts
     from hw4.training import evaluate
 
     cfg, run, splits, background = ctx.cfg, ctx.run, ctx.splits, ctx.background
-    evaluation = ctx.evaluation = ctx.clock.call(
-        "evaluate", evaluate.evaluate, model, splits, cfg.trainer.eval_batch_size
-    )
+    assert run is not None and background is not None  # opened_run set it
+    with ctx.clock.step("evaluate"):
+        evaluation = evaluate.evaluate(model, splits, cfg.trainer.eval_batch_size)
     best = evaluate.best_epoch(fitted.history)
     run.log_metrics({**evaluation.metrics(), **best, names.EVALUATED_EPOCH: fitted.evaluated_epoch})
     run.set_tags(fitted.stop_tags)
@@ -407,9 +411,11 @@ def evaluate_and_log(ctx: RunContext, model: keras.Model, fitted: Fitted) -> flo
         f"{int(best.get(names.BEST_EPOCH, -1)) + 1}; run {run.run_id})"
     )
     if cfg.tracking.log_model:
-        ctx.clock.call("log_model", log_inference_model, ctx, model)
-    ctx.clock.call("wait_background", background.wait)
-    return float(best.get(cfg.tracking.objective, float("nan")))
+        with ctx.clock.step("log_model"):
+            log_inference_model(ctx, model)
+    with ctx.clock.step("wait_background"):
+        background.wait()
+    return Evaluated(float(best.get(cfg.tracking.objective, float("nan"))), evaluation.metrics())
 
 
 def log_inference_model(ctx: RunContext, model: keras.Model) -> None:
@@ -421,11 +427,13 @@ def log_inference_model(ctx: RunContext, model: keras.Model) -> None:
 
     pipeline = serving.inference_pipeline(model, ctx.splits.preparation)
     example = serving.example_input(ctx.raw.x_test[: artifacts.MODEL_EXAMPLES])
+    assert ctx.run is not None  # opened_run set it
     ctx.run.log_keras_model(pipeline, example, np.asarray(pipeline(example, training=False)))
 
 
 def log_timings(ctx: RunContext) -> None:
     timings = ctx.clock.report()
+    assert ctx.run is not None  # opened_run set it
     ctx.run.log_metrics(timing.as_metrics(timings))
     ctx.run.log_dict(timings, timing.ARTIFACT)
 
@@ -453,17 +461,21 @@ def find_learning_rate(ctx: RunContext) -> Optional[float]:
     from hw4.training import runtime, schedules
 
     cfg, run, settings = ctx.cfg, ctx.run, ctx.cfg.lr_find
+    assert run is not None  # opened_run set it
     run.log_params(ctx.params)
     model = runtime.build_model(cfg.model, num_classes=len(cfg.data.class_names), seed=cfg.trainer.seed)
     runtime.compile_model(model, schedules.build_optimizer(cfg.optimizer))
-    curve = ctx.clock.call(
-        "fit", lr_find.range_test, model, ctx.splits.x_train, ctx.splits.y_train, batch_size=cfg.trainer.batch_size,
-        min_lr=settings.min_lr, max_lr=settings.max_lr, steps=settings.steps, explode=settings.explode,
-        seed=cfg.trainer.seed,
-    )  # fmt: skip
+    with ctx.clock.step("fit"):
+        curve = lr_find.range_test(
+            model, ctx.splits.x_train, ctx.splits.y_train, batch_size=cfg.trainer.batch_size,
+            min_lr=settings.min_lr, max_lr=settings.max_lr, steps=settings.steps, explode=settings.explode,
+            seed=cfg.trainer.seed,
+        )  # fmt: skip
     run.log_series({names.LR_FIND_LR: curve.lrs, names.LR_FIND_LOSS: curve.losses})
     suggestion = lr_find.suggest(curve.lrs, curve.losses)
-    run.log_figure(plots.lr_range_test(curve.lrs, curve.losses, suggestion and suggestion.lr), names.LR_FIND_FIGURE)
+    run.log_figure(
+        plots.lr_range_test(curve.lrs, curve.losses, suggestion.lr if suggestion else None), names.LR_FIND_FIGURE
+    )
     ended = f"exploded at batch {curve.exploded_at + 1}" if curve.exploded_at is not None else "reached max_lr"
     if suggestion is None:
         print(f"lr_find: {len(curve.lrs)} batches ({ended}): too few to suggest a rate; lower lr_find.min_lr")

@@ -23,10 +23,10 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, cast
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -103,16 +103,17 @@ def is_transient(exc: BaseException) -> bool:
     import sqlalchemy.exc
     from mlflow.protos.databricks_pb2 import REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE, ErrorCode
 
-    while exc is not None:
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, requests.ConnectionError, requests.Timeout,
+    cause: Optional[BaseException] = exc
+    while cause is not None:
+        if isinstance(cause, (sqlalchemy.exc.OperationalError, requests.ConnectionError, requests.Timeout,
                             requests.exceptions.RetryError, ConnectionError, TimeoutError)):  # fmt: skip
             return True
-        if isinstance(exc, MlflowException) and exc.error_code in (
+        if isinstance(cause, MlflowException) and cause.error_code in (
             ErrorCode.Name(TEMPORARILY_UNAVAILABLE),
             ErrorCode.Name(REQUEST_LIMIT_EXCEEDED),
         ):
             return True
-        exc = exc.__cause__ or exc.__context__
+        cause = cause.__cause__ or cause.__context__
     return False
 
 
@@ -136,12 +137,12 @@ class RetryPolicy:
             ceiling = min(ceiling * 2, self.max_delay_s)
 
 
-POLICY = RetryPolicy()
+POLICY = RetryPolicy()  # a client's without settings (tracking.retry_s's default)
 
 
-def set_retry_budget(seconds: float) -> None:
-    """The budget of every later store call in this process (from tracking.retry_s)."""
-    POLICY.budget_s = float(seconds)
+def policy_for(settings: Any) -> RetryPolicy:
+    """The retry policy of a `tracking` config: its retry_s as the budget."""
+    return RetryPolicy(budget_s=float(settings.get("retry_s", DEFAULT_RETRY_S)))
 
 
 # Set while a retry loop runs in this thread: a retry inside it (a RetryingClient's call made by
@@ -199,13 +200,16 @@ NOT_REPEATABLE = frozenset({"create_run", "create_experiment", "create_registere
 
 class RetryingClient:
     """An MlflowClient whose every call goes through the retry policy (reads included), so no
-    caller can forget it; the calls in NOT_REPEATABLE pass straight through (see create_run)."""
+    caller can forget it; the calls in NOT_REPEATABLE pass straight through (see create_run).
+    Made by `retrying`, `connect` and `client_for`, which hand it out typed as the MlflowClient
+    it stands for: the type checker holds every call to MlflowClient's signatures."""
 
-    def __init__(self, client: Any):
+    def __init__(self, client: MlflowClient, policy: Optional[RetryPolicy] = None):
         self._client = client
+        self.policy = policy or POLICY
 
     @property
-    def raw(self) -> Any:
+    def raw(self) -> MlflowClient:
         return self._client
 
     def __getattr__(self, name: str) -> Any:
@@ -214,26 +218,35 @@ class RetryingClient:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return retry(lambda: attribute(*args, **kwargs), name)
+            return retry(lambda: attribute(*args, **kwargs), name, self.policy)
 
         return call
 
 
-def retrying(client: Any) -> Any:
-    """`client` behind the retry policy (once)."""
-    return client if isinstance(client, RetryingClient) else RetryingClient(client)
+def retrying(client: MlflowClient, policy: Optional[RetryPolicy] = None) -> MlflowClient:
+    """`client` behind a retry policy (once: a retrying client keeps its own unless `policy` is
+    given), with MlflowClient's methods and signatures."""
+    if isinstance(client, RetryingClient) and (policy is None or policy == client.policy):
+        return cast(MlflowClient, client)
+    return cast(MlflowClient, RetryingClient(unwrap(client), policy))
 
 
-def unwrap(client: Any) -> Any:
+def policy_of(client: MlflowClient) -> RetryPolicy:
+    """The retry policy a client's calls go through (the default for a plain client)."""
+    return client.policy if isinstance(client, RetryingClient) else POLICY
+
+
+def unwrap(client: MlflowClient) -> MlflowClient:
+    """The plain client under a retrying one: its calls are tried once."""
     return client.raw if isinstance(client, RetryingClient) else client
 
 
-def client_for(uri: str) -> RetryingClient:
+def client_for(uri: str, policy: Optional[RetryPolicy] = None) -> MlflowClient:
     """A retrying client for a store already checked (a sweep's, named in its context)."""
     quiet_store_logs()
     prefer_hw4_retries(uri)
     with store_lock(uri):  # it may still be the first to open a new sqlite store
-        return RetryingClient(MlflowClient(uri))
+        return retrying(MlflowClient(uri), policy)
 
 
 def sqlite_file(uri: str) -> Optional[str]:
@@ -268,15 +281,16 @@ def store_lock(uri: str) -> Iterator[None]:
         yield  # the lock goes with the file's closing
 
 
-def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Any:
+def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Run:
     """`client.create_run`, safe to retry: a first attempt that the store committed but whose
     answer was lost (a timeout) is found again by its creation token, not created twice."""
     token = uuid.uuid4().hex
     tags = {**{k: str(v) for k, v in tags.items()}, names.CREATION_TOKEN: token}
     attempts = 0
+    policy = policy_of(client)
     client = unwrap(client)  # one retry loop here, not one per call inside it
 
-    def attempt() -> Any:
+    def attempt() -> Run:
         nonlocal attempts
         attempts += 1
         if attempts > 1:
@@ -287,7 +301,7 @@ def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Ma
                 return found[0]
         return client.create_run(experiment_id, run_name=run_name, tags=tags)
 
-    return retry(attempt, f"create run {run_name}")
+    return retry(attempt, f"create run {run_name}", policy)
 
 
 class _OneLineDatabaseErrors(logging.Filter):
@@ -323,7 +337,7 @@ def quiet_store_logs() -> None:
         store_log.addFilter(_OneLineDatabaseErrors())
 
 
-def connect(uri: str) -> RetryingClient:
+def connect(uri: str, policy: Optional[RetryPolicy] = None) -> MlflowClient:
     """A retrying client for `uri`, once the store has answered (checked before any data is
     loaded; a store that does not answer now fails the command at once)."""
     quiet_store_logs()
@@ -339,7 +353,7 @@ def connect(uri: str) -> RetryingClient:
         if code in AUTH_ERRORS:  # a server with authentication
             raise TrackingError(refused(uri, 401 if code == "UNAUTHENTICATED" else 403)) from None
         raise TrackingError(f"tracking store {redact(uri)} cannot be used: {first_line(exc)}") from None
-    return RetryingClient(client)
+    return retrying(client, policy)
 
 
 def refused(uri: str, status: int) -> str:
@@ -401,9 +415,10 @@ def get_or_create_experiment(client: MlflowClient, name: str, location: Optional
 
 
 def open_experiment(settings: Any, launch_dir: str | Path) -> tuple[MlflowClient, str]:
-    """Resolve the store from the `tracking` config, check it answers, get the experiment id."""
+    """Resolve the store from the `tracking` config, check it answers, get the experiment id;
+    the client retries within the config's retry_s."""
     uri = resolve_uri(settings.uri, launch_dir)
-    client = connect(uri)
+    client = connect(uri, policy_for(settings))
     location = artifact_location(uri, settings.artifact_root, launch_dir)
     return client, get_or_create_experiment(client, settings.experiment, location)
 
@@ -414,7 +429,7 @@ def does_not_exist(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
-def get_run_or_none(client: Any, run_id: str) -> Any:
+def get_run_or_none(client: MlflowClient, run_id: str) -> Optional[Run]:
     """The run, or None if the store does not hold it; other errors (after retries) raise."""
     try:
         return retrying(client).get_run(run_id)
@@ -525,7 +540,7 @@ def git_commit(directory: str | Path) -> Optional[str]:
 class RunLogger:
     """Writes to one MLflow run; every write is retried on transient store errors."""
 
-    def __init__(self, client: Any, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str):
         self.client = retrying(client)
         self.run_id = run_id
 
@@ -618,6 +633,7 @@ class RunLogger:
                 pip_requirements=model_requirements(),
             ),
             "log model",
+            policy_of(self.client),
         )
 
     def _logged_model(self, name: str, experiment_id: str) -> Any:
@@ -634,7 +650,7 @@ class RunLogger:
             # Created here so it lands in the run's experiment without a fluent "active run".
             return mlflow.initialize_logged_model(name=name, source_run_id=self.run_id, experiment_id=experiment_id)
 
-        return retry(attempt, "initialize logged model")
+        return retry(attempt, "initialize logged model", policy_of(self.client))
 
 
 class KerasFlavor:
@@ -708,10 +724,10 @@ def start_run(
     if parent_run_id:
         run_tags[names.PARENT_RUN] = parent_run_id
     reopened = run_id is not None
-    if reopened:
-        client.update_run(run_id, status="RUNNING")
-    else:
+    if run_id is None:
         run_id = create_run(client, experiment_id, run_name, run_tags).info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
     logger = RunLogger(client, run_id)
     status = RunStatus.FAILED
     try:
@@ -737,7 +753,7 @@ def start_run(
         end_run(client, run_id, status)
 
 
-def end_run(client: Any, run_id: str, status: int | str) -> None:
+def end_run(client: MlflowClient, run_id: str, status: int | str) -> None:
     """End the run with `status`. A store still unreachable after the retry budget leaves it
     RUNNING, which resumes like KILLED once its lock is free: said once, not a second traceback
     over the first error."""

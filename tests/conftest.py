@@ -84,6 +84,20 @@ def write_dataset(folder: Path, n_dev: int = 400, n_test: int = 100, seed: int =
     return folder
 
 
+def own_option(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, *, group: str, module: str, source: str, yaml: str
+) -> Path:
+    """A user's config folder (`folder`/conf) holding one option of `group`: its factory in
+    `module`.py (on sys.path) and `yaml` as conf/`group`/<the yaml's name>.yaml."""
+    (folder / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    conf = folder / "conf"
+    (conf / group).mkdir(parents=True)
+    name = next(line.split(":", 1)[1].strip() for line in yaml.splitlines() if line.startswith("name:"))
+    (conf / group / f"{name}.yaml").write_text(yaml)
+    return conf
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """400 development and 100 test images, balanced over the 10 classes (read-only: copy to edit)."""

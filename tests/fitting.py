@@ -54,7 +54,7 @@ def fit(
     `schedule` (peak: the optimizer's learning rate unless given); returns the whole history,
     `past_history` (the epochs before `initial_epoch`) first."""
     if peak is None:
-        peak = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        peak = float(model.optimizer.learning_rate)  # a variable: convert_to_numpy would warn (NumPy 2)
     member = loop.Member(model=model, callbacks=list(callbacks), seed=trainer.seed, peak=peak,
                          initial_epoch=initial_epoch)  # fmt: skip
     # Copied before training: a checkpoint's state extends its own lists as epochs end.

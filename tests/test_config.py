@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -72,11 +73,19 @@ def test_data_dir_defaults_to_the_environment(monkeypatch):
         ("trainer.epochs=three", "Value 'three' of type 'str' could not be converted to Integer"),
         ("model=resnet", "Could not find 'model/resnet'"),  # unknown model
         ("optimizer=adagrad", "Could not find 'optimizer/adagrad'"),
+        ("schedule=linear", "Could not find 'schedule/linear'"),  # conf/ is the one list of options
+        ("prep=whiten", "Could not find 'prep/whiten'"),
+        # The switches typed as Choices: refused while Hydra composes, the allowed values named.
+        ("trainer.precision=fp8", "Invalid value 'fp8', expected one of [float32, mixed_bfloat16]"),
+        ("trainer.prune=mean", "Invalid value 'mean', expected one of [none, median]"),
+        # An option takes its own arguments only: one_cycle ramps up by itself.
+        (("schedule=one_cycle", "schedule.warmup_epochs=2"), "Key 'warmup_epochs' is not in struct"),
+        (("prep=scale", "prep.max_shift=2"), "Key 'max_shift' is not in struct"),
     ],
 )
 def test_schema_rejects_bad_overrides(override, message):
     with pytest.raises(ConfigCompositionException) as caught:
-        make(override)
+        make(*override) if isinstance(override, tuple) else make(override)
     assert message in f"{caught.value} {caught.value.__cause__}"
 
 
@@ -94,12 +103,39 @@ def test_schema_rejects_bad_overrides(override, message):
         ("model.bn_momentum=1.5", r"model.bn_momentum must be in \[0, 1\)"),
         ("trainer.threads=0", "trainer.threads must be >= 1"),
         ("trainer.jit_compile=sometimes", "trainer.jit_compile must be one of auto, true, false, got sometimes"),
-        ("trainer.precision=fp8", "trainer.precision must be one of float32, mixed_bfloat16"),
         (("trainer.resume=abc", "trainer.checkpoint=false"), "trainer.resume needs trainer.checkpoint"),
         ("data.val_fraction=0", r"data.val_fraction must be in \(0, 1\)"),
         ("data.val_fraction=1.5", r"data.val_fraction must be in \(0, 1\)"),
         ("data.limit=5", "data.limit must be at least the number of classes"),
         ("tracking.experiment=' '", "tracking.experiment must not be empty"),
+        # Each prep and schedule option's ranges, checked by its factory (hw4.data, hw4.training.schedules).
+        (("prep=augment", "prep.max_shift=9"), "prep.max_shift must be 0 to 8 pixels, got 9"),
+        (("schedule=cosine", "schedule.warmup_epochs=20"), "schedule.warmup_epochs must be 0 to trainer.epochs - 1"),
+        (("schedule=constant", "schedule.warmup_epochs=-1"), "schedule.warmup_epochs must be 0 to trainer.epochs - 1"),
+        (("schedule=cosine", "schedule.min_fraction=2"), r"schedule.min_fraction must be in \[0, 1\], got 2"),
+        (("schedule=step", "schedule.every=0"), "schedule.every must be >= 1 and factor in"),
+        (("schedule=step", "schedule.factor=1.5"), "schedule.every must be >= 1 and factor in"),
+        (("schedule=one_cycle", "schedule.warmup_fraction=1"), r"schedule.warmup_fraction must be in \[0, 1\)"),
+        (("schedule=one_cycle", "schedule.end_divisor=0.5"), "schedule.start_divisor and end_divisor must be >= 1"),
+        # What no option's schema types (the options are the factories' YAML): the factory's annotations.
+        (("schedule=step", "schedule.every=abc"), "schedule.every must be int, got 'abc'"),
+        (("prep=augment", "prep.flip=3"), "prep.flip must be bool, got 3"),
+        # A key no argument of the factory takes (`+` adds it): named with the arguments it has.
+        (
+            ("schedule=one_cycle", "+schedule.warmup_epochs=2"),
+            r"schedule=one_cycle: warmup_epochs not an argument of hw4.training.schedules.one_cycle \(its arguments: "
+            r"warmup_fraction, start_divisor, end_divisor\)",
+        ),
+        (
+            ("prep=standardize", "+prep.max_shift=2"),
+            "prep=standardize: max_shift not an argument of hw4.data.standardize",
+        ),
+        (
+            ("schedule=cosine", "~schedule.min_fraction"),
+            "schedule=cosine: hw4.training.schedules.cosine needs min_fraction",
+        ),
+        (("schedule=cosine", "~schedule.name"), "schedule: name is missing"),
+        (("schedule=cosine", "schedule._target_=hw4.nowhere.cosine"), "schedule._target_='hw4.nowhere.cosine' is not"),
     ],
 )
 def test_out_of_range_values_are_rejected(override, message):
@@ -230,3 +266,167 @@ def test_an_optimizer_without_a_learning_rate_is_one_clear_error():
     cfg.optimizer.lr = "???"  # an optimizer YAML of the user's own that sets none
     with pytest.raises(ConfigError, match="optimizer 'adam': lr is missing"):
         config.check(cfg)
+
+
+# --- issue 36: prep and schedule are groups of factories; the trainer's switches are typed -------
+
+FACTORY_GROUPS = {
+    group: sorted(p.stem for p in (Path(config.CONFIG_DIR) / group).glob("*.yaml")) for group in ("prep", "schedule")
+}
+
+
+@pytest.mark.parametrize("group, name", [(g, n) for g, names in FACTORY_GROUPS.items() for n in names])
+def test_every_option_in_conf_is_its_factory_and_passes_the_checks(group, name):
+    """conf/prep and conf/schedule are the one list of options: each file composes, names itself
+    (the name runs record) and its factory accepts its arguments."""
+    cfg = make(f"{group}={name}")
+    assert cfg[group].name == name
+    config.check(cfg)
+
+
+def test_the_default_options_are_scale_and_constant():
+    cfg = make()
+    assert (cfg.prep.name, cfg.schedule.name, cfg.schedule.warmup_epochs) == ("scale", "constant", 0)
+
+
+def test_checking_every_option_loads_no_keras():
+    """`check` calls each option's factory before TensorFlow loads: their modules import no Keras
+    at the top (hw4.training.schedules imports it inside the shapes)."""
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from hw4 import config\n"
+        "config.register_configs()\n"
+        "with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base='1.3'):\n"
+        f"    for group, names in {FACTORY_GROUPS!r}.items():\n"
+        "        for name in names:\n"
+        "            config.check(compose('config', overrides=[f'{group}={name}']))\n"
+        "heavy = {'tensorflow', 'keras', 'jax'} & set(sys.modules)\n"
+        "sys.exit(f'imported {heavy}' if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+OWN_PREPARATION = '''
+from hw4.data import Preparation
+
+
+def centered(*, center: float) -> Preparation:
+    """Scaled, then minus `center`: recorded as a mean (and a std of 1), which the served model reproduces."""
+    if not 0 <= center <= 1:
+        from hw4.errors import ConfigError
+
+        raise ConfigError(f"prep.center must be in [0, 1], got {center}")
+
+    def fit(splits):
+        for x in (splits.x_train, splits.x_val, splits.x_test):
+            x -= center
+        return {"mean": center, "std": 1.0}
+
+    return Preparation(fit=fit)
+'''
+
+
+@pytest.fixture
+def own_options(tmp_path, monkeypatch):
+    """A user's config folder with a preparation of their own: one module, one YAML."""
+    from conftest import own_option
+
+    yaml = "_target_: my_preps.centered\nname: centered\ncenter: 0.5\n"
+    return own_option(tmp_path, monkeypatch, group="prep", module="my_preps", source=OWN_PREPARATION, yaml=yaml)
+
+
+def test_a_preparation_of_ones_own_is_one_function_and_one_yaml(own_options, tiny_data_dir):
+    from hw4 import data
+
+    searchpath = f"hydra.searchpath=[file://{own_options}]"
+    cfg = make(searchpath, "prep=centered")
+    config.check(cfg)
+    raw = data.load(tiny_data_dir, n_classes=10)
+    plain = data.prepare(raw, [784], n_classes=10, limit=200)
+    centered = data.prepare(raw, [784], n_classes=10, limit=200, prep=cfg.prep)
+    np.testing.assert_allclose(centered.x_train, plain.x_train - 0.5)
+    np.testing.assert_allclose(centered.x_test, plain.x_test - 0.5)
+    assert centered.preparation == {"name": "centered", "mean": 0.5, "std": 1.0}
+    assert data.preparation(cfg.prep).augment is None
+    with pytest.raises(ConfigError, match=r"prep.center must be in \[0, 1\], got 2"):  # its own check
+        config.check(make(searchpath, "prep=centered", "prep.center=2"))
+
+
+def test_hw4_train_finds_an_option_in_a_config_dir_of_ones_own(own_options, tmp_path):
+    result = subprocess.run(
+        ["hw4-train", "--config-dir", str(own_options), "prep=centered", "--cfg", "job"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "_target_: my_preps.centered" in result.stdout and "center: 0.5" in result.stdout
+
+
+def test_hw4_train_refuses_a_value_no_choice_has_before_anything_runs(tmp_path):
+    """The real command: exit 1 and Hydra's report, whose first line names the override and the
+    next the allowed values; no traceback, no store, no run."""
+    result = subprocess.run(
+        ["hw4-train", "trainer.precision=fp8", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Error merging override trainer.precision=fp8", result.stderr
+    assert lines[1] == "Invalid value 'fp8', expected one of [float32, mixed_bfloat16]", result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+# What runs recorded before prep and schedule were factories (issue 36): every field of the one
+# PrepConfig and ScheduleConfig that each option's YAML left at its neutral value.
+NEUTRAL_BEFORE = {
+    "prep.max_shift": 0, "prep.flip": False, "schedule.warmup_epochs": 0, "schedule.min_fraction": 0.0,
+    "schedule.every": 1, "schedule.factor": 1.0, "schedule.warmup_fraction": 0.0, "schedule.start_divisor": 1.0,
+    "schedule.end_divisor": 1.0,
+}  # fmt: skip
+RECORDED_BEFORE = {
+    "prep=scale": {"prep.name": "scale"},
+    "prep=standardize": {"prep.name": "standardize"},
+    "prep=augment": {"prep.name": "augment", "prep.max_shift": 2, "prep.flip": True},
+    "schedule=constant": {"schedule.name": "constant"},
+    "schedule=cosine": {"schedule.name": "cosine"},
+    "schedule=step": {"schedule.name": "step", "schedule.every": 5, "schedule.factor": 0.5},
+    "schedule=one_cycle": {"schedule.name": "one_cycle", "schedule.warmup_fraction": 0.3,
+                           "schedule.start_divisor": 25.0, "schedule.end_divisor": 250000.0},
+}  # fmt: skip
+
+
+def recorded_params(cfg) -> dict:
+    """The params a run records of `cfg`, as hw4.steps.run_params flattens them (no data digest)."""
+    from omegaconf import OmegaConf
+
+    from hw4 import tracking
+
+    return tracking.redact_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+
+
+@pytest.mark.parametrize("override", list(RECORDED_BEFORE))
+def test_runs_recorded_before_the_options_were_factories_keep_their_identity(override):
+    """A continued sweep finds its earlier runs by their identity (names.config_key, job_key,
+    plan_key): the params of each existing option hash as the union schema's did, so those runs
+    are not trained again."""
+    from hw4 import names
+
+    now = recorded_params(make(override, "trainer.prune=median"))
+    group = override.split("=")[0]
+    other = "schedule" if group == "prep" else "prep"
+    before = {k: v for k, v in now.items() if not k.startswith((f"{group}.", f"{other}."))}
+    before.update(NEUTRAL_BEFORE)
+    before.update({"prep.name": "scale", "schedule.name": "constant", **RECORDED_BEFORE[override]})
+    before.update({"trainer.precision": "float32", "trainer.prune": "median"})  # the plain strings of then
+    for key_of in (names.config_key, names.job_key, names.plan_key):
+        assert key_of(now) == key_of(before), key_of.__name__
+    assert now[f"{group}.name"] == RECORDED_BEFORE[override][f"{group}.name"]
+
+
+def test_the_typed_switches_are_recorded_as_their_plain_strings():
+    """MLflow records str(value): a Choice records its value, as the string field did."""
+    params = recorded_params(make("trainer.precision=mixed_bfloat16", "trainer.prune=median"))
+    assert (str(params["trainer.precision"]), str(params["trainer.prune"])) == ("mixed_bfloat16", "median")
+    assert type(params["trainer.precision"]) is str  # redacted to a plain string
+    assert str(make().trainer.prune) == "None"  # null: never

@@ -119,7 +119,8 @@ def test_lenet_outputs_the_softmax_of_its_last_layers_logits(model_name):
     model = build(model_name)
     x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
     last = model.layers[-1]
-    features = keras.Model(model.inputs, last.input)(x, training=False).numpy()
+    # Built on the model's one input tensor, not the list `inputs`: then called with one array, as built.
+    features = keras.Model(model.inputs[0], last.input)(x, training=False).numpy()
     weights, bias = last.get_weights()
     probabilities = model.predict(x, verbose=0)
     np.testing.assert_allclose(probabilities, softmax(features @ weights + bias), rtol=1e-4, atol=1e-6)

@@ -14,7 +14,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 from hw4 import data, models, serving  # noqa: E402  (needs Keras)
-from hw4.training import runtime, schedules  # noqa: E402
+from hw4.training import runtime, warmup  # noqa: E402
 
 
 def raw_data(n: int = 60) -> data.RawData:
@@ -47,7 +47,7 @@ def trained(name: str, splits: data.Splits) -> keras.Model:
     initial values."""
     builder, shape = BUILDERS[name]
     model = builder(shape)
-    schedule = schedules.LinearWarmup(1e-3, warmup_steps=2)
+    schedule = warmup.LinearWarmup(1e-3, warmup_steps=2)
     runtime.compile_model(model, keras.optimizers.Adam(schedule))
     model.fit(splits.x_train, splits.y_train, batch_size=16, epochs=1, verbose=0)
     return model
@@ -105,3 +105,23 @@ def test_under_mixed_bfloat16_the_pipeline_gives_the_trained_models_answer():
     got = np.asarray(pipeline(serving.example_input(raw.x_test), training=False))
     np.testing.assert_allclose(got, expected, atol=2e-2)  # bfloat16 inside: its rounding
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.95
+
+
+def test_a_preparation_that_records_a_mean_and_std_is_served_as_it_trained(tmp_path):
+    """Whichever conf/prep option made them (a user's own too): the pipeline standardizes with
+    the `mean` and `std` the preparation recorded, and a record without them only scales."""
+    raw = raw_data()
+    splits = data.prepare(raw, [784], 10)
+    for x in (splits.x_train, splits.x_val, splits.x_test):  # as a user's own fit: minus 0.5, over 0.25
+        x -= 0.5
+        x /= 0.25
+    splits.preparation = {"name": "centered", "mean": 0.5, "std": 0.25}
+    model = trained("mlp", splits)
+    pipeline = serving.inference_pipeline(model, splits.preparation)
+    expected = np.asarray(model(splits.x_test, training=False))
+    got = np.asarray(pipeline(serving.example_input(raw.x_test), training=False))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    augmented = data.prepare(raw, [784], 10, prep="augment")  # training batches only: the pipeline scales
+    assert "standardize" not in [
+        layer.name for layer in serving.inference_pipeline(model, augmented.preparation).layers
+    ]

@@ -593,3 +593,30 @@ def test_mlflow_prints_no_run_link_of_its_own():
     from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True
+
+
+def test_each_client_retries_within_its_own_configs_budget(clock, tracking_uri, tmp_path):
+    """Issue 36: tracking.retry_s is passed to the client a run opens (no process-wide setting):
+    two clients of one process, from configs with other budgets, each give up at their own, and
+    the default policy is left as it was."""
+    import sqlalchemy.exc
+    from omegaconf import OmegaConf
+
+    from hw4 import runs
+
+    default_budget = tracking.POLICY.budget_s
+    budgets, ended_at = (4.0, 30.0), []
+    for budget in budgets:
+        settings = OmegaConf.create(
+            {"uri": tracking_uri, "experiment": "hw4", "artifact_root": str(tmp_path / "a"), "retry_s": budget}
+        )
+        client, _ = tracking.open_experiment(settings, tmp_path)
+        start, calls = clock.now, []
+        client.raw.search_runs = always_down(clock, 1.0, calls)  # the store goes down after the check
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            runs.search_all(client, ["0"])
+        ended_at.append(clock.now - start)
+        assert tracking.RunLogger(client, "r").client is client  # a run's writes keep the same budget
+    for budget, took in zip(budgets, ended_at):
+        assert budget + 1.0 <= took <= budget + 2.0  # the first try, the budget, the last try
+    assert tracking.POLICY.budget_s == default_budget

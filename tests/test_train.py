@@ -5,7 +5,6 @@ what a run records, in this process (tests/test_train_record.py holds one whole 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
 import re
@@ -32,9 +31,10 @@ def train_in_process(cwd: Path, monkeypatch: pytest.MonkeyPatch, *overrides: str
     from hw4.sweep import _hydra
 
     monkeypatch.chdir(cwd)
-    job = functools.partial(entrypoint.run, exit_on_stop=False)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        _hydra.run(config.CONFIG_DIR, "config", job, entrypoint.command_line(list(overrides)), multirun=False)
+        _hydra.run(
+            config.CONFIG_DIR, "config", entrypoint.run, entrypoint.command_line(list(overrides)), multirun=False
+        )
     return printed.getvalue()
 
 

@@ -18,6 +18,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.tracking import MlflowClient
 
 from hw4 import api
+from hw4.train import TrainedRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_record")]  # one run for the module
 
@@ -49,7 +50,7 @@ OVERRIDES = [
 @dataclass
 class Recorded:
     folder: Path  # where the run was launched from
-    result: api.TrainResult
+    result: TrainedRun
     printed: str  # what the run printed
     client: MlflowClient
     experiment: Experiment

@@ -363,7 +363,7 @@ def test_resuming_logs_the_epoch_a_kill_cut_off_between_its_checkpoint_and_its_m
     with tracking.start_run(client, experiment_id, "r", run_id=run.run_id) as reopened:
         ctx = steps.RunContext(
             cfg=None, job=None, launch_dir=str(tmp_path), params={}, raw=None, splits=splits, signals=None,
-            clock=None, resume_id=run.run_id, run=reopened, folder=folder,
+            clock=None, verbose=0, resume_id=run.run_id, run=reopened, folder=folder,
         )  # fmt: skip
         start = steps.restore_or_build(ctx)
     model, restored = start.model, start.state
@@ -430,9 +430,10 @@ def test_a_checkpoint_is_flushed_to_disk_before_latest_names_it(splits, tmp_path
 
 
 def schedule(name: str, **settings):
-    from hw4.config import ScheduleConfig
+    """conf/schedule/<name>.yaml with `settings` over it."""
+    from hw4.config import option_config
 
-    return OmegaConf.merge(OmegaConf.structured(ScheduleConfig), {"name": name, **settings})
+    return OmegaConf.merge(option_config("schedule", name), settings)
 
 
 def rates(learning_rate, steps):
@@ -557,3 +558,29 @@ def test_the_range_test_stops_once_the_loss_explodes(splits):
     curve = lr_find.range_test(model, splits.x_train, splits.y_train, batch_size=32, min_lr=1e-4, max_lr=1e3, steps=60)
     assert curve.exploded_at is not None and len(curve.lrs) == curve.exploded_at + 1 < 60
     assert curve.lrs == sorted(curve.lrs) and curve.lrs[0] == pytest.approx(1e-4)
+
+
+def test_a_checkpoint_with_the_old_warm_up_in_its_optimizer_loads_in_a_fresh_process(tmp_path):
+    """A checkpoint saved before the step set the rate holds LinearWarmup inside its optimizer: a
+    fresh process (nothing of hw4.training imported) must load it, so that the resume refuses it
+    in one line (steps.restore_or_build) rather than failing on Keras' unknown class."""
+    import subprocess
+    import sys
+
+    from hw4.training.warmup import LinearWarmup
+
+    model = models.mlp((784,))
+    runtime.compile_model(model, keras.optimizers.Adam(LinearWarmup(1e-3, 10)))
+    model.build((None, 784))
+    saver = checkpoints.EpochCheckpoint(tmp_path / "ckpt")
+    saver.set_model(model)
+    saver.on_epoch_end(0, {"loss": 1.0})
+    script = (
+        "import sys\nfrom hw4 import checkpoints\n"
+        "model, state, _ = checkpoints.load(checkpoints.Path(sys.argv[1]))\n"
+        "from hw4.training import step\n"
+        "print(state.epoch, step.learning_rate_position(model.optimizer))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ckpt")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0", "None"]  # loaded; no rate variable for the step: refused

@@ -18,12 +18,15 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig
 
 from hw4 import config, names
 from hw4.runtime import locks
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 RESUMABLE = ("KILLED", "RUNNING")  # RUNNING here means its process died: the lock is free
 
@@ -41,7 +44,7 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def judge(client: Any, root: Path, run_id: str, killed: bool) -> tuple[bool, str]:
+def judge(client: MlflowClient, root: Path, run_id: str, killed: bool) -> tuple[bool, str]:
     """(delete?, why) for the checkpoint of `run_id` under `root`."""
     from hw4 import tracking
 
@@ -60,7 +63,7 @@ def judge(client: Any, root: Path, run_id: str, killed: bool) -> tuple[bool, str
     return True, status  # FINISHED (its model is logged) or FAILED
 
 
-def checkpoints(client: Any, root: Path, killed: bool) -> list[Checkpoint]:
+def checkpoints(client: MlflowClient, root: Path, killed: bool) -> list[Checkpoint]:
     """Every run's checkpoint under `root`, with the verdict."""
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -69,7 +72,7 @@ def checkpoints(client: Any, root: Path, killed: bool) -> list[Checkpoint]:
     return found
 
 
-def clean(client: Any, root: Path, killed: bool = False, dry_run: bool = False) -> list[Checkpoint]:
+def clean(client: MlflowClient, root: Path, killed: bool = False, dry_run: bool = False) -> list[Checkpoint]:
     """Delete the checkpoints no run will resume (all of them listed, deleted or not)."""
     found = checkpoints(client, root, killed)
     if not dry_run:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from omegaconf import DictConfig
 
 from hw4 import config, names
 from hw4.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 VAL_CURVES = "compare_val_accuracy.png"
 TEST_VS_LR = "compare_test_accuracy_vs_lr.png"
@@ -41,7 +44,7 @@ RUN_METRICS = ["seed", "best_val_accuracy", "best_epoch", "final_val_accuracy", 
                "pruned", "wall_s", "status", "run_id"]  # fmt: skip
 
 
-def histories(client: Any, frame: pd.DataFrame) -> dict[str, list[float]]:
+def histories(client: MlflowClient, frame: pd.DataFrame) -> dict[str, list[float]]:
     """Each run's validation accuracy per epoch, keyed by run id (names repeat across seeds)."""
     return {
         run_id: [m.value for m in sorted(client.get_metric_history(run_id, names.VAL_ACCURACY), key=lambda m: m.step)]
@@ -194,7 +197,7 @@ def lr_points(frame: pd.DataFrame, metric: str = "test_accuracy", *, sweep: bool
     return points.dropna(subset=["lr", "mean"])
 
 
-def print_diff(client: Any, run_ids: list[str]) -> None:
+def print_diff(client: MlflowClient, run_ids: list[str]) -> None:
     from hw4 import runs
 
     if len(run_ids) != 2:
@@ -258,7 +261,7 @@ def ranked_by(sort: str | None, grouped: bool, *, metric: str = names.OBJECTIVE)
     )
 
 
-def write_figures(client: Any, frame: pd.DataFrame, cfg: DictConfig, *, sweep: bool) -> None:
+def write_figures(client: MlflowClient, frame: pd.DataFrame, cfg: DictConfig, *, sweep: bool) -> None:
     """The two figures, from the runs and grouping of the table, to `out` (and the sweep's parent)."""
     from hydra.utils import get_original_cwd
 

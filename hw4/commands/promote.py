@@ -18,17 +18,22 @@ No TensorFlow.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from omegaconf import DictConfig
 
 from hw4 import config, names
 from hw4.errors import ConfigError
 
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModel, Run
+    from mlflow.entities.model_registry import RegisteredModel
+
 VERDICT_TAG = "verdict"  # on the model version: is the winner distinguishable from the rest
 
 
-def latest_sweep(client: Any, experiment_id: str) -> str:
+def latest_sweep(client: MlflowClient, experiment_id: str) -> str:
     from hw4 import runs
 
     return runs.latest_run_id(
@@ -37,7 +42,7 @@ def latest_sweep(client: Any, experiment_id: str) -> str:
     )  # fmt: skip
 
 
-def logged_model(client: Any, experiment_id: str, run_id: str) -> Any:
+def logged_model(client: MlflowClient, experiment_id: str, run_id: str) -> LoggedModel:
     models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
     if not models:
         raise ConfigError(f"run {run_id} logged no model (was tracking.log_model=false?)")
@@ -50,7 +55,7 @@ class Winner(NamedTuple):
     verdict: str  # hw4.ranking.verdict of the ranking
 
 
-def winner(client: Any, parent: Any, metric: str, *, allow_incomplete: bool = False) -> Winner:
+def winner(client: MlflowClient, parent: Run, metric: str, *, allow_incomplete: bool = False) -> Winner:
     """The best child of the sweep `parent` by `metric` (hw4.ranking.best_run). ConfigError for
     an unknown metric (naming those available) or an incomplete winner."""
     from hw4 import ranking, runs
@@ -74,7 +79,7 @@ def winner(client: Any, parent: Any, metric: str, *, allow_incomplete: bool = Fa
     return Winner(best, column, ranking.verdict(configurations, metric))
 
 
-def registered_model(client: Any, name: str) -> Any:
+def registered_model(client: MlflowClient, name: str) -> RegisteredModel:
     """The registered model `name`, created when the registry does not hold it yet."""
     from mlflow.exceptions import MlflowException
 
@@ -89,7 +94,13 @@ def registered_model(client: Any, name: str) -> Any:
 
 
 def promote(
-    client: Any, parent_run_id: str, metric: Optional[str], name: str, alias: str, *, allow_incomplete: bool = False
+    client: MlflowClient,
+    parent_run_id: str,
+    metric: Optional[str],
+    name: str,
+    alias: str,
+    *,
+    allow_incomplete: bool = False,
 ) -> Any:
     """Register the sweep's best child's model as a new version of `name` under `alias`; by
     `metric`, or (None) by what the sweep ranked by (tracking.objective)."""

@@ -20,12 +20,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from hw4 import artifacts, names
 from hw4.commands.scratch import SCRATCH_RUN_NAME
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 PRESETS = {  # run name -> (part, title, the homework's own test accuracy)
     "part3_mlp": (3, "MLP 784-128-64-10", 0.870),
@@ -48,11 +52,11 @@ SAMPLES_FROM = "part3_mlp"
 SWEEP_MEAN, SWEEP_VERDICT = "best_config_mean_val_categorical_accuracy", "verdict"
 
 
-def history(client: Any, run_id: str, metric: str) -> list[float]:
+def history(client: MlflowClient, run_id: str, metric: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)]
 
 
-def _artifact(client: Any, run_id: str, path: str, into: Path) -> Optional[Path]:
+def _artifact(client: MlflowClient, run_id: str, path: str, into: Path) -> Optional[Path]:
     """The artifact downloaded into `into`; None when the run has none (a failed run, say: the
     section says so). Other errors (auth, network) are not an absent artifact: they propagate."""
     from mlflow.exceptions import MlflowException
@@ -67,7 +71,7 @@ def _artifact(client: Any, run_id: str, path: str, into: Path) -> Optional[Path]
         raise
 
 
-def training_section(client: Any, run: Any, scratch_dir: Path, figures_dir: Path) -> dict:
+def training_section(client: MlflowClient, run: Run, scratch_dir: Path, figures_dir: Path) -> dict:
     """Numbers, texts and figure files of one preset's run."""
     run_id, name = run.info.run_id, run.info.run_name
     section: dict[str, Any] = {
@@ -118,13 +122,13 @@ def best_epoch(metrics: dict[str, float], val_accuracy: list[float]) -> dict[str
     return {"best_val_epoch": 1 + val_accuracy.index(max(val_accuracy)), "best_val_accuracy": max(val_accuracy)}
 
 
-def scratch_section(client: Any, run: Any, scratch_dir: Path) -> dict:
+def scratch_section(client: MlflowClient, run: Run, scratch_dir: Path) -> dict:
     local = _artifact(client, run.info.run_id, "gradients.json", scratch_dir / run.info.run_id)
     gradients = json.loads(local.read_text()) if local else {}
     return {"run_id": run.info.run_id, "L": run.data.metrics.get("L"), "gradients": gradients}
 
 
-def sweep_result(client: Any, parent: Any) -> Optional[dict]:
+def sweep_result(client: MlflowClient, parent: Run) -> Optional[dict]:
     """A sweep's best configuration and its verdict, as its parent's summary logged them; for
     a sweep that logged no verdict (an older or unfinished one), recomputed from its children
     by the same ranking (hw4.ranking.summarize). None when nothing in it ranks."""
@@ -152,7 +156,7 @@ def sweep_result(client: Any, parent: Any) -> Optional[dict]:
     }
 
 
-def best_sweep_runs(client: Any, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
+def best_sweep_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
     """Per model, the best learning-rate sweep of the experiment (other than this one): complete
     best configurations first, then by their mean best-epoch validation accuracy over seeds."""
     from hw4 import ranking, runs
@@ -186,7 +190,7 @@ def repeats(runs: list) -> dict:
     return result
 
 
-def collect(client: Any, parent_run_id: str, workdir: Path, figures_dir: Path) -> dict:
+def collect(client: MlflowClient, parent_run_id: str, workdir: Path, figures_dir: Path) -> dict:
     from hw4 import runs, tracking
 
     parent = runs.get_run(client, parent_run_id, f"parent={parent_run_id}")
@@ -246,7 +250,7 @@ def render(context: dict, out_dir: Path) -> tuple[Path, Path]:
     return out_dir / REPORT_HTML, out_dir / REPORT_MD
 
 
-def build(client: Any, parent_run_id: str, out_dir: Path, log_to_parent: bool = True) -> Path:
+def build(client: MlflowClient, parent_run_id: str, out_dir: Path, log_to_parent: bool = True) -> Path:
     """Write report.html, report.md and the PNGs to `out_dir`; log them to the parent run."""
     from hw4 import runs
 
@@ -263,7 +267,7 @@ def build(client: Any, parent_run_id: str, out_dir: Path, log_to_parent: bool = 
     return html
 
 
-def latest_homework_parent(client: Any, experiment_id: str) -> str:
+def latest_homework_parent(client: MlflowClient, experiment_id: str) -> str:
     from hw4 import runs
 
     return runs.latest_run_id(

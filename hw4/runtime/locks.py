@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import IO, Optional
 
 from hw4.errors import TrackingError
 
@@ -44,7 +45,7 @@ class RunLock:
     def __init__(self, path: Path, run_id: str):
         self.path = Path(path)
         self.run_id = run_id
-        self._file = None
+        self._file: Optional[IO[str]] = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,12 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+def exit_status(stop: KeyboardInterrupt) -> int:
+    """The exit status of a process ended by the signal that stopped it, as a shell reports one
+    (128 + its number); a plain KeyboardInterrupt is a Ctrl-C. The console scripts' one place."""
+    return 128 + (getattr(stop, "signum", 0) or signal.SIGINT)
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name if signum else "a signal to the sweep"
 

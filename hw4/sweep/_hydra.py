@@ -70,6 +70,7 @@ def run(config_dir: str, config_name: str, task: Callable[[DictConfig], Any], ov
 
     with initialize_config_dir(config_dir=config_dir, version_base="1.3", job_name="hw4-train"):
         app = GlobalHydra.instance().hydra
+        assert app is not None  # initialize_config_dir made it
         if multirun:  # as `-m` does: the jobs read the mode from their Hydra config
             overrides = [*overrides, "hydra.mode=MULTIRUN"]
             return app.multirun(config_name=config_name, task_function=task, overrides=overrides)

@@ -16,7 +16,7 @@ A SIGTERM or Ctrl-C stops the whole sweep (hw4/runtime/signals.py): the launcher
 that gets it, writes the stop file. Running jobs end their runs KILLED after the current epoch,
 with their checkpoints kept; jobs not yet started skip; the parent ends KILLED with a summary
 counting the jobs not run, and the launcher exits with 128 + the signal's number once its
-workers are done (`exit_if_stopped`). Continuing the sweep in its folder finishes it.
+workers are done (`raise_if_stopped`). Continuing the sweep in its folder finishes it.
 
 No TensorFlow here; MLflow is imported only inside the hooks.
 """
@@ -30,11 +30,10 @@ import os
 import shlex
 import shutil
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -48,6 +47,11 @@ from hw4.sweep import study
 from hw4.sweep._hydra import planned_jobs
 from hw4.sweep.context import STARTED_DIR, STOP_FILE, SweepContext, mark_started, opened_in, store_uri, sweep_dir
 from hw4.sweep.job import attempts, supersede
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from hw4.tracking import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,9 @@ def continue_command(config: DictConfig, folder: Path) -> str:
     return "hw4-train -m " + " ".join(shlex.quote(redact(word)) for word in words)
 
 
-def summarize(client: Any, context: SweepContext, objective: str = names.OBJECTIVE) -> tuple[dict[str, Any], Any]:
+def summarize(
+    client: MlflowClient, context: SweepContext, objective: str = names.OBJECTIVE
+) -> tuple[dict[str, Any], Any]:
     """The sweep's summary and per-configuration table (hw4.ranking.summarize) over its children,
     ranked by the sweep's objective (tracking.objective)."""
     from hw4 import ranking, runs
@@ -75,7 +81,7 @@ def summarize(client: Any, context: SweepContext, objective: str = names.OBJECTI
     return ranking.summarize(runs.table(children), objective)
 
 
-def end_abandoned_children(client: Any, context: SweepContext, lock_root: Optional[Path]) -> None:
+def end_abandoned_children(client: MlflowClient, context: SweepContext, lock_root: Optional[Path]) -> None:
     """End KILLED the RUNNING children whose process died without ending them (a worker killed
     by a second stop signal): their lock file is on this disk and no process holds it. Runs of
     other machines (their locks elsewhere) are left alone. They resume like any KILLED run."""
@@ -109,7 +115,7 @@ class LaunchAborted(SystemExit):
 
 class MlflowSweepCallback(Callback):
     """Hydra's hooks, each handing over to one named function (see the module docstring). The
-    launch's state lives here; `launched` is this process's sweep, for `exit_if_stopped`."""
+    launch's state lives here; `launched` is this process's sweep, for `raise_if_stopped`."""
 
     launched: ClassVar[Optional["MlflowSweepCallback"]] = None
 
@@ -117,6 +123,7 @@ class MlflowSweepCallback(Callback):
         self.context: Optional[SweepContext] = None
         self.exit_signal: Optional[int] = None  # set when the sweep ended on a stop signal
         self._uri = ""  # the store's URI with its credentials: never written anywhere
+        self._policy: Optional[RetryPolicy] = None  # tracking.retry_s's, once the launch has its config
         self._finished = False
         self._completed = False
         self._signals: Optional[RunSignals] = None
@@ -166,7 +173,7 @@ class MlflowSweepCallback(Callback):
         if self.context is not None and not self._finished:
             parent_id = self.context.parent_run_id
             try:
-                client = tracking.client_for(self._uri)
+                client = tracking.client_for(self._uri, self._policy)
                 tracking.RunLogger(client, parent_id).set_tags({names.ERROR: f"sweep not started: {reason}"})
                 tracking.end_run(client, parent_id, "FAILED")
             except Exception as error:
@@ -205,6 +212,7 @@ class MlflowSweepCallback(Callback):
         shutil.rmtree(folder / STARTED_DIR, ignore_errors=True)
         # Hydra has not changed directory yet: this is the folder the user launched from.
         self._uri = tracking.resolve_uri(config.tracking.uri, os.getcwd())
+        self._policy = tracking.policy_for(config.tracking)
         self._lock_root = Path(os.getcwd(), config.trainer.checkpoint_dir)  # where jobs lock their runs
         earlier, from_study = SweepContext.load(folder), False
         if earlier is None:  # an Optuna study launched again, in a new folder: its parent run
@@ -232,8 +240,10 @@ class MlflowSweepCallback(Callback):
         overrides = [tracking.redact(o) for o in config.hydra.overrides.task]
         definition = {
             "overrides": overrides,
-            "sweeper": tracking.redact_params(OmegaConf.to_container(config.hydra.sweeper, resolve=False)),
-            "launcher": tracking.redact_params(OmegaConf.to_container(config.hydra.launcher, resolve=False)),
+            "sweeper": tracking.redact_params(cast(dict, OmegaConf.to_container(config.hydra.sweeper, resolve=False))),
+            "launcher": tracking.redact_params(
+                cast(dict, OmegaConf.to_container(config.hydra.launcher, resolve=False))
+            ),
         }
         parent = tracking.create_run(
             client,
@@ -268,7 +278,7 @@ class MlflowSweepCallback(Callback):
         from hw4 import tracking
         from hw4.errors import TrackingError
 
-        client = tracking.connect(self._uri)
+        client = tracking.connect(self._uri, self._policy)
         try:
             parent = tracking.get_run_or_none(client, earlier.parent_run_id)
         except Exception as exc:
@@ -309,6 +319,7 @@ class MlflowSweepCallback(Callback):
         dies, however it dies. Held by another live launcher (two launches of one folder at once,
         or one still ending the parent this launch reopens), this launch goes on without it: a
         later launch then takes its parent for a live launch's, as before launchers held locks."""
+        assert self.context is not None  # on_multirun_start set it
         parent_id = self.context.parent_run_id
         if self._parent_lock is not None and self._parent_lock.run_id == parent_id:
             return  # taken from a dead launcher in _reopen
@@ -321,6 +332,7 @@ class MlflowSweepCallback(Callback):
         from hw4.errors import TrackingError
         from hw4.runtime import locks
 
+        assert self._lock_root is not None  # on_multirun_start set it
         lock = locks.RunLock(locks.lock_path(self._lock_root, parent_run_id), parent_run_id)
         try:
             lock.acquire()
@@ -355,7 +367,7 @@ class MlflowSweepCallback(Callback):
 
         from hw4 import tracking
 
-        client = tracking.client_for(self._uri)
+        client = tracking.client_for(self._uri, self._policy)
         parent_id = self.context.parent_run_id
         with held_signals() as late:
             stopped_by = self._stopped_by()
@@ -383,9 +395,10 @@ class MlflowSweepCallback(Callback):
         self.exit_signal = stopped_by
         self._report(summary, stopped_by)
 
-    def _log_summary(self, client: Any, stopped_by: Optional[int]) -> dict[str, Any]:
+    def _log_summary(self, client: MlflowClient, stopped_by: Optional[int]) -> dict[str, Any]:
         from hw4 import tracking
 
+        assert self.context is not None  # _finish checked it
         summary, configurations = summarize(client, self.context, self._objective)
         if self._planned is not None:
             summary.update(jobs_planned=self._planned, jobs_not_run=self._not_run(stopped_by))
@@ -404,6 +417,7 @@ class MlflowSweepCallback(Callback):
     def _report(self, summary: dict[str, Any], stopped_by: Optional[int]) -> None:
         from hw4 import tracking
 
+        assert self.context is not None  # _finish checked it
         parent_id = self.context.parent_run_id
         log.info("sweep %s: %s", self.context.sweep_id, summary)
         if stopped_by is not None:
@@ -428,12 +442,19 @@ def ensure_context(config: DictConfig, context: SweepContext) -> None:
         context.save(folder)
 
 
-def exit_if_stopped() -> None:
-    """Exit as a process ended by the stop signal would (128 + its number), once this process's
-    sweep has ended in order: schedulers and shells then see that it did not complete."""
+def raise_if_stopped() -> None:
+    """Raise Stopped once this process's sweep has ended in order after a stop signal: the
+    console script then exits as a process ended by it would, so that schedulers and shells
+    see that the sweep did not complete; hw4.api raises it to the notebook."""
+    from hw4.runtime.signals import Stopped
+
     callback = MlflowSweepCallback.launched
-    if callback is not None and callback.exit_signal is not None:
-        sys.exit(128 + (callback.exit_signal or signal.SIGTERM))
+    if callback is not None and callback.exit_signal is not None and callback.context is not None:
+        context = callback.context
+        raise Stopped(
+            callback.exit_signal or signal.SIGTERM,
+            f"sweep {context.sweep_id} stopped: parent run {context.parent_run_id} KILLED, continue it with the same command",
+        )
 
 
 def record_failed_job(config: DictConfig, job_return: JobReturn, context: Optional[SweepContext] = None) -> None:
@@ -448,7 +469,9 @@ def record_failed_job(config: DictConfig, job_return: JobReturn, context: Option
     if context is None:
         return
 
-    client = tracking.client_for(store_uri(context, config.tracking.uri, config.hydra.runtime.cwd))
+    client = tracking.client_for(
+        store_uri(context, config.tracking.uri, config.hydra.runtime.cwd), tracking.policy_for(config.tracking)
+    )
     job_num = config.hydra.job.num
     own = runs.sweep_runs(
         client, context.experiment_id, context.parent_run_id, where=f"tags.{names.JOB_NUM} = '{job_num}'"
@@ -456,9 +479,9 @@ def record_failed_job(config: DictConfig, job_return: JobReturn, context: Option
     if any(opened_in(run, context) for run in own):  # the job's own run already ended FAILED with its error
         return
     error = job_return._return_value  # the exception; .return_value would re-raise it
-    job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    job_cfg = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
     try:
-        params = tracking.redact_params(tracking.flatten(OmegaConf.to_container(job_cfg, resolve=True)))
+        params = tracking.redact_params(tracking.flatten(cast(dict, OmegaConf.to_container(job_cfg, resolve=True))))
     except Exception:  # the job may have failed because its config does not resolve
         params = {}
     tags = {

@@ -12,11 +12,14 @@ import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from hydra.conf import HydraConf
 
 from hw4 import names
 
@@ -53,7 +56,7 @@ class SweepContext:
         return cls(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def sweep_dir(hydra_cfg: DictConfig) -> Path:
+def sweep_dir(hydra_cfg: DictConfig | HydraConf) -> Path:
     """The sweep folder, a relative one taken from the folder the sweep was launched in.
 
     Ray runs jobs in its workers' folder, not the launcher's: the sweep's own relative path would

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -20,6 +20,9 @@ from hw4 import names
 from hw4.runtime import system
 from hw4.sweep import study
 from hw4.sweep.context import SweepContext, current_context, opened_in, store_uri
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 
 def leave_ctrl_c_to_the_launcher() -> None:
@@ -72,7 +75,7 @@ def parallel_jobs() -> int:
 class Job:
     """Where this job's run goes, and what an earlier attempt at it (a continued sweep) left."""
 
-    client: Any
+    client: MlflowClient
     experiment_id: str
     parent_run_id: Optional[str] = None
     tags: dict = field(default_factory=dict)
@@ -99,7 +102,7 @@ def open_job(settings: DictConfig, launch_dir: str) -> Job:
         return Job(client, experiment_id)
     # The launcher checked the store already: a job that starts while it blinks waits for it
     # (the retry policy) rather than failing at once.
-    client = tracking.client_for(store_uri(context, settings.uri, launch_dir))
+    client = tracking.client_for(store_uri(context, settings.uri, launch_dir), tracking.policy_for(settings))
     job = Job(client, context.experiment_id, context.parent_run_id, job_tags(context), context)
     job.trial = study.current_trial(settings.objective)
     if job.trial is not None:
@@ -125,7 +128,7 @@ def find_earlier_attempts(job: Job, params: dict) -> None:
     job.supersedes = [run.info.run_id for run in earlier if run.info.status == "FAILED"]
 
 
-def attempts(client: Any, context: SweepContext, *, plan: str) -> list:
+def attempts(client: MlflowClient, context: SweepContext, *, plan: str) -> list:
     """The children of the sweep at this planned job that no later attempt replaced and that an
     earlier launch opened, newest first. Runs of this launch do not count: jobs that differ only
     in bookkeeping (say tracking.run_name=a,b) are meant to run each."""
@@ -138,14 +141,14 @@ def attempts(client: Any, context: SweepContext, *, plan: str) -> list:
     return [run for run in found if not opened_in(run, context)]
 
 
-def supersede(client: Any, replaced: list[str], by: str) -> None:
+def supersede(client: MlflowClient, replaced: list[str], by: str) -> None:
     """Tag FAILED attempts as replaced by run `by`; only a FAILED run is ever superseded."""
     for run_id in replaced:
         if client.get_run(run_id).info.status == "FAILED":
             client.set_tag(run_id, names.SUPERSEDED_BY, by)
 
 
-def sibling_values(client: Any, job: Job, run_id: str) -> Any:
+def sibling_values(client: MlflowClient, job: Job, run_id: str) -> Any:
     """For pruning: `values(epoch)` gives the validation accuracy at that epoch of every other
     child of the sweep (failed and replaced runs left out). Finished runs are read once."""
     from hw4 import runs

@@ -37,10 +37,10 @@ PER_RUN_KEYS = (
 
 def program_key(cfg: DictConfig) -> dict[str, Any]:
     """The config a job's program depends on: jobs with equal keys train as one program."""
-    plain = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in cfg if key != "hydra"}
+    plain = {str(key): OmegaConf.to_container(cfg[key], resolve=True) for key in cfg if key != "hydra"}
     for dotted in (*MEMBER_KEYS, *PER_RUN_KEYS):
         node, *path = dotted.split(".")
-        parent = plain
+        parent: Any = plain
         for part in [node, *path][:-1]:
             parent = parent.get(part, {})
         parent.pop([node, *path][-1], None)
@@ -114,7 +114,8 @@ class Coordinator:
         """Hand this job's member to the group and wait until the group has trained it (and
         this thread's turn has come again). Re-raises what stopped the group's training."""
         me = threading.current_thread()
-        hydra_config = HydraConfig.instance().cfg  # global: the other jobs set theirs meanwhile
+        # Global: the other jobs set theirs meanwhile. The whole config (typed HydraConf by Hydra).
+        hydra_config: Any = HydraConfig.instance().cfg
         with self._turn:
             if self._error is None:  # else the launch has stopped: no group will train this one
                 self._parked.append((me, member, splits, settings))

@@ -21,11 +21,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from hw4 import names
 from hw4.errors import ConfigError
 from hw4.sweep.context import SweepContext
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 PRESET = "sweep=refine"
 FROM, POINTS = "sweep.from", "sweep.points"
@@ -87,7 +90,7 @@ def quoted(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"  # a backslash stays as it is unless a quote follows
 
 
-def original_overrides(client: Any, parent_id: str) -> list[str]:
+def original_overrides(client: MlflowClient, parent_id: str) -> list[str]:
     """The task overrides the original sweep was launched with (its sweep.json), without the keys
     the refinement sets; a sweep of any other key (on the command line or in its sweeper's
     params) is refused: only a learning-rate sweep is refined."""
@@ -101,12 +104,13 @@ def original_overrides(client: Any, parent_id: str) -> list[str]:
     except (MlflowException, OSError, ValueError) as exc:
         raise ConfigError(f"{FROM}={parent_id}: its {names.SWEEP_DEFINITION} cannot be read ({exc})") from None
     swept = set(((definition.get("sweeper") or {}).get("params") or {}).keys())
-    kept = []
+    kept: list[str] = []
     for override in OverridesParser.create().parse_overrides(definition.get("overrides", [])):
         key = override.get_key_element().lstrip("+~")
         if override.is_sweep_override():
             swept.add(key)
         if key not in SWEPT + REPLACED and not override.is_sweep_override():
+            assert override.input_line is not None  # the parser keeps each override's text
             kept.append(override.input_line)
     others = sorted(swept - set(SWEPT))
     if others:
@@ -116,7 +120,7 @@ def original_overrides(client: Any, parent_id: str) -> list[str]:
     return kept
 
 
-def plan(client: Any, parent_id: str, points: int) -> Refinement:
+def plan(client: MlflowClient, parent_id: str, points: int) -> Refinement:
     """Read the finished sweep `parent_id` and plan its finer grid."""
     from hw4 import ranking, runs, tracking
 

@@ -45,6 +45,7 @@ from hw4.sweep.context import SweepContext
 
 if TYPE_CHECKING:
     import optuna
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class JobTrial:
     def link(self, run_id: str) -> None:
         self.trial.set_user_attr(RUN_ATTR, run_id)
 
-    def found_finished(self, client: Any, run: Any) -> None:
+    def found_finished(self, client: MlflowClient, run: Any) -> None:
         """This trial's configuration and seed already ran (a continued search): the trial takes
         that run's record, its epochs and whether it was pruned."""
         self.link(run.info.run_id)
@@ -175,7 +176,9 @@ def current_trial(objective: str) -> Optional[JobTrial]:
     import optuna
     from hydra.utils import instantiate
 
-    storage = rdb_storage(storage_url(sweeper.storage, hydra_cfg.runtime.cwd))
+    url = storage_url(sweeper.storage, hydra_cfg.runtime.cwd)
+    assert url is not None  # sweeper.storage is set (above)
+    storage = rdb_storage(url)
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage, pruner=pruner)
     trial_id = storage.get_trial_id_from_study_id_trial_number(
@@ -202,7 +205,8 @@ def fixed_settings(config: DictConfig) -> dict[str, str]:
 
     sweeper = config.hydra.sweeper
     lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
-    searched, fixed = set(), {}
+    searched: set[str] = set()
+    fixed: dict[str, Any] = {}
     for override in OverridesParser.create().parse_overrides(lines):  # the command line's last
         key = override.key_or_group
         if override.is_sweep_override():
@@ -211,7 +215,7 @@ def fixed_settings(config: DictConfig) -> dict[str, str]:
         else:
             fixed[key] = override.value()
             searched.discard(key)
-    job = {key: OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
+    job = {str(key): OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
            else config[key] for key in config if key != "hydra"}  # fmt: skip
     flat = {**tracking.flatten(job), **fixed}
     return {
@@ -314,7 +318,7 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     return summary
 
 
-def log_study(client: Any, parent_run_id: str, study: optuna.Study) -> dict[str, Any]:
+def log_study(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> dict[str, Any]:
     """Record the study's summary on the search's parent run: tags and metrics named optuna_*,
     the summary, the importances and every trial as artifacts."""
     from hw4.tracking import RunLogger

@@ -147,6 +147,8 @@ class StepProgress(keras.callbacks.ProgbarLogger):
     """Keras' progress bar, updated once a chunk of batches: the count capped at the epoch's
     steps, and time per step per step (StepProgbar)."""
 
+    progbar: StepProgbar | None  # Keras' own attribute (None until the first update)
+
     def _maybe_init_progbar(self) -> None:
         if self.progbar is None:
             self.progbar = StepProgbar(

@@ -56,7 +56,7 @@ def _predict_program(model: keras.Model) -> compile.Compiled:
 def predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Class probabilities of `x`, in batches of `batch_size`, by one compiled program."""
     batches = stacked(x, None, batch_size)
-    weights = (
+    weights: tuple[list, list, list] = (
         [keras.ops.convert_to_tensor(v) for v in model.trainable_variables],
         [keras.ops.convert_to_tensor(v) for v in model.non_trainable_variables],
         [],

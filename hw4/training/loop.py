@@ -102,7 +102,7 @@ class _Program:
             (member,) = members
             if member.model is not self.template:
                 step.write_state(self.template, step.read_state(member.model))
-            states = [()]
+            states: list[Any] = [()]
         else:
             states = [step.read_state(m.model) for m in members]
         peaks = [np.float32(m.peak) for m in members]
@@ -231,4 +231,4 @@ def _iterations(model: keras.Model) -> int:
     optimizer = model.optimizer
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
-    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+    return int(optimizer.iterations)  # a variable: convert_to_numpy of one warns under NumPy 2

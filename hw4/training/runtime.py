@@ -31,7 +31,7 @@ def configure_runtime(trainer: DictConfig, parallel_jobs: int = 1) -> int:
     # freed by Python's next collection anyway.
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(trainer.seed)
-    keras.mixed_precision.set_global_policy(trainer.precision)
+    keras.mixed_precision.set_global_policy(str(trainer.precision))  # a plain name, not the config's Precision
     threads = trainer.threads or max(1, system.usable_cores() // parallel_jobs)
     if compile.is_jax():  # XLA's CPU threads are fixed when JAX starts; its CPU ops are deterministic
         return system.usable_cores()

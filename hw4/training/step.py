@@ -157,6 +157,7 @@ def programs(
             return optimizer.scale_loss(total), (total, ops.sum(hits), new_non_trainable)
 
         (_, (total, hits, non_trainable)), grads = value_and_grad(objective)(trainable)
+        assert rate_at is not None, "the optimizer has no learning-rate variable for the step to set"
         iterations = optimizer_values[ITERATIONS]
         rate = peak * (schedule(iterations) if callable(schedule) else schedule)
         rate = ops.cast(rate, optimizer_values[rate_at].dtype)

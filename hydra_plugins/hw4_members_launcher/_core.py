@@ -85,7 +85,7 @@ def _launch_group(group: list[int], job: Any, stop: Any) -> dict[int, JobReturn]
             coordinator.fail(error)
             with held_signals():
                 coordinator.finish(thread)
-        result = thread.result  # type: ignore[attr-defined]
+        result = thread.result
         if "error" in result:  # not the job's own failure (run_job catches those): the launch's
             returns[index] = JobReturn(status=JobStatus.FAILED, _return_value=result["error"])
         else:

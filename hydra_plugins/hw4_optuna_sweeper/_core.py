@@ -27,7 +27,7 @@ import threading
 import warnings
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, cast
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -43,6 +43,11 @@ from optuna.trial import TrialState
 from hw4.errors import ConfigError
 from hw4.runtime.signals import Stopped, signal_name, stop_signal
 from hw4.sweep import study as studies
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from hw4.sweep.context import SweepContext
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "optimization_results.yaml"
@@ -63,20 +68,23 @@ def distribution(override: Override) -> Any:
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
     value = override.value()
-    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
+        encoded = cast("list[str]", list(override.sweep_iterator(transformer=Transformer.encode)))  # encode: strings
+        return CategoricalDistribution(encoded)
     if override.is_range_sweep():
         assert isinstance(value, RangeSweep)
         return range_distribution(override, value)
     if override.is_interval_sweep():
-        assert isinstance(value, IntervalSweep)
+        assert isinstance(value, IntervalSweep) and value.start is not None and value.end is not None
         log_scale = "log" in value.tags
         integers = "int" in value.tags or (isinstance(value.start, int) and isinstance(value.end, int))
         # The integers inside the interval (as the bounds are integers: the plugin's int()).
         low, high = (math.ceil(value.start), math.floor(value.end)) if integers else (value.start, value.end)
         if low > high or (log_scale and low <= 0):
             raise ConfigError(f"{override.input_line}: an empty or (log) non-positive interval, nothing to sample")
-        return (IntDistribution if integers else FloatDistribution)(low, high, log=log_scale)
+        if integers:
+            return IntDistribution(int(low), int(high), log=log_scale)
+        return FloatDistribution(low, high, log=log_scale)
     raise ConfigError(f"{override.input_line}: not a search space Optuna can sample")
 
 
@@ -91,14 +99,16 @@ def range_distribution(override: Override, value: RangeSweep) -> Any:
         start, step = Decimal(str(value.start)), Decimal(str(value.step))
         ends = sorted((start, start + (count - 1) * step))
         return FloatDistribution(float(ends[0]), float(ends[1]), step=float(abs(step)))
-    start, step = int(value.start), int(value.step)
-    ends = sorted((start, start + (count - 1) * step))
-    return IntDistribution(ends[0], ends[1], step=abs(step))
+    assert value.start is not None  # the grammar's range(start, stop[, step]) has a start
+    first, stride = int(value.start), int(value.step)
+    bounds = sorted((first, first + (count - 1) * stride))
+    return IntDistribution(bounds[0], bounds[1], step=abs(stride))
 
 
 def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
     """The swept parameters' distributions and the fixed overrides, from Hydra's grammar."""
-    sampled, fixed = {}, {}
+    sampled: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
     for override in OverridesParser.create().parse_overrides(arguments):
         key, found = override.get_key_element(), distribution(override)
         sampled.pop(key, None), fixed.pop(key, None)  # the command line's overrides hydra.sweeper.params
@@ -164,6 +174,8 @@ class Heartbeat:
             self.beat()
 
     def beat(self) -> None:
+        if self.storage is None:  # no interval either: __enter__ does not beat
+            return
         for trial_id in self.trial_ids:
             try:
                 self.storage.record_heartbeat(trial_id)
@@ -177,7 +189,7 @@ class OptunaSweeperImpl:
         *,
         sampler: Any,
         pruner: Any,
-        direction: str,
+        direction: Literal["minimize", "maximize"],  # Optuna's create_study refuses others
         storage: Optional[str],
         study_name: Optional[str],
         n_trials: int,
@@ -213,7 +225,7 @@ class OptunaSweeperImpl:
         self.n_trials = n_trials
         self.n_jobs = n_jobs
         self.max_failure_rate = max_failure_rate
-        self.params = params or {}
+        self.params: Mapping[str, Any] = params or {}  # the sweep's parameters, by dotted key
         self.heartbeat = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period,
@@ -318,16 +330,17 @@ class OptunaSweeperImpl:
             to_go -= batch
         fail_stale_trials(study)  # a dead launcher's trials that went stale while this launch ran
 
-    def sweep_context(self) -> Any:
+    def sweep_context(self) -> Optional[SweepContext]:
         from hw4.sweep.context import SweepContext, sweep_dir
 
         return SweepContext.load(sweep_dir(self.config.hydra))  # hw4's callback wrote it, if configured
 
-    def tracking_client(self, context: Any) -> Any:
+    def tracking_client(self, context: SweepContext) -> MlflowClient:
         from hw4 import tracking
         from hw4.sweep.context import store_uri
 
-        return tracking.client_for(store_uri(context, self.config.tracking.uri, self.config.hydra.runtime.cwd))
+        uri = store_uri(context, self.config.tracking.uri, self.config.hydra.runtime.cwd)
+        return tracking.client_for(uri, tracking.policy_for(self.config.tracking))
 
     def remember_parent(self, study: optuna.Study) -> None:
         """The next launch of this study continues under this launch's parent run."""

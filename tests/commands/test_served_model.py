@@ -162,15 +162,16 @@ def invoke(url: str, server: subprocess.Popen, images: np.ndarray) -> np.ndarray
 
 def test_mlflow_models_serve_answers_raw_images_with_each_runs_test_accuracy(served, tmp_path):
     uri, images, labels, runs = served
-    servers = {}
+    servers, logs = {}, []
     try:
         for case in ALL_CASES:  # started together: each pays TensorFlow's import while the others do
             port = free_port()
+            logs.append(open(tmp_path / f"{case}.log", "w"))  # read when it fails
             servers[case] = (f"http://127.0.0.1:{port}", subprocess.Popen(
                 ["mlflow", "models", "serve", "-m", f"models:/fm-{case}@champion", "--env-manager", "local",
                  "-h", "127.0.0.1", "-p", str(port)],
                 env={**DEFAULT_BACKEND, "MLFLOW_TRACKING_URI": uri}, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                stderr=open(tmp_path / f"{case}.log", "w"), start_new_session=True,  # read when it fails
+                stderr=logs[-1], start_new_session=True,
             ))  # fmt: skip
         store = MlflowClient(uri)
         for case, (url, server) in servers.items():
@@ -191,3 +192,5 @@ def test_mlflow_models_serve_answers_raw_images_with_each_runs_test_accuracy(ser
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, 9)
+        for log in logs:
+            log.close()

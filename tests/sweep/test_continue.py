@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from hw4 import names, tracking
 from hw4.errors import TrackingError
+from hw4.runtime.signals import Stopped, exit_status
 from hw4.sweep import callback as sweep
 
 
@@ -266,9 +267,9 @@ def test_a_signal_while_the_summary_is_written_waits_for_the_parent_to_end(tmp_p
     assert client.get_run(parent_id).info.status in ("FINISHED", "FAILED")  # ended, with its summary
     assert "jobs_finished" in client.get_run(parent_id).data.metrics
     assert callback.exit_signal == signal.SIGTERM  # and the command then exits 143
-    with pytest.raises(SystemExit) as stopped:
-        sweep.exit_if_stopped()
-    assert stopped.value.code == 128 + signal.SIGTERM
+    with pytest.raises(Stopped) as stopped:
+        sweep.raise_if_stopped()
+    assert exit_status(stopped.value) == 128 + signal.SIGTERM
 
 
 def test_a_job_that_fails_after_reopening_its_run_gets_no_stub(tmp_path, tracking_uri):

@@ -5,6 +5,8 @@ a continue resume every member exactly; jobs that cannot share a program train a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import signal
 import subprocess
 from pathlib import Path
@@ -19,10 +21,15 @@ GRID = ["model=mlp", "optimizer.lr=1e-3,1e-2", "trainer.seed=0,1"]
 HISTORIES = (names.LOSS, names.ACCURACY, names.VAL_LOSS, names.VAL_ACCURACY, names.LEARNING_RATE)
 
 
-def sweep(tmp_path: Path, uri: str, folder: str, *args: str, **popen) -> subprocess.CompletedProcess:
-    command = ["hw4-train", "-m", "trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={uri}",
-               f"hydra.sweep.dir={tmp_path / folder}", *args]  # fmt: skip
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, **popen)
+def sweep_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str, folder: str, *args: str) -> str:
+    """`sweep`'s command, in this process (hw4.api.sweep); returns what it printed."""
+    from hw4 import api
+
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        api.sweep(["trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={uri}",
+                   f"hydra.sweep.dir={tmp_path / folder}", *args])  # fmt: skip
+    return printed.getvalue()
 
 
 def runs_by_job(uri: str) -> dict[tuple[str, str], object]:
@@ -58,31 +65,31 @@ def assert_same_runs(uri_a: str, uri_b: str) -> None:
 
 
 @pytest.mark.slow
-def test_each_member_is_its_own_run_equal_to_the_job_trained_alone(tmp_path, tiny_data_dir):
+def test_each_member_is_its_own_run_equal_to_the_job_trained_alone(tmp_path, tiny_data_dir, monkeypatch):
     """The same grid, job by job (Hydra's basic launcher) and as one program of four members:
-    every run's epochs, test metrics, params, tags and artifacts agree."""
+    every run's epochs, test metrics, params, tags and artifacts agree. In this process (the
+    launcher and its jobs are the same code under `hw4-train -m`: the kill test below runs that)."""
     alone, together = f"sqlite:///{tmp_path / 'alone.db'}", f"sqlite:///{tmp_path / 'together.db'}"
     data = f"data.dir={tiny_data_dir}"
-    done = sweep(tmp_path, alone, "alone", *GRID, "trainer.epochs=3", data)
-    assert done.returncode == 0, done.stderr[-3000:]
-    done = sweep(tmp_path, together, "together", *GRID, "trainer.epochs=3", data, "hydra/launcher=members")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "jobs 0, 1, 2, 3: one program of 4 members" in done.stdout
+    sweep_in_process(monkeypatch, tmp_path, alone, "alone", *GRID, "trainer.epochs=3", data)
+    printed = sweep_in_process(
+        monkeypatch, tmp_path, together, "together", *GRID, "trainer.epochs=3", data, "hydra/launcher=members"
+    )
+    assert "jobs 0, 1, 2, 3: one program of 4 members" in printed
     assert_same_runs(alone, together)
 
 
 @pytest.mark.slow
-def test_jobs_that_cannot_share_a_program_train_alone_and_say_why(tmp_path, tiny_data_dir, tracking_uri):
-    done = sweep(tmp_path, tracking_uri, "mixed", "model=mlp,lenet", "trainer.epochs=1", f"data.dir={tiny_data_dir}",
-                 "hydra/launcher=members")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "job 1 trains alone: its model." in done.stdout and "differ from job 0's" in done.stdout
+def test_jobs_that_cannot_share_a_program_train_alone_and_say_why(tmp_path, tiny_data_dir, tracking_uri, monkeypatch):
+    printed = sweep_in_process(monkeypatch, tmp_path, tracking_uri, "mixed", "model=mlp,lenet", "trainer.epochs=1",
+                               f"data.dir={tiny_data_dir}", "hydra/launcher=members")  # fmt: skip
+    assert "job 1 trains alone: its model." in printed and "differ from job 0's" in printed
     assert all(r.info.status == "FINISHED" for r in runs_by_job(tracking_uri).values())
 
 
 @pytest.mark.slow
 @pytest.mark.serial
-def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path):
+def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path, monkeypatch):
     """SIGTERM to the launcher while its members train: every member stops after the epoch,
     KILLED with its checkpoint; the same command continues each in its own run, and the result
     equals the sweep that was never stopped."""
@@ -92,8 +99,7 @@ def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path):
     data = f"data.dir={write_dataset(tmp_path / 'data', n_dev=3000, n_test=200)}"
     whole, stopped = f"sqlite:///{tmp_path / 'whole.db'}", f"sqlite:///{tmp_path / 'stopped.db'}"
     args = [*GRID, "trainer.epochs=5", data, "hydra/launcher=members"]
-    done = sweep(tmp_path, whole, "whole", *args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    sweep_in_process(monkeypatch, tmp_path, whole, "whole", *args)  # the reference: never stopped
     command = ["hw4-train", "-m", "trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={stopped}",
                f"hydra.sweep.dir={tmp_path / 'stopped'}", *args]  # fmt: skip
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -120,16 +126,18 @@ def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_optuna_search_trains_each_batch_of_trials_as_members_and_tells_each(tmp_path, tiny_data_dir, tracking_uri):
+def test_an_optuna_search_trains_each_batch_of_trials_as_members_and_tells_each(
+    tmp_path, tiny_data_dir, tracking_uri, monkeypatch
+):
     """hparams_search=optuna_lr under hydra/launcher=members: each batch of n_jobs trials is one
     program; Optuna's own load_study finds every trial told, each linked to its FINISHED run."""
     optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    done = sweep(tmp_path, tracking_uri, "search", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=4",
-                 "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=members",
-                 "trainer.epochs=2", f"data.dir={tiny_data_dir}", "hydra/launcher=members")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("one program of 2 members") == 2
+    printed = sweep_in_process(monkeypatch, tmp_path, tracking_uri, "search", "hparams_search=optuna_lr",
+                               "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={storage}",
+                               "hydra.sweeper.study_name=members", "trainer.epochs=2", f"data.dir={tiny_data_dir}",
+                               "hydra/launcher=members")  # fmt: skip
+    assert printed.count("one program of 2 members") == 2
     study = optuna.load_study(study_name="members", storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     runs = runs_by_job(tracking_uri)

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hw4 import data, names
-from hw4.config import PrepConfig, ScheduleConfig, TrainerConfig
+from hw4.config import TrainerConfig, option_config
 
 keras = pytest.importorskip("keras")
 from fitting import fit  # noqa: E402  (needs Keras)
@@ -136,8 +136,8 @@ def test_a_runs_planned_batches_decide_auto_full_data_epochs_compile_and_debug_f
     def uses_xla(epochs: int, n_train: int) -> bool:
         cfg = OmegaConf.create({
             "trainer": OmegaConf.merge(TRAINER, {"epochs": epochs, "batch_size": 128, "jit_compile": "auto"}),
-            "prep": OmegaConf.merge(OmegaConf.structured(PrepConfig), {"name": "scale"}),
-            "schedule": OmegaConf.merge(OmegaConf.structured(ScheduleConfig), {"name": "constant"}),
+            "prep": option_config("prep", "scale"),
+            "schedule": option_config("schedule", "constant"),
         })  # fmt: skip
         return steps.loop_settings(cfg, mlp, n_train).jit  # what a run trains with and tags
 

@@ -73,8 +73,8 @@ def test_a_member_of_a_program_equals_the_job_trained_alone(name):
     weight_atol = 1e-2 if keras.backend.backend() == "jax" else atol
     data = splits(shape_of(name))
     shape = schedules.build_schedule(
-        OmegaConf.create({"name": "cosine", "warmup_epochs": 1, "min_fraction": 0.1, "every": 1, "factor": 1.0,
-                          "warmup_fraction": 0.0, "start_divisor": 1, "end_divisor": 1}),
+        OmegaConf.create({"_target_": "hw4.training.schedules.cosine", "name": "cosine", "warmup_epochs": 1,
+                          "min_fraction": 0.1}),
         steps_per_epoch=9, epochs=3,
     )  # fmt: skip
     plan = [(0, 1e-3), (1, 3e-3), (2, 1e-2)]
