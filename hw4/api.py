@@ -89,7 +89,7 @@ def sweep(overrides: Sequence[str] = ()) -> pd.DataFrame:
         raise ConfigError("the sweep did not start (hydra.callbacks.mlflow_sweep is not configured)")
     callback.raise_if_stopped()
     context = launched.context
-    client = tracking.client_for(launched.store_uri)
+    client = tracking.client_for(launched.store_uri, launched.policy)  # the sweep's tracking.retry_s
     children = runs.training_runs(client, context.experiment_id, context.parent_run_id)
     summary, table = ranking.summarize(runs.table(children), launched.objective)
     table.attrs.update(parent_run_id=context.parent_run_id, summary=summary)

@@ -391,8 +391,11 @@ def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: A
         raise ConfigError(
             f"{group}._target_={target!r} is not a factory function that can be imported ({exc})"
         ) from None
-    own = [key for key in parameters if key not in supplied]
-    unknown = [key for key in values if key not in parameters or key in supplied]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())  # **kwargs
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    own = [key for key in parameters if key not in supplied and parameters[key].kind not in variadic]
+    unknown = [key for key in values if (key not in parameters and not open_ended) or key in supplied]
+    supplied = {key: value for key, value in supplied.items() if key in parameters or open_ended}  # what it takes
     if unknown:
         raise ConfigError(
             f"{group}={name}: {', '.join(unknown)} not an argument of {target} (its arguments: {', '.join(own) or 'none'})"
@@ -401,6 +404,8 @@ def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: A
     if missing:
         raise ConfigError(f"{group}={name}: {target} needs {', '.join(missing)} (set them in its YAML)")
     for key, value in values.items():
+        if key not in parameters:  # taken by **kwargs: any type
+            continue
         annotation = parameters[key].annotation  # a string under `from __future__ import annotations`
         type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
         allowed = _TYPES.get(type_name)
@@ -412,6 +417,33 @@ def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: A
         if isinstance(exc.__cause__, ConfigError):
             raise exc.__cause__ from None
         raise
+
+
+OPTION_GROUPS = ("prep", "schedule")  # the groups whose options are factories (`option`)
+
+
+def typed_options(cfg: DictConfig) -> DictConfig:
+    """`cfg`, or a copy of it whose option values typed as integers where their factory takes a
+    float (`schedule.min_fraction=0`) are floats: runs record and hash them as the typed schema
+    before the options were factories did (`0.0`), so a run's identity does not depend on how a
+    number was typed. Call it on a config that passed `check`."""
+    import importlib
+    import inspect
+
+    updates: dict[str, dict[str, float]] = {}
+    for group in OPTION_GROUPS:
+        node = cfg.get(group)
+        target = str(node.get("_target_", "")) if node is not None else ""
+        module_name, _, function_name = target.rpartition(".")
+        if not module_name:
+            continue
+        parameters = inspect.signature(getattr(importlib.import_module(module_name), function_name)).parameters
+        for key, value in node.items():
+            annotation = parameters[key].annotation if key in parameters else None
+            type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+            if type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
+                updates.setdefault(group, {})[str(key)] = float(value)
+    return cast(DictConfig, OmegaConf.merge(cfg, updates)) if updates else cfg
 
 
 def check_options(cfg: DictConfig, need: Callable[[bool, str], None]) -> None:

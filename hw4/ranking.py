@@ -71,7 +71,10 @@ def varying_params(frame: pd.DataFrame, ignore_seed: bool = False) -> list[str]:
         key = column[len(PARAM) :]
         if names.is_bookkeeping(key) or (ignore_seed and key == names.SEED):
             continue
-        if frame[column].fillna("<unset>").nunique() > 1:
+        # A key a run did not record had its value in names.ADDED_KEYS: a run from before the key
+        # existed, or an option whose factory takes no such argument (schedule.every of cosine).
+        unset = str(names.ADDED_KEYS[key]) if key in names.ADDED_KEYS else "<unset>"
+        if frame[column].fillna(unset).nunique() > 1:
             columns.append(column)
     return columns
 

@@ -92,7 +92,7 @@ def main(cfg: DictConfig) -> float:
     return run(cfg).objective
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class TrainedRun:
     """What one trained run made (hw4.api.train returns it to a notebook)."""
 
@@ -102,6 +102,13 @@ class TrainedRun:
     test_metrics: dict[str, float]
     model: keras.Model  # the weights the test metrics are of
     ui: str  # where to see the run in MLflow's UI
+
+    def __repr__(self) -> str:  # not the whole history and model
+        return f"TrainedRun(run_id={self.run_id!r}, objective={self.objective:.4f}, test_metrics={self.test_metrics})"
+
+    def _repr_html_(self) -> str:  # a notebook shows this for the cell's value
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.test_metrics.items())
+        return f"<b>run {self.run_id}</b>: {metrics}<br>{self.ui}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ def run(cfg: DictConfig) -> Outcome:
         return Outcome(float("nan"), note="the sweep was stopped before this job began")
     launch_dir = get_original_cwd()
     system.use_xla_cache(cfg.trainer.xla_cache, Path(launch_dir))  # before TensorFlow starts its devices
+    cfg = config.typed_options(cfg)  # a copy where a float typed as an integer differs (0 -> 0.0)
     if cfg.data.dir:  # a copy with the data's absolute path, as the run records it
         cfg = cast(DictConfig, OmegaConf.merge(cfg, {"data": {"dir": to_absolute_path(cfg.data.dir)}}))
 

@@ -397,12 +397,13 @@ RECORDED_BEFORE = {
 
 
 def recorded_params(cfg) -> dict:
-    """The params a run records of `cfg`, as hw4.steps.run_params flattens them (no data digest)."""
+    """The params a run records of `cfg`, as hw4.train.run types and hw4.steps.run_params flattens
+    them (no data digest)."""
     from omegaconf import OmegaConf
 
-    from hw4 import tracking
+    from hw4 import config, tracking
 
-    return tracking.redact_params(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)))
+    return tracking.redact_params(tracking.flatten(OmegaConf.to_container(config.typed_options(cfg), resolve=True)))
 
 
 @pytest.mark.parametrize("override", list(RECORDED_BEFORE))
@@ -429,4 +430,41 @@ def test_the_typed_switches_are_recorded_as_their_plain_strings():
     params = recorded_params(make("trainer.precision=mixed_bfloat16", "trainer.prune=median"))
     assert (str(params["trainer.precision"]), str(params["trainer.prune"])) == ("mixed_bfloat16", "median")
     assert type(params["trainer.precision"]) is str  # redacted to a plain string
-    assert str(make().trainer.prune) == "None"  # null: never
+    assert recorded_params(make())["trainer.prune"] is None  # null: never, recorded as before
+
+
+@pytest.mark.parametrize(
+    "typed, as_in_its_yaml",
+    [
+        (["schedule=cosine", "schedule.min_fraction=0"], ["schedule=cosine"]),
+        (["schedule=one_cycle", "schedule.start_divisor=25"], ["schedule=one_cycle"]),
+        (["schedule=step", "schedule.factor=1"], ["schedule=step", "schedule.factor=1.0"]),
+    ],
+)
+def test_a_float_typed_as_an_integer_keeps_the_runs_identity(typed, as_in_its_yaml):
+    """`schedule.min_fraction=0` is the float its factory takes: recorded as 0.0, as the typed
+    schema recorded it before the options were factories, so it is the same configuration (a
+    continued sweep finds its runs, a resume is not refused)."""
+    from hw4 import names
+
+    params, same = recorded_params(make(*typed)), recorded_params(make(*as_in_its_yaml))
+    assert params == same
+    assert names.config_key(params) == names.config_key(same)
+
+
+def test_a_factory_that_takes_keyword_arguments_or_no_epochs_is_an_option(tmp_path, monkeypatch):
+    """A user's schedule need not take `epochs` (hw4 passes it only where it is an argument), and
+    one with **kwargs takes any key of its YAML: no one-line refusal, no traceback."""
+    from hw4 import config
+
+    (tmp_path / "open_schedules.py").write_text(
+        "def flat(*, level: float):\n    return ('flat', level)\n\n"
+        "def anything(**settings):\n    return ('anything', settings)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flat = {"_target_": "open_schedules.flat", "name": "flat", "level": 0.5}
+    assert config.option("schedule", flat, epochs=3) == ("flat", 0.5)
+    anything = {"_target_": "open_schedules.anything", "name": "anything", "rate": 2}
+    assert config.option("schedule", anything, epochs=3) == ("anything", {"rate": 2, "epochs": 3})
+    with pytest.raises(ConfigError, match="level not an argument|needs level"):
+        config.option("schedule", {"_target_": "open_schedules.flat", "name": "flat"}, epochs=3)

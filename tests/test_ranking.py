@@ -182,3 +182,17 @@ def test_the_report_ranks_sweeps_by_their_mean_over_seeds(tracking_uri):
     assert best["sweep_run_id"] == steady and best["val"] == pytest.approx(0.89)  # recomputed: mean of 0.88, 0.90
     assert (best["n"], best["planned"], best["complete"]) == (2, 2, True)
     assert best["verdict"].startswith("lr 3e-3 is the only configuration")
+
+
+def test_a_key_a_run_did_not_record_has_its_added_keys_value():
+    """Runs of one configuration, one recorded before the schedule options were factories (every
+    schedule field, at its neutral value) and one after (only its option's own fields): not a
+    varying param. A run that did set another value still varies."""
+    import pandas as pd
+
+    from hw4.ranking import PARAM, varying_params
+
+    before_and_after = pd.DataFrame({f"{PARAM}schedule.every": ["1", None], f"{PARAM}optimizer.lr": ["0.001", "0.001"]})
+    assert varying_params(before_and_after) == []
+    other = pd.DataFrame({f"{PARAM}schedule.every": ["5", None], f"{PARAM}optimizer.lr": ["0.001", "0.001"]})
+    assert varying_params(other) == [f"{PARAM}schedule.every"]

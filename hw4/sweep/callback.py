@@ -41,6 +41,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hw4 import config as hw4_config
 from hw4 import names
 from hw4.runtime.signals import HANDLED, RunSignals, signal_name, stop_signal
 from hw4.sweep import study
@@ -123,7 +124,9 @@ class MlflowSweepCallback(Callback):
         self.context: Optional[SweepContext] = None
         self.exit_signal: Optional[int] = None  # set when the sweep ended on a stop signal
         self._uri = ""  # the store's URI with its credentials: never written anywhere
-        self._policy: Optional[RetryPolicy] = None  # tracking.retry_s's, once the launch has its config
+        self.policy: Optional[RetryPolicy] = (
+            None  # tracking.retry_s's, once the launch has its config (hw4.api reads it)
+        )
         self._finished = False
         self._completed = False
         self._signals: Optional[RunSignals] = None
@@ -173,7 +176,7 @@ class MlflowSweepCallback(Callback):
         if self.context is not None and not self._finished:
             parent_id = self.context.parent_run_id
             try:
-                client = tracking.client_for(self._uri, self._policy)
+                client = tracking.client_for(self._uri, self.policy)
                 tracking.RunLogger(client, parent_id).set_tags({names.ERROR: f"sweep not started: {reason}"})
                 tracking.end_run(client, parent_id, "FAILED")
             except Exception as error:
@@ -212,7 +215,7 @@ class MlflowSweepCallback(Callback):
         shutil.rmtree(folder / STARTED_DIR, ignore_errors=True)
         # Hydra has not changed directory yet: this is the folder the user launched from.
         self._uri = tracking.resolve_uri(config.tracking.uri, os.getcwd())
-        self._policy = tracking.policy_for(config.tracking)
+        self.policy = tracking.policy_for(config.tracking)
         self._lock_root = Path(os.getcwd(), config.trainer.checkpoint_dir)  # where jobs lock their runs
         earlier, from_study = SweepContext.load(folder), False
         if earlier is None:  # an Optuna study launched again, in a new folder: its parent run
@@ -278,7 +281,7 @@ class MlflowSweepCallback(Callback):
         from hw4 import tracking
         from hw4.errors import TrackingError
 
-        client = tracking.connect(self._uri, self._policy)
+        client = tracking.connect(self._uri, self.policy)
         try:
             parent = tracking.get_run_or_none(client, earlier.parent_run_id)
         except Exception as exc:
@@ -367,7 +370,7 @@ class MlflowSweepCallback(Callback):
 
         from hw4 import tracking
 
-        client = tracking.client_for(self._uri, self._policy)
+        client = tracking.client_for(self._uri, self.policy)
         parent_id = self.context.parent_run_id
         with held_signals() as late:
             stopped_by = self._stopped_by()
@@ -449,12 +452,12 @@ def raise_if_stopped() -> None:
     from hw4.runtime.signals import Stopped
 
     callback = MlflowSweepCallback.launched
-    if callback is not None and callback.exit_signal is not None and callback.context is not None:
-        context = callback.context
-        raise Stopped(
-            callback.exit_signal or signal.SIGTERM,
-            f"sweep {context.sweep_id} stopped: parent run {context.parent_run_id} KILLED, continue it with the same command",
-        )
+    if callback is None or callback.exit_signal is None:
+        return
+    signum = callback.exit_signal or signal.SIGTERM
+    sweep = f"sweep {callback.context.sweep_id}" if callback.context is not None else "the sweep"
+    finish = f"; finish it with: {callback._command}" if callback._command else ""
+    raise Stopped(signum, f"{sweep} stopped ({signal_name(signum)}){finish}")
 
 
 def record_failed_job(config: DictConfig, job_return: JobReturn, context: Optional[SweepContext] = None) -> None:
@@ -481,6 +484,7 @@ def record_failed_job(config: DictConfig, job_return: JobReturn, context: Option
     error = job_return._return_value  # the exception; .return_value would re-raise it
     job_cfg = OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
     try:
+        job_cfg = hw4_config.typed_options(job_cfg)  # recorded as a run records its params
         params = tracking.redact_params(tracking.flatten(cast(dict, OmegaConf.to_container(job_cfg, resolve=True))))
     except Exception:  # the job may have failed because its config does not resolve
         params = {}

@@ -39,6 +39,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from hw4 import config as hw4_config
 from hw4 import names
 from hw4.errors import ConfigError
 from hw4.sweep.context import SweepContext
@@ -215,9 +216,11 @@ def fixed_settings(config: DictConfig) -> dict[str, str]:
         else:
             fixed[key] = override.value()
             searched.discard(key)
-    job = {str(key): OmegaConf.to_container(config[key], resolve=True) if OmegaConf.is_config(config[key])
-           else config[key] for key in config if key != "hydra"}  # fmt: skip
-    flat = {**tracking.flatten(job), **fixed}
+    typed = hw4_config.typed_options(config)  # a float typed as an integer as a run records it
+    job = {str(key): OmegaConf.to_container(typed[key], resolve=True) if OmegaConf.is_config(typed[key])
+           else typed[key] for key in typed if key != "hydra"}  # fmt: skip
+    flat_job = tracking.flatten(job)
+    flat = {**flat_job, **{key: flat_job.get(key, value) for key, value in fixed.items()}}
     return {
         key: "None" if str(value) in names.UNSET else str(value)
         for key, value in tracking.redact_params(flat).items()

@@ -49,7 +49,10 @@ def wait_until(condition, process: subprocess.Popen, seconds: float = 180) -> No
         if condition():
             return
         if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace")[-3000:] if process.stderr else ""
+            try:  # a timeout: a worker it left still holds the pipe
+                error = (process.communicate(timeout=10)[1] or b"").decode(errors="replace")[-3000:]
+            except subprocess.TimeoutExpired:
+                error = "(its stderr did not close)"
             raise AssertionError(f"exited {process.returncode} early: {error}")
         time.sleep(0.1)
     process.kill()
