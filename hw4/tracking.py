@@ -620,21 +620,22 @@ class RunLogger:
         mlflow.set_tracking_uri(self.client.tracking_uri)  # Model.log writes through the global URI
         experiment_id = self.client.get_run(self.run_id).info.experiment_id
         logged = self._logged_model(name, experiment_id)
-        retry(
-            lambda: Model.log(
-                artifact_path=None,  # MLflow 3 names logged models by `name`
-                name=name,
-                flavor=KerasFlavor,
-                run_id=self.run_id,
-                model_id=logged.model_id,
-                model=model,
-                signature=signature,
-                input_example=example,
-                pip_requirements=model_requirements(),
-            ),
-            "log model",
-            policy_of(self.client),
-        )
+        with without_progress_bars():  # MLflow predicts the input example to check it: no bar
+            retry(
+                lambda: Model.log(
+                    artifact_path=None,  # MLflow 3 names logged models by `name`
+                    name=name,
+                    flavor=KerasFlavor,
+                    run_id=self.run_id,
+                    model_id=logged.model_id,
+                    model=model,
+                    signature=signature,
+                    input_example=example,
+                    pip_requirements=model_requirements(),
+                ),
+                "log model",
+                policy_of(self.client),
+            )
 
     def _logged_model(self, name: str, experiment_id: str) -> Any:
         """This run's logged model `name`, created once: a retry after a lost answer finds the
@@ -651,6 +652,19 @@ class RunLogger:
             return mlflow.initialize_logged_model(name=name, source_run_id=self.run_id, experiment_id=experiment_id)
 
         return retry(attempt, "initialize logged model", policy_of(self.client))
+
+
+@contextmanager
+def without_progress_bars() -> Iterator[None]:
+    """What is printed to stdout during the block dropped: the progress bar of the `predict` that
+    MLflow's Keras flavour runs on the input example (Keras takes no verbosity from it; with
+    Keras' interactive logging off, the bar goes to the log instead). Warnings and errors go to
+    the log and stderr, which stay."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 class KerasFlavor:

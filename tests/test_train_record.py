@@ -215,3 +215,12 @@ def test_api_train_returns_what_the_run_recorded(recorded):
     assert result.history["val_categorical_accuracy"] == pytest.approx(recorded.history("val_categorical_accuracy"))
     assert result.objective == metrics["best_val_categorical_accuracy"]
     assert recorded.run_id in result.ui
+
+
+def test_logging_the_model_prints_no_progress_bar(recorded):
+    """MLflow predicts the logged model's input example to check it, through Keras' predict,
+    whose progress bar then came after the test metrics' line; with trainer.verbose=2 the run
+    prints no bar at all."""
+    (logged,) = recorded.client.search_logged_models([recorded.experiment.experiment_id])  # it was logged
+    assert logged.source_run_id == recorded.run_id
+    assert "━" not in recorded.printed
