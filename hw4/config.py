@@ -365,6 +365,22 @@ def option_config(group: str, name: str) -> DictConfig:
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
+def _factory_parameters(target: str) -> Mapping[str, Any]:
+    """The parameters (inspect.Parameter) of the factory `target` names; raises ImportError,
+    AttributeError, ValueError or TypeError when it names none."""
+    import importlib
+    import inspect
+
+    module_name, _, function_name = target.rpartition(".")
+    return inspect.signature(getattr(importlib.import_module(module_name), function_name)).parameters
+
+
+def _type_name(parameter: Any) -> str:
+    """A parameter's annotation as its name: a string under `from __future__ import annotations`."""
+    annotation = parameter.annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
 def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: Any) -> Any:
     """The chosen option of a factory group (conf/prep, conf/schedule): its `_target_` called by
     Hydra's instantiate with the YAML's values and what hw4 `supplied` (a schedule's: the run's
@@ -372,7 +388,6 @@ def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: A
     an argument of the factory, of its annotated type, and the factory checks its own ranges
     (ConfigError). So a typo, a wrong type or a value out of range is one line, and `check` calls
     this before TensorFlow loads: a factory's module imports no Keras at its top."""
-    import importlib
     import inspect
 
     from hydra.errors import InstantiationException
@@ -383,10 +398,8 @@ def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: A
     target, name = str(values.pop("_target_", "")), values.pop("name", None)
     if not name:
         raise ConfigError(f"{group}: name is missing (every option's YAML names itself, as runs record it)")
-    module_name, _, function_name = target.rpartition(".")
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
-        parameters = inspect.signature(factory).parameters
+        parameters = _factory_parameters(target)
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         raise ConfigError(
             f"{group}._target_={target!r} is not a factory function that can be imported ({exc})"
@@ -406,8 +419,7 @@ def option(group: str, node: Union[DictConfig, Mapping[str, Any]], **supplied: A
     for key, value in values.items():
         if key not in parameters:  # taken by **kwargs: any type
             continue
-        annotation = parameters[key].annotation  # a string under `from __future__ import annotations`
-        type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        type_name = _type_name(parameters[key])
         allowed = _TYPES.get(type_name)
         if allowed and (not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool))):
             raise ConfigError(f"{group}.{key} must be {type_name}, got {value!r}")
@@ -427,21 +439,16 @@ def typed_options(cfg: DictConfig) -> DictConfig:
     float (`schedule.min_fraction=0`) are floats: runs record and hash them as the typed schema
     before the options were factories did (`0.0`), so a run's identity does not depend on how a
     number was typed. Call it on a config that passed `check`."""
-    import importlib
-    import inspect
-
     updates: dict[str, dict[str, float]] = {}
     for group in OPTION_GROUPS:
         node = cfg.get(group)
         target = str(node.get("_target_", "")) if node is not None else ""
-        module_name, _, function_name = target.rpartition(".")
-        if not module_name:
+        if "." not in target:
             continue
-        parameters = inspect.signature(getattr(importlib.import_module(module_name), function_name)).parameters
+        parameters = _factory_parameters(target)
         for key, value in node.items():
-            annotation = parameters[key].annotation if key in parameters else None
-            type_name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-            if type_name == "float" and isinstance(value, int) and not isinstance(value, bool):
+            typed_float = key in parameters and _type_name(parameters[key]) == "float"
+            if typed_float and isinstance(value, int) and not isinstance(value, bool):
                 updates.setdefault(group, {})[str(key)] = float(value)
     return cast(DictConfig, OmegaConf.merge(cfg, updates)) if updates else cfg
 
