@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group("serial"))
 
 
+def _absl_logs_to_the_process_stderr() -> None:
+    """absl's log handler (TensorFlow imports absl) writes to the sys.stderr of its import, which
+    in a test is pytest's capture. Each in-process Hydra run sets up logging, which closes every
+    handler ever made (logging.config), and absl's handler then closes its stream unless that is
+    sys.stderr or sys.stdout at the time: a test that redirects them (capfd, tests/console.py)
+    would close pytest's capture under the tests after it. Made here, before any test imports
+    TensorFlow, on the process's own stderr (which pytest still captures, at the descriptor)."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # no TensorFlow installed: no absl handler either
+        return
+    absl_logging.get_absl_handler().python_handler.setStream(sys.__stderr__)
+
+
+_absl_logs_to_the_process_stderr()
 _TRACKING_URI_AT_START = os.environ.get("MLFLOW_TRACKING_URI")
 
 
@@ -38,6 +54,20 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = _TRACKING_URI_AT_START
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_switched_back_off():
+    """A run with trainer.deterministic=true in the test's process turns TensorFlow's op
+    determinism on for the process (the next run of a sweep turns it off; a test's own loop does
+    not): a later test of the worker would train under it, and XLA refuses LeNet-5's MaxPool
+    gradient under it."""
+    yield
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -35,14 +35,20 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
     raise TimeoutError(url)
 
 
+# MLflow 3's server also starts a job runner (huey, five workers: GenAI judges, trace rollups),
+# which hw4 never uses: a process importing MLflow and polling, per test server.
+WITHOUT_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @contextlib.contextmanager
 def mlflow_server(*options: str, env: dict | None = None):
     """`mlflow server OPTIONS` on a free loopback port, once its /health answers: its URL."""
     port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", *options, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip  # its own group: a kill reaches uvicorn and the job runners too
+        env={**(os.environ if env is None else env), **WITHOUT_JOB_RUNNER},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip  # its own group: a kill reaches uvicorn and any job runner too
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health", server)

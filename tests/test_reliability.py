@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from test_tracking import locked
 
 from hw4 import tracking
+from hw4.errors import TrackingError
 
 EPOCHS = 30
 
@@ -25,6 +29,19 @@ def train_args(data_dir: Path, uri: str, *overrides: str) -> list[str]:
     ]  # fmt: skip
 
 
+def in_process(monkeypatch: pytest.MonkeyPatch, cwd: Path, args: list[str]) -> str:
+    """`args` (a `hw4-train [-m] OVERRIDES` command) launched from `cwd`, through hw4.api in this
+    process: no new interpreter importing TensorFlow and MLflow. Returns what it printed; a
+    refusal raises its error."""
+    from hw4 import api
+
+    monkeypatch.chdir(cwd)
+    overrides = [a for a in args[1:] if a != "-m"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # not capsys: Hydra's handlers keep it
+        (api.sweep if "-m" in args else api.train)(overrides)
+    return printed.getvalue()
+
+
 def only_run(uri: str):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("hw4")
@@ -32,47 +49,72 @@ def only_run(uri: str):
     return client, (runs[0] if runs else None)
 
 
-def start_and_wait_for(args: list[str], cwd: Path, uri: str, ready, **popen) -> subprocess.Popen:
-    """Start hw4-train and return once `ready(client, runs)` holds for the store's runs."""
-    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
-    process = subprocess.Popen(args, cwd=cwd, **popen)
+def wait_for(process: subprocess.Popen, uri: str, ready) -> None:
+    """Return once `ready(client, runs)` holds for the store's runs, while `process` trains."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("hw4")
         runs = client.search_runs([experiment.experiment_id]) if experiment else []
         if ready(client, runs):
-            return process
+            return
         assert process.poll() is None, process.stderr.read().decode()[-3000:]
         time.sleep(0.1)
     process.kill()
     raise AssertionError("training did not reach the wanted point in time")
 
 
-def start_and_wait_for_epochs(args: list[str], cwd: Path, uri: str, epochs: int) -> subprocess.Popen:
-    """Start hw4-train and return once MLflow holds `epochs` epochs of its run."""
+def start_and_wait_for(args: list[str], cwd: Path, uri: str, ready, **popen) -> subprocess.Popen:
+    """Start hw4-train and return once `ready(client, runs)` holds for the store's runs."""
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
+    process = subprocess.Popen(args, cwd=cwd, **popen)
+    wait_for(process, uri, ready)
+    return process
+
+
+def wait_until_stopped(process: subprocess.Popen) -> None:
+    """Until the kernel shows the process stopped (state T): a signal is delivered asynchronously."""
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{process.pid}/stat").read_text().rsplit(") ", 1)[1][0] != "T":
+        assert time.monotonic() < deadline and process.poll() is None, "the process did not stop"
+        time.sleep(0.001)
+
+
+def stop_outside_a_store_write(process: subprocess.Popen, uri: str) -> None:
+    """SIGSTOP the process: alive (its run's lock held) without burning CPU. Stopped inside a
+    transaction on the sqlite store, it would hold the store's lock and block every writer for
+    the whole test: then it goes on a moment and is stopped again."""
+    database = uri.removeprefix("sqlite:///")
+    for _ in range(100):
+        process.send_signal(signal.SIGSTOP)
+        wait_until_stopped(process)
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=0.05)) as probe:
+                probe.execute("BEGIN EXCLUSIVE")  # no reader or writer holds the store
+                probe.rollback()
+            return
+        except sqlite3.OperationalError:  # "database is locked": the stopped process holds it
+            process.send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+    raise AssertionError("the process kept the sqlite store locked")
+
+
+def logged_epochs(epochs: int):
+    """wait_for's condition: MLflow holds `epochs` epochs of the run."""
 
     def enough(client, runs):
         return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs
 
-    return start_and_wait_for(args, cwd, uri, enough)
+    return enough
+
+
+def start_and_wait_for_epochs(args: list[str], cwd: Path, uri: str, epochs: int) -> subprocess.Popen:
+    """Start hw4-train and return once MLflow holds `epochs` epochs of its run."""
+    return start_and_wait_for(args, cwd, uri, logged_epochs(epochs))
 
 
 def steps(client: MlflowClient, run_id: str, metric: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
-
-
-@pytest.mark.serial
-@pytest.mark.slow
-def test_sigterm_ends_the_run_killed(tiny_data_dir, tracking_uri, tmp_path):
-    """A single run (Ctrl-C: tests/sweep/test_sweep.py sends it to a whole process group, and
-    tests/test_training.py covers both signals in-process)."""
-    process = start_and_wait_for_epochs(train_args(tiny_data_dir, tracking_uri), tmp_path, tracking_uri, epochs=2)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
-    client, run = only_run(tracking_uri)
-    assert run.info.status == "KILLED"
-    assert len(steps(client, run.info.run_id, "loss")) >= 2  # the epochs done so far are kept
 
 
 @pytest.mark.serial
@@ -96,7 +138,9 @@ def test_a_signal_after_the_last_epoch_began_lets_the_run_finish_then_stops(tmp_
 
 
 @pytest.mark.slow
-def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path):
+def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
+    """In this process: the refusal's exit status and one line are the console's mapping of
+    every Hw4Error, which test_a_deleted_experiment_is_a_clear_error runs."""
     client = tracking.connect(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(client, "hw4", None)
     with tracking.start_run(client, experiment_id, "done") as finished:
@@ -110,25 +154,18 @@ def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path):
         (finished.run_id, "the run already finished"),
         (interrupted.run_id, r"settings differ from the run's: trainer.epochs=30 \(run has 5\)"),
     ]:
-        result = subprocess.run(
-            train_args(tiny_data_dir, tracking_uri, f"trainer.resume={run_id}"),
-            cwd=tmp_path, capture_output=True, text=True,
-        )  # fmt: skip
-        assert result.returncode == 1
-        assert re.search(message, result.stderr), result.stderr
+        with pytest.raises(TrackingError, match=message):
+            in_process(monkeypatch, tmp_path, train_args(tiny_data_dir, tracking_uri, f"trainer.resume={run_id}"))
 
 
 @pytest.mark.slow
-def test_deterministic_runs_repeat_exactly(tiny_data_dir, tracking_uri, tmp_path):
-    result = subprocess.run(
-        [
-            "hw4-train", "-m", "tracking.run_name=first,second", f"hydra.sweep.dir={tmp_path / 'm'}",
-            *train_args(tiny_data_dir, tracking_uri, "trainer.deterministic=true", "trainer.epochs=3")[1:],
-        ],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "NodeDef mentions attribute" not in result.stderr  # TensorFlow's spurious error line
+def test_deterministic_runs_repeat_exactly(tiny_data_dir, tracking_uri, tmp_path, monkeypatch, capfd):
+    """In this process; capfd reads file descriptor 2, where TensorFlow's C++ runtime writes."""
+    in_process(monkeypatch, tmp_path, [
+        "hw4-train", "-m", "tracking.run_name=first,second", f"hydra.sweep.dir={tmp_path / 'm'}",
+        *train_args(tiny_data_dir, tracking_uri, "trainer.deterministic=true", "trainer.epochs=3")[1:],
+    ])  # fmt: skip
+    assert "NodeDef mentions attribute" not in capfd.readouterr().err  # TensorFlow's spurious error line
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("hw4")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
@@ -194,7 +231,8 @@ def test_a_deleted_experiment_is_a_clear_error(tracking_uri, tmp_path):
 
 @pytest.mark.serial
 @pytest.mark.slow
-def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_dir, tracking_uri, tmp_path):
+def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_dir, tracking_uri, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
     client = tracking.connect(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(client, "hw4", None)
     with pytest.raises(KeyboardInterrupt):
@@ -202,42 +240,51 @@ def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_di
             run.log_params({"trainer.epochs": 3})
             raise KeyboardInterrupt  # no epoch ended: no checkpoint, no metrics
     (tmp_path / "mlruns" / "checkpoints" / run.run_id).mkdir(parents=True)  # an empty folder
-    result = subprocess.run(
-        train_args(tiny_data_dir, tracking_uri, "trainer.epochs=3", f"trainer.resume={run.run_id}"),
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ended before its first epoch" in result.stdout
+    printed = in_process(monkeypatch, tmp_path,
+                         train_args(tiny_data_dir, tracking_uri, "trainer.epochs=3", f"trainer.resume={run.run_id}"))  # fmt: skip
+    assert "ended before its first epoch" in printed
     finished = client.get_run(run.run_id)
     assert finished.info.status == "FINISHED" and finished.data.params["model.name"] == "mlp"
     assert steps(client, run.run_id, "val_loss") == [0, 1, 2]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
-def test_a_run_still_being_trained_cannot_be_resumed(tmp_path, tracking_uri):
-    from conftest import write_dataset
-
-    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
-    args = train_args(data_dir, tracking_uri, "trainer.epochs=300")
+def test_a_run_still_being_trained_cannot_be_resumed_and_sigterm_ends_it_killed(
+    tmp_path, tracking_uri, tiny_data_dir, monkeypatch
+):
+    """One launch for two claims. While a process trains a run, a resume is refused: the process
+    is stopped (SIGSTOP) once it logged an epoch (alive, holding its run's lock, burning no CPU)
+    and the refused resume runs in this process. Then, continued, a SIGTERM ends the single run
+    KILLED with its epochs kept, exit 143 (Ctrl-C: tests/sweep/test_sweep.py sends it to a whole
+    process group, and tests/test_training.py covers both signals in-process)."""
+    args = train_args(tiny_data_dir, tracking_uri, "trainer.epochs=200")
     process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=1)
     try:
+        stop_outside_a_store_write(process, tracking_uri)
         _, run = only_run(tracking_uri)
-        result = subprocess.run(
-            [*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True
-        )
-        assert result.returncode == 1
-        assert f"run {run.info.run_id} is being trained by a live process (pid {process.pid}" in result.stderr
-        assert process.poll() is None  # the first process trains on, its run untouched
+        live = f"run {run.info.run_id} is being trained by a live process (pid {process.pid} "
+        with pytest.raises(TrackingError, match=re.escape(live)):
+            in_process(monkeypatch, tmp_path, [*args, f"trainer.resume={run.info.run_id}"])
+        assert process.poll() is None  # the first process lives on, its run untouched
         client, run = only_run(tracking_uri)
         assert run.info.status == "RUNNING"
+
+        process.send_signal(signal.SIGCONT)
+        wait_for(process, tracking_uri, logged_epochs(2))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
-        process.kill()
+        process.kill()  # a no-op once it has ended
         process.wait()
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "KILLED"
+    assert len(steps(client, run.info.run_id, "loss")) >= 2  # the epochs done so far are kept
 
 
 @pytest.mark.serial
 @pytest.mark.slow
-def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracking_uri):
+def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracking_uri, monkeypatch):
     """trainer.deterministic=true: SIGKILL after epoch 2, resume, and the validation loss of
     every epoch equals that of the same run left alone (batch order included). With a warmed-up
     step schedule and augmented batches (issue 25): the schedule goes on at the optimizer's step,
@@ -250,25 +297,15 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
         data_dir, tracking_uri, f"trainer.epochs={epochs}", "trainer.deterministic=true", "prep=augment",
         "schedule=step", "schedule.warmup_epochs=1", "schedule.every=2",
     )  # fmt: skip
-    # The same run left alone, into its own experiment; started first, so that it trains while
-    # the other is killed and resumed (the two share nothing but the store).
-    alone = subprocess.Popen([*args, "tracking.experiment=alone"], cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        client, run = only_run(tracking_uri)
-        assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
-        assert 3 <= len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
-        resumed = subprocess.run(
-            [*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, capture_output=True, text=True
-        )
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        _, alone_stderr = alone.communicate(timeout=600)
-    finally:
-        alone.kill()  # a no-op once it has ended
-    assert alone.returncode == 0, alone_stderr[-3000:]
+    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=3)
+    process.send_signal(signal.SIGKILL)  # the one real fault: a process of its own
+    process.wait()
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
+    assert 3 <= len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
+    # The resume, and then the same run left alone into its own experiment, in this process.
+    resumed = in_process(monkeypatch, tmp_path, [*args, f"trainer.resume={run.info.run_id}"])
+    in_process(monkeypatch, tmp_path, [*args, "tracking.experiment=alone"])
 
     def val_loss(run_id):
         return [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
@@ -277,7 +314,7 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     assert len(val_loss(run.info.run_id)) == epochs
     assert val_loss(run.info.run_id) == val_loss(uninterrupted.info.run_id)
     # The same MLflow run continued: one value per epoch and metric, no gap, no repeat.
-    assert "resuming run" in resumed.stdout
+    assert "resuming run" in resumed
     client, finished = only_run(tracking_uri)
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
     for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy", "learning_rate"):

@@ -145,6 +145,7 @@ def test_a_reopened_run_drops_the_error_of_its_interrupted_attempt(tracking_uri)
     assert reopened.info.status == "FINISHED" and "error" not in reopened.data.tags
 
 
+@pytest.mark.slow  # fresh processes import MLflow
 def test_two_processes_creating_one_experiment_at_once_get_the_same_one(tracking_uri, tmp_path):
     """Parallel jobs or users starting together: one experiment, and both use it."""
     # Each process imports MLflow and connects, says it is ready, then waits for the start.

@@ -560,6 +560,7 @@ def test_the_range_test_stops_once_the_loss_explodes(splits):
     assert curve.lrs == sorted(curve.lrs) and curve.lrs[0] == pytest.approx(1e-4)
 
 
+@pytest.mark.slow  # a fresh process imports TensorFlow
 def test_a_checkpoint_with_the_old_warm_up_in_its_optimizer_loads_in_a_fresh_process(tmp_path):
     """A checkpoint saved before the step set the rate holds LinearWarmup inside its optimizer: a
     fresh process (nothing of hw4.training imported) must load it, so that the resume refuses it

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-
+import console
 from mlflow.tracking import MlflowClient
 
 from hw4 import names, tracking
@@ -56,11 +55,11 @@ def test_clean_keeps_resumable_and_live_checkpoints_unless_asked(tracking_uri, t
 def test_hw4_clean_lists_before_it_deletes(tracking_uri, tmp_path):
     root = tmp_path / "mlruns" / "checkpoints"
     _, ids = make_runs(tracking_uri, root)
-    args = ["hw4-clean", f"tracking.uri={tracking_uri}"]
-    preview = subprocess.run([*args, "dry_run=true"], cwd=tmp_path, capture_output=True, text=True)
+    args = [f"tracking.uri={tracking_uri}"]  # the command in this process (tests/console.py)
+    preview = console.run(clean.main, "hw4-clean", *args, "dry_run=true", cwd=tmp_path)
     assert preview.returncode == 0, preview.stderr
     assert f"would delete  {ids['failed']}" in preview.stdout and (root / ids["failed"]).exists()
     assert "4 of 8 checkpoints, 0.0 MB: would delete" in preview.stdout
-    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    done = console.run(clean.main, "hw4-clean", *args, cwd=tmp_path)
     assert done.returncode == 0 and f"deleted  {ids['failed']}" in done.stdout
     assert not (root / ids["failed"]).exists() and (root / ids["killed"]).exists()

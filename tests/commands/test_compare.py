@@ -1,10 +1,11 @@
-"""hw4-compare on a known set of runs written straight into a store (no training)."""
+"""hw4-compare on a known set of runs written straight into a store (no training). The command
+runs in this process (tests/console.py); its console script's wiring: tests/test_config.py."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
+import console
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -48,13 +49,10 @@ def write_runs(uri: str, parent: bool) -> str | None:
     return parent_id
 
 
-def hw4_compare(tmp_path: Path, uri: str, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["hw4-compare", f"tracking.uri={uri}", "tracking.experiment=cmp", "out=figs", *overrides],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+def hw4_compare(tmp_path: Path, uri: str, *overrides: str) -> console.Ran:
+    """`hw4-compare` on the test's store, in this process (tests/console.py)."""
+    args = [f"tracking.uri={uri}", "tracking.experiment=cmp", "out=figs", *overrides]
+    return console.run(compare.main, "hw4-compare", *args, cwd=tmp_path)
 
 
 def table_rows(stdout: str, first_column: str) -> list[list[str]]:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import console
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -113,9 +114,10 @@ def test_report_shows_mean_and_std_over_the_repeats_beside_the_homework(homework
 
 def test_hw4_report_rebuilds_from_the_store(homework):
     workdir, parent_id, _ = homework
-    result = subprocess.run(
-        ["hw4-report", "out=rebuilt"], cwd=workdir, capture_output=True, text=True
-    )  # the latest hw4-homework parent, without training
+    from hw4.commands import report
+
+    # The latest hw4-homework parent, without training; in this process (tests/console.py).
+    result = console.run(report.main, "hw4-report", "out=rebuilt", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     rebuilt = (workdir / "rebuilt" / parent_id / "report.md").read_text()
     assert rebuilt == (workdir / "reports" / parent_id / "report.md").read_text()

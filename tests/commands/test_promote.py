@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-
+import console
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,7 +28,7 @@ def promoted(tiny_data_dir, _migrated_store, tmp_path_factory):
         patch.chdir(workdir)
         api.sweep(["optimizer.lr=1e-4,1e-2", "trainer.seed=0,1", "trainer.epochs=2", "trainer.verbose=0",
                    f"data.dir={tiny_data_dir}", f"tracking.uri={uri}"])  # fmt: skip
-    result = subprocess.run(["hw4-promote", f"tracking.uri={uri}"], cwd=workdir, capture_output=True, text=True)
+    result = console.run(promote.main, "hw4-promote", f"tracking.uri={uri}", cwd=workdir)  # in this process
     assert result.returncode == 0, result.stderr[-3000:]
     return uri, result.stdout
 
@@ -137,9 +136,9 @@ def test_an_incomplete_winner_is_refused_unless_allowed(tracking_uri, tmp_path):
     assert not client.search_registered_models()  # nothing registered
     version = promote.promote(client, parent, names.OBJECTIVE, "fm", "champion", allow_incomplete=True)
     assert seed_of(client, version) == ("1e-2", "0")
-    result = subprocess.run(
-        ["hw4-promote", f"tracking.uri={tracking_uri}", "tracking.experiment=promote", f"parent={parent}", "name=other"],
-        cwd=tmp_path, capture_output=True, text=True,
+    result = console.run(
+        promote.main, "hw4-promote", f"tracking.uri={tracking_uri}", "tracking.experiment=promote", f"parent={parent}",
+        "name=other", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "is incomplete" in line]

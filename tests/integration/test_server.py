@@ -44,36 +44,6 @@ def tracking_server(postgres_uri, tmp_path_factory):
         yield url, artifacts
 
 
-def test_a_full_run_goes_to_the_server_and_compare_reads_it_back(tracking_server, tiny_data_dir, tmp_path):
-    url, artifacts_root = tracking_server
-    result = subprocess.run(
-        ["hw4-train", "model=lenet", "trainer.epochs=2", "trainer.verbose=0",
-         f"data.dir={tiny_data_dir}", f"tracking.uri={url}", "tracking.experiment=shared"],  # fmt: skip
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    client = MlflowClient(url)
-    experiment = client.get_experiment_by_name("shared")
-    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served, not local
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert len(client.get_metric_history(run.info.run_id, "val_categorical_accuracy")) == 2
-    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"curves.png", "confusion_matrix.csv", "summary.txt"} <= logged
-    (model,) = client.search_logged_models([experiment.experiment_id])
-    assert model.source_run_id == run.info.run_id
-    assert any(artifacts_root.rglob("curves.png"))  # the server stored the files
-    assert not list(tmp_path.rglob("*.db"))  # nothing fell back to a local sqlite store
-
-    compare = subprocess.run(
-        ["hw4-compare", f"tracking.uri={url}", "tracking.experiment=shared", "out=figs", "group=false"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )  # fmt: skip
-    assert compare.returncode == 0, compare.stderr[-2000:]
-    assert "lenet-adam-lr0.001" in compare.stdout and run.info.run_id in compare.stdout
-
-
 # Ray's own failures to start the server a Ray Client connects to (not hw4's).
 RAY_CLIENT_SERVER_FAILED = re.compile(r"ZombieProcess|Starting Ray client server failed|ray client server")
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
@@ -101,7 +71,7 @@ def auth_server(postgres_uri, tmp_path_factory):
         "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
         env={**os.environ, **secret},
     ) as url:  # fmt: skip
-        yield url
+        yield url, folder / "artifacts"
 
 
 def as_user(username: str | None, password: str | None = None) -> dict:
@@ -114,8 +84,10 @@ def as_user(username: str | None, password: str | None = None) -> dict:
 def test_an_auth_server_refuses_strangers_and_keeps_runs_from_users_without_permission(
     auth_server, tiny_data_dir, tmp_path
 ):
-    url = auth_server
-    train = ["hw4-train", "model=mlp", "trainer.epochs=2", "trainer.verbose=0", f"data.dir={tiny_data_dir}",
+    """A stranger is refused; a user with credentials trains a full run (LeNet-5, its model logged)
+    whose files the server stores, read back by hw4-compare; a user without permission reads nothing."""
+    url, artifacts_root = auth_server
+    train = ["hw4-train", "model=lenet", "trainer.epochs=2", "trainer.verbose=0", f"data.dir={tiny_data_dir}",
              f"tracking.uri={url}", "tracking.experiment=secured"]  # fmt: skip
     compare = ["hw4-compare", f"tracking.uri={url}", "tracking.experiment=secured", "out=figs", "group=false"]
     admin, reader = as_user("admin", ADMIN_PASSWORD), as_user("reader", READER_PASSWORD)
@@ -136,16 +108,23 @@ def test_an_auth_server_refuses_strangers_and_keeps_runs_from_users_without_perm
     os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PASSWORD)
     try:
         experiment = client.get_experiment_by_name("secured")
+        assert experiment.artifact_location.startswith("mlflow-artifacts:")  # served, not local
         (run,) = client.search_runs([experiment.experiment_id])
         assert run.info.status == "FINISHED" and "test_categorical_accuracy" in run.data.metrics
-        assert {"curves.png", "timing.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert len(client.get_metric_history(run.info.run_id, "val_categorical_accuracy")) == 2
+        logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"curves.png", "timing.json", "confusion_matrix.csv", "summary.txt"} <= logged
+        (model,) = client.search_logged_models([experiment.experiment_id])
+        assert model.source_run_id == run.info.run_id
         from mlflow.server import get_app_client
 
         get_app_client("basic-auth", tracking_uri=url).create_user("reader", READER_PASSWORD)
     finally:
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(key, None)
-    assert run.info.run_id in compared.stdout
+    assert run.info.run_id in compared.stdout and "lenet-adam-lr0.001" in compared.stdout
+    assert any(artifacts_root.rglob("curves.png"))  # the server stored the files
+    assert not list(tmp_path.rglob("*.db"))  # nothing fell back to a local sqlite store
 
     # A second user, without permission on the experiment: cannot read it.
     denied = subprocess.run(compare, cwd=tmp_path, env=reader, capture_output=True, text=True)

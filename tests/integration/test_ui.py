@@ -8,6 +8,8 @@ test's temporary folder; set HW4_UI_SCREENSHOTS=DIR to keep them.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -18,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 from mlflow.tracking import MlflowClient
-from services import free_port, wait_for
+from services import WITHOUT_JOB_RUNNER, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,19 +38,19 @@ def sweep_server(tiny_data_dir, _migrated_store, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ui")
     db = workdir / "mlflow.db"
     shutil.copy(_migrated_store, db)
-    sweep = subprocess.run(
-        ["hw4-train", "-m", "optimizer.lr=1e-4,1e-2", "model=mlp", "trainer.epochs=2",
-         "trainer.verbose=0", "tracking.log_model=false", f"data.dir={tiny_data_dir}",
-         f"tracking.uri=sqlite:///{db}", f"hydra.sweep.dir={workdir / 'multirun'}"],  # fmt: skip
-        cwd=workdir, capture_output=True, text=True,
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    (link,) = re.findall(r"http://127\.0\.0\.1:\d+/(#/experiments/\S+)", sweep.stdout)  # the sweep's "see it" line
+    from hw4 import api
+
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as printed:
+        patch.chdir(workdir)  # the sweep in this process, as `hw4-train -m` runs it
+        api.sweep(["optimizer.lr=1e-4,1e-2", "model=mlp", "trainer.epochs=2", "trainer.verbose=0",
+                   "tracking.log_model=false", f"data.dir={tiny_data_dir}", f"tracking.uri=sqlite:///{db}",
+                   f"hydra.sweep.dir={workdir / 'multirun'}"])  # fmt: skip
+    (link,) = re.findall(r"http://127\.0\.0\.1:\d+/(#/experiments/\S+)", printed.getvalue())  # the "see it" line
     port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],  # fmt: skip
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **WITHOUT_JOB_RUNNER}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_for(f"{url}/health", server)

@@ -1,8 +1,10 @@
 """Continue and resume paths that must not lose work (issue 21, section 1).
 
-The user's commands run for real (hw4-train, killed with real signals); the launcher-side
-mechanisms that a fault reaches only by chance (a store error while continuing, a signal while
-the summary is written) are driven in-process against a real sqlite store.
+The launches that receive the fault run for real (hw4-train, with real signals; a live one is
+SIGSTOPped); the continues and resumes after them run in this process through hw4.api, with the
+same overrides. The launcher-side mechanisms that a fault reaches only by chance (a store error
+while continuing, a signal while the summary is written) are driven in-process against a real
+sqlite store.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from test_reliability import in_process, stop_outside_a_store_write
 
 from hw4 import names, tracking
-from hw4.errors import TrackingError
+from hw4.errors import DataError, TrackingError
 from hw4.runtime.signals import Stopped, exit_status
 from hw4.sweep import callback as sweep
 
@@ -29,6 +32,18 @@ def hw4_train(*args: str) -> list[str]:
     """The command line; `-m` first, as Hydra's parser wants it."""
     flags = [a for a in args if a.startswith("-")]
     return ["hw4-train", *flags, "trainer.verbose=0", "tracking.log_model=false", *(a for a in args if a not in flags)]
+
+
+def stop_once_training(process: subprocess.Popen, uri: str) -> None:
+    """Wait for the process's first epoch, then SIGSTOP it: alive (its run's lock held, its run
+    RUNNING) without burning the CPU the rest of the test needs."""
+
+    def an_epoch_logged() -> bool:
+        runs = [r for r in experiment_runs(uri) if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
+        return any(epochs_logged(uri, r.info.run_id) >= 1 for r in runs)
+
+    wait_until(an_epoch_logged, process)
+    stop_outside_a_store_write(process, uri)
 
 
 def experiment_runs(uri: str, experiment: str = "hw4") -> list:
@@ -65,7 +80,9 @@ def epochs_logged(uri: str, run_id: str) -> int:
 
 @pytest.mark.serial
 @pytest.mark.slow
-def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resumes_it(tmp_path, tracking_uri):
+def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resumes_it(
+    tmp_path, tracking_uri, monkeypatch
+):
     """Finding 1.1: a stopped sweep continued with a mistyped data.dir (bookkeeping, so the
     job keys match) fails its job; the KILLED run keeps its checkpoint and is not superseded;
     the continue after that resumes it in the same run and the failed attempt drops out."""
@@ -91,8 +108,9 @@ def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resu
     checkpoint = Path(killed.data.tags["checkpoint_dir"])
     assert checkpoint.is_dir()
 
-    typo = subprocess.run([*args, f"data.dir={tmp_path / 'dtaa'}"], cwd=tmp_path, capture_output=True, text=True)
-    assert typo.returncode == 1 and "data folder not found" in typo.stderr
+    # The continues in this process (only the killed launch needs one of its own).
+    with pytest.raises(DataError, match="data folder not found"):
+        in_process(monkeypatch, tmp_path, [*args, f"data.dir={tmp_path / 'dtaa'}"])
     client = MlflowClient(tracking_uri)
     assert names.SUPERSEDED_BY not in client.get_run(killed.info.run_id).data.tags
     assert checkpoint.is_dir()  # nothing removed it: the next continue resumes from it
@@ -100,9 +118,8 @@ def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resu
     (stub,) = [r for r in runs if r.info.status == "FAILED"]
     assert "data folder not found" in stub.data.tags["error"]
 
-    resumed = subprocess.run([*args, f"data.dir={data_dir}"], cwd=tmp_path, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming run {killed.info.run_id}" in resumed.stdout
+    printed = in_process(monkeypatch, tmp_path, [*args, f"data.dir={data_dir}"])  # raises unless it succeeds
+    assert f"resuming run {killed.info.run_id}" in printed
     parent, runs = children(tracking_uri)
     by_id = {r.info.run_id: r for r in runs}
     assert by_id[killed.info.run_id].info.status == "FINISHED"
@@ -115,20 +132,18 @@ def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resu
 
 @pytest.mark.serial
 @pytest.mark.slow
-def test_a_continue_while_the_job_still_trains_leaves_the_live_run_alone(tmp_path, tracking_uri):
+def test_a_continue_while_the_job_still_trains_leaves_the_live_run_alone(tmp_path, tracking_uri, tiny_data_dir,
+                                                                         monkeypatch):  # fmt: skip
     """Finding 1.1: the lock refuses to resume a run a live process trains; that run is not
-    superseded and stays in the sweep's record."""
-    from conftest import write_dataset
-
-    data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
-    args = hw4_train("-m", "model=mlp", "trainer.epochs=300", f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
-                     f"hydra.sweep.dir={tmp_path / 'multirun'}", "optimizer.lr=1e-3")  # fmt: skip
+    superseded and stays in the sweep's record. The live process is stopped (SIGSTOP) once it
+    trains: alive, its lock held; the continue runs in this process."""
+    args = hw4_train("-m", "model=mlp", "trainer.epochs=200", f"data.dir={tiny_data_dir}",
+                     f"tracking.uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "optimizer.lr=1e-3")  # fmt: skip
     first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: any(epochs_logged(tracking_uri, r.info.run_id) >= 1 for r in experiment_runs(tracking_uri)
-                               if r.data.tags.get(names.SWEEP_ROLE) != "parent"), first)  # fmt: skip
-        second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
-        assert second.returncode == 1 and "is being trained by a live process" in second.stderr
+        stop_once_training(first, tracking_uri)
+        with pytest.raises(TrackingError, match=rf"is being trained by a live process \(pid {first.pid} "):
+            in_process(monkeypatch, tmp_path, args)
         _, runs = children(tracking_uri)
         (live,) = [r for r in runs if r.info.status == "RUNNING"]
         assert names.SUPERSEDED_BY not in live.data.tags
@@ -140,9 +155,9 @@ def test_a_continue_while_the_job_still_trains_leaves_the_live_run_alone(tmp_pat
 
 @pytest.mark.serial
 @pytest.mark.slow
-def test_a_run_killed_during_its_first_epoch_resumes_with_the_printed_hint(tmp_path, tracking_uri):
+def test_a_run_killed_during_its_first_epoch_resumes_with_the_printed_hint(tmp_path, tracking_uri, monkeypatch):
     """Finding 1.2: SIGKILL a real hw4-train (LeNet) after its params were logged and before its
-    first epoch ended; the hint it printed resumes it from the start in the same run."""
+    first epoch ended; the hint it printed resumes it (in this process) from the start in the same run."""
     from conftest import write_dataset
 
     data_dir = write_dataset(tmp_path / "data", n_dev=4000, n_test=200)
@@ -166,9 +181,8 @@ def test_a_run_killed_during_its_first_epoch_resumes_with_the_printed_hint(tmp_p
     assert run.info.status == "RUNNING" and epochs_logged(tracking_uri, run.info.run_id) == 0
     hint = re.search(r"trainer\.resume=(\w+)", out.read_text())
     assert hint and hint.group(1) == run.info.run_id
-    resumed = subprocess.run([*args, hint.group(0)], cwd=tmp_path, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "ended before its first epoch: training it from the start" in resumed.stdout
+    resumed = in_process(monkeypatch, tmp_path, [*args, hint.group(0)])  # raises unless it succeeds
+    assert "ended before its first epoch: training it from the start" in resumed
     (finished,) = experiment_runs(tracking_uri)
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
     assert finished.data.params["trainer.resume"] == "None"  # the first attempt's, kept

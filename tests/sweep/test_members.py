@@ -92,7 +92,8 @@ def test_jobs_that_cannot_share_a_program_train_alone_and_say_why(tmp_path, tiny
 def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path, monkeypatch):
     """SIGTERM to the launcher while its members train: every member stops after the epoch,
     KILLED with its checkpoint; the same command continues each in its own run, and the result
-    equals the sweep that was never stopped."""
+    equals the sweep that was never stopped. The stopped launch is a real `hw4-train -m`; the
+    reference and the continue run in this process."""
     from conftest import write_dataset
     from test_continue import epochs_logged, wait_until
 
@@ -117,9 +118,9 @@ def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path, monkeyp
     killed = runs_by_job(stopped)
     assert {r.info.status for r in killed.values()} == {"KILLED"}
     assert all(epochs_logged(stopped, r.info.run_id) < 5 for r in killed.values())
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("resuming run") == 4
+    # The same command continues it, in this process (only the stopped launch needs its own).
+    again = sweep_in_process(monkeypatch, tmp_path, stopped, "stopped", *args)  # raises unless it succeeds
+    assert again.count("resuming run") == 4
     resumed = runs_by_job(stopped)
     assert {job: r.info.run_id for job, r in resumed.items()} == {job: r.info.run_id for job, r in killed.items()}
     assert_same_runs(whole, stopped)

@@ -3,6 +3,8 @@ shared storage, continued by a second launch and shared by two launches at once 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -15,22 +17,39 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hw4 import names
+from hw4 import api, names
 
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
 from conftest import PRUNABLE  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from test_sweep import without_idle_joblib_workers  # noqa: E402
 
 from hw4.sweep import study as studies  # noqa: E402
 from hydra_plugins.hw4_optuna_sweeper import _core  # noqa: E402  (needs optuna)
 
 
-def search(cwd: Path, data_dir: Path, uri: str, folder: str, *overrides: str) -> subprocess.Popen:
-    command = [
-        "hw4-train", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=2", "debug=fast", "trainer.epochs=1",
+def search_overrides(cwd: Path, data_dir: Path, uri: str, folder: str, *overrides: str) -> list[str]:
+    """A 2-trial search of one quick epoch each, in the sweep folder `cwd / folder`."""
+    return [
+        "hparams_search=optuna_lr", "hydra.sweeper.n_trials=2", "debug=fast", "trainer.epochs=1",
         f"data.dir={data_dir}", f"tracking.uri={uri}", f"hydra.sweep.dir={cwd / folder}", *overrides,
     ]  # fmt: skip
+
+
+def search(cwd: Path, data_dir: Path, uri: str, folder: str, *overrides: str) -> subprocess.Popen:
+    """`hw4-train` with `search_overrides`, a process launched from `cwd`."""
+    command = ["hw4-train", *search_overrides(cwd, data_dir, uri, folder, *overrides)]
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def search_in_process(cwd: Path, data_dir: Path, uri: str, folder: str, *overrides: str) -> str:
+    """The same search in this process (hw4.api.sweep, launched from `cwd`): for launches whose
+    records are the claim, not their exit status. Returns what it printed, stdout and stderr."""
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.chdir(cwd)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            api.sweep(search_overrides(cwd, data_dir, uri, folder, *overrides))
+    return out.getvalue() + err.getvalue()
 
 
 def finished(process: subprocess.Popen) -> None:
@@ -58,13 +77,15 @@ def continued_study(tiny_data_dir, _migrated_store, tmp_path_factory):
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
     ]
-    finished(search(cwd, tiny_data_dir, uri, "first", *PRUNABLE, *parallel))
-    second = search(cwd, tiny_data_dir, uri, "second", *PRUNABLE, "hydra.sweeper.n_trials=1")
-    out, err = second.communicate(timeout=600)
-    assert second.returncode == 0, err[-3000:]
+    # Both launches in this process: what they record is the claim (the trials still train in
+    # joblib's worker processes, new ones: a worker an earlier in-process sweep left waiting
+    # trains a trial otherwise than a new process does).
+    without_idle_joblib_workers()
+    search_in_process(cwd, tiny_data_dir, uri, "first", *PRUNABLE, *parallel)
+    second_output = search_in_process(cwd, tiny_data_dir, uri, "second", *PRUNABLE, "hydra.sweeper.n_trials=1")
     storage = f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}"  # the default: beside the MLflow store
     study = optuna.load_study(study_name="lr-mlp-adam", storage=storage)
-    return study, MlflowClient(uri), uri, out + err, storage
+    return study, MlflowClient(uri), uri, second_output, storage
 
 
 @pytest.mark.slow
@@ -314,8 +335,9 @@ def test_a_launch_with_other_fixed_settings_is_refused_before_any_trial_or_paren
 ):
     """Issue 34: a debug=fast smoke test and a real search joined one study and one parent run."""
     storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
-    finished(search(tmp_path, tiny_data_dir, tracking_uri, "first", "hydra.sweeper.n_trials=1"))
+    search_in_process(tmp_path, tiny_data_dir, tracking_uri, "first", "hydra.sweeper.n_trials=1")
     (parent,) = parents(tracking_uri)
+    # The refused launch as a process: its exit status and its one line are the claim.
     other = search(tmp_path, tiny_data_dir, tracking_uri, "other", "hydra.sweeper.n_trials=1", "trainer.epochs=2")
     _, err = other.communicate(timeout=600)
     assert other.returncode == 1, err[-3000:]
@@ -335,7 +357,7 @@ def all_runs(uri: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.serial
-def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir, tracking_uri, tmp_path):
+def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
     """Issue 34: a launcher SIGKILLed during a trial, then the same command again (a new sweep
     folder, Hydra's default): the dead trial is failed (its heartbeat stopped) and asked again,
     its run resumed from its checkpoint under the same parent; nothing stays RUNNING."""
@@ -369,8 +391,10 @@ def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir,
     assert killed_run.info.status == parent.info.status == "RUNNING"
     time.sleep(3)  # past the grace period
 
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    # The same command again, in this process: only the killed launch needed a process of its own.
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as again:
+        api.sweep(command[1:])
     study = optuna.load_study(study_name="lr-mlp-adam", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     retry = study.trials[1]
@@ -381,5 +405,5 @@ def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir,
     children = [r for r in all_runs(tracking_uri) if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
     assert [(c.info.run_id, c.info.status) for c in children] == [(killed_run.info.run_id, "FINISHED")]
     assert retry.user_attrs["mlflow_run_id"] == killed_run.info.run_id
-    assert f"resuming run {killed_run.info.run_id}" in again.stdout  # from its checkpoint
+    assert f"resuming run {killed_run.info.run_id}" in again.getvalue()  # from its checkpoint
     assert {m.step for m in client.get_metric_history(killed_run.info.run_id, "loss")} == set(range(epochs))

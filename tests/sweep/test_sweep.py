@@ -60,17 +60,27 @@ def parent_and_children(uri: str):
     return client, parent, children
 
 
+def without_idle_joblib_workers() -> None:
+    """Shut down the loky workers an earlier in-process joblib sweep left waiting: the next
+    sweep's workers start anew, as a launch from a shell's do, and inherit this test's file
+    descriptors 1 and 2. (A reused worker trained an Optuna trial otherwise: a continued
+    study's fifth trial was trained again instead of taking its finished run's record.)"""
+    from joblib.externals.loky import reusable_executor
+
+    if reusable_executor._executor is not None:
+        reusable_executor._executor.shutdown(wait=True)
+
+
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
-def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
+def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path, monkeypatch, capfd):
     grid = ["optimizer.lr=1e-3,3e-3,1e-2", "trainer.verbose=1"]
-    if launcher:  # the workers' console output: through the real command, whose stdout they share
-        result = sweep(tmp_path, tiny_data_dir, tracking_uri, *grid, *launcher)
-        assert result.returncode == 0, result.stderr[-3000:]
-        printed = result.stdout
-    else:
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            fast_sweep_in_process(monkeypatch, tmp_path, tiny_data_dir, tracking_uri, *grid)
-        printed = out.getvalue()
+    if launcher:  # the workers print to the stdout file they inherit, as they share a terminal
+        without_idle_joblib_workers()
+    # This process's prints: Hydra's log handlers keep the streams they get, so not capfd's,
+    # which it closes after the test.
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+        fast_sweep_in_process(monkeypatch, tmp_path, tiny_data_dir, tracking_uri, *grid, *launcher)
+    printed = out.getvalue() + capfd.readouterr().out  # and the workers', from file descriptor 1
     epoch_lines = [line for line in printed.splitlines() if re.match(r"\s*\d+/\d+ ", line)]
     if launcher:  # parallel jobs: one plain line per epoch each, no progress bars to interleave
         assert len(epoch_lines) == 3 * 2 and "━" not in printed
@@ -118,6 +128,7 @@ def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, trackin
 
 def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
     lrs = "1e-3,1e-2,3e-2,1e6"  # SGD at 1e6 turns the loss into NaN
+    without_idle_joblib_workers()  # as a launch from a shell: new workers
     with pytest.raises(TrainingDiverged, match="loss became nan"):  # Hydra raises it once the sweep is done
         fast_sweep_in_process(
             monkeypatch, tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", f"optimizer.lr={lrs}",
@@ -184,7 +195,7 @@ def test_a_failed_trial_is_told_fail_and_the_search_goes_on(tiny_data_dir, track
 
 
 @pytest.mark.serial
-def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri):
+def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri, monkeypatch):
     """Issue 21, section 5: exit 130, the running trial's run KILLED with its checkpoint, no
     further trial, the parent KILLED, no RUNNING run and no process left."""
     import psutil
@@ -218,12 +229,13 @@ def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
 
     # Issue 22: the same search again, in a new folder, asks the stopped trial again first (it was
-    # queued), under the same parent, and resumes its run from the checkpoint.
-    again = [a for a in args if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.n_trials="))]
-    again += ["hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}"]
-    result = subprocess.run(again, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resuming run {child.info.run_id}" in result.stdout
+    # queued), under the same parent, and resumes its run from the checkpoint. In this process:
+    # only the stopped launch needed a process of its own (the signal, the exit status).
+    again = [a for a in args[1:] if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.n_trials="))]
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        api.sweep([*again, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}"])
+    assert f"resuming run {child.info.run_id}" in printed.getvalue()
     client, parent_again, children = parent_and_children(tracking_uri)
     assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
     assert [(c.info.run_id, c.info.status) for c in children] == [(child.info.run_id, "FINISHED")]
@@ -295,7 +307,7 @@ def runs_by_status(client: MlflowClient, parent_id: str) -> dict[str, list]:
 
 
 @pytest.mark.serial
-def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracking_uri):
+def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracking_uri, monkeypatch):
     """SIGKILL the launcher while job 2 trains; the same command with the same sweep folder then
     finishes the sweep: job 1 is not trained again, job 2 resumes in its run, job 3 runs."""
     from conftest import write_dataset
@@ -320,10 +332,12 @@ def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracki
     statuses = {c.data.params["optimizer.lr"]: c.info.status for c in children}
     assert statuses == {lrs[0]: "FINISHED", lrs[1]: "RUNNING"}  # killed during job 2
 
-    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "continuing sweep" in result.stderr + result.stdout
-    assert "not trained again" in result.stdout and "resuming run" in result.stdout
+    # The same sweep again, in this process (the kill needed the process, the continue does not).
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+        api.sweep(args[2:])  # after `hw4-train -m`
+    assert "continuing sweep" in err.getvalue() + out.getvalue()
+    assert "not trained again" in out.getvalue() and "resuming run" in out.getvalue()
     client, parent_again, children = parent_and_children(tracking_uri)  # still one parent
     assert parent_again.info.run_id == parent.info.run_id
     assert parent_again.info.status == "FINISHED" and parent_again.data.metrics["jobs_finished"] == 3
@@ -336,6 +350,9 @@ def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracki
 
 
 JOBLIB_2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+# Far more epochs than a job trains before its stop: an epoch here takes about 50 ms, so 100
+# epochs could end within the idle-worker case's 3 s wait. The stop, not this, ends training.
+LONG = 1000
 
 
 @pytest.mark.serial
@@ -347,7 +364,7 @@ JOBLIB_2 = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
         # `timeout`, a scheduler, a container stop: the launcher alone
         (["optimizer.lr=0.001,0.002,0.003,0.004"], JOBLIB_2, signal.SIGTERM, False, 2, 0),
         # a 2-epoch job, then a long one: one worker idle when Ctrl-C comes, which must not kill it
-        (["optimizer.lr=0.001", "trainer.epochs=2,100"], JOBLIB_2, signal.SIGINT, True, 1, 1),
+        (["optimizer.lr=0.001", f"trainer.epochs=2,{LONG}"], JOBLIB_2, signal.SIGINT, True, 1, 1),
     ],
     ids=["basic-ctrl-c", "joblib-sigterm-to-launcher", "joblib-ctrl-c-idle-worker"],
 )
@@ -365,11 +382,11 @@ def test_a_stopped_sweep_ends_its_runs_killed_and_leaves_no_process(
 
     data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)  # epochs long enough to catch
     args = [
-        "hw4-train", "-m", "model=mlp", "trainer.epochs=100", "trainer.verbose=0",
+        "hw4-train", "-m", "model=mlp", f"trainer.epochs={LONG}", "trainer.verbose=0",
         "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}", *grid, *launcher,
     ]  # fmt: skip
-    planned = 2 if "trainer.epochs=2,100" in grid else 4
+    planned = 2 if f"trainer.epochs=2,{LONG}" in grid else 4
 
     def ready(client, runs):
         children = [r for r in runs if r.data.tags.get("sweep") != "parent"]
@@ -404,7 +421,7 @@ def test_a_stopped_sweep_ends_its_runs_killed_and_leaves_no_process(
         assert child.info.status == "KILLED"
         assert f"run {child.info.run_id} KILLED" in out.decode()  # ended by its own job, not killed hard
         done = steps(client, child.info.run_id, "loss")
-        assert 2 <= len(done) < 100 and done == list(range(len(done)))  # whole epochs, kept
+        assert 2 <= len(done) < LONG and done == list(range(len(done)))  # whole epochs, kept
         _, state, _ = checkpoints.load(Path(child.data.tags["checkpoint_dir"]))
         assert state.epoch == len(done) - 1  # the checkpoint holds every logged epoch: resumable
     assert f"hydra.sweep.dir={tmp_path / 'multirun'}" in out.decode()  # how to finish it

@@ -27,13 +27,19 @@ UNDER_JAX = [
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed: pip install -e '.[jax]'")
-def test_the_training_core_and_a_members_sweep_pass_under_jax():
+def test_the_training_core_and_a_members_sweep_pass_under_jax(tmp_path):
     if os.environ.get("KERAS_BACKEND") == "jax":
         pytest.skip("this process is the JAX pass")
+    # The tests train the same programs more than once (a member, then the job alone): XLA's
+    # CPU compiles are most of the pass, so every compiled program goes to a cache of the pass.
+    cache = {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:randomly", "-q", "--no-header",
          *(str(TESTS / path) for path in UNDER_JAX)],
-        env={**os.environ, "KERAS_BACKEND": "jax"}, cwd=TESTS.parent, capture_output=True, text=True,
+        env={**os.environ, **cache, "KERAS_BACKEND": "jax"}, cwd=TESTS.parent, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]

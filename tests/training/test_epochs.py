@@ -103,6 +103,7 @@ def test_batch_norm_and_dropout_train_in_the_loop_as_in_keras_fit(images, model)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # LeNet-5 compiled three times (with XLA: 11 s)
 @pytest.mark.parametrize("jit_compile", ["false", "true"])
 def test_augmented_batches_are_the_drawn_ones(images, jit_compile):
     """The loop augments, inside its compiled epoch (with XLA too: keras.ops only), the batches
@@ -161,6 +162,7 @@ def test_a_diverging_run_stops_after_the_epoch_its_loss_became_nan(flat):
 @pytest.mark.parametrize(
     "build", [lambda: models.mlp((784,)), lambda: models.mlp((784,), dropout=0.5)], ids=["mlp", "mlp_dropout"]
 )
+@pytest.mark.slow  # 8 to 10 s each
 def test_a_run_resumed_from_its_checkpoint_trains_as_the_uninterrupted_one(flat, tmp_path, build):
     """Two epochs with the epoch checkpoint, then a new model from it (checkpoints.load, as a
     resumed run does) trains the third: the same as three epochs in one go. The MLP takes XLA

@@ -60,7 +60,9 @@ def shape_of(name: str) -> tuple[int, ...]:
     return (784,) if name == "mlp" else (28, 28, 1)
 
 
-@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=[pytest.mark.slow] if name != "mlp" else []) for name in BUILDERS]
+)  # LeNet-5's compiles: 13 s
 def test_a_member_of_a_program_equals_the_job_trained_alone(name):
     """Three members (own seeds, own rates, a schedule shared in shape) trained as one program
     give each the history and weights of the same job trained alone, within float tolerance.
@@ -217,6 +219,7 @@ def test_an_augmented_image_moves_by_its_shift_and_flips():
     assert flipped[0, 10, 24] == 1.0
 
 
+@pytest.mark.slow  # three programs compiled
 def test_a_resumed_member_continues_as_if_never_stopped(tmp_path):
     """Two epochs, saved and loaded, then a third: equal to three epochs in one go (the seed
     states of dropout and the optimizer's step count included)."""

@@ -1,0 +1,47 @@
+"""A console script run in the test's own process: its entrypoint function, called as the script
+calls it, with the command line in sys.argv, from a working folder of the test's choice.
+
+A command that only reads the store and prints (hw4-compare, hw4-promote, hw4-clean) costs about
+5 s of imports as a process of its own and a fraction of a second here. What needs a process of its
+own stays one: signals, exit statuses of a killed run, imports (`--help`), the installed scripts'
+wiring (tests/test_config.py::test_each_command_has_a_help_page_of_its_own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Ran:
+    """What the command did: its exit status and what it printed (as subprocess.run's result)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(main: Callable[[], object], name: str, *args: str, cwd: Path) -> Ran:
+    """`name ARGS` run from `cwd` by calling `main()`; a SystemExit is its exit status (Hydra
+    reports an hw4 error as its one line on stderr and exit 1)."""
+    out, err = io.StringIO(), io.StringIO()
+    argv, folder = sys.argv, os.getcwd()
+    sys.argv = [name, *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                status = 0
+            except SystemExit as exit_:
+                status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(folder)
+    return Ran(status, out.getvalue(), err.getvalue())
