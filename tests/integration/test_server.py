@@ -81,7 +81,7 @@ def as_user(username: str | None, password: str | None = None) -> dict:
     return env
 
 
-def test_an_auth_server_refuses_strangers_and_keeps_runs_from_users_without_permission(
+def test_an_auth_server_stores_a_users_full_run_and_refuses_strangers_and_users_without_permission(
     auth_server, tiny_data_dir, tmp_path
 ):
     """A stranger is refused; a user with credentials trains a full run (LeNet-5, its model logged)

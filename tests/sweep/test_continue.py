@@ -137,7 +137,7 @@ def test_a_continue_while_the_job_still_trains_leaves_the_live_run_alone(tmp_pat
     """Finding 1.1: the lock refuses to resume a run a live process trains; that run is not
     superseded and stays in the sweep's record. The live process is stopped (SIGSTOP) once it
     trains: alive, its lock held; the continue runs in this process."""
-    args = hw4_train("-m", "model=mlp", "trainer.epochs=200", f"data.dir={tiny_data_dir}",
+    args = hw4_train("-m", "model=mlp", "trainer.epochs=5000", f"data.dir={tiny_data_dir}",
                      f"tracking.uri={tracking_uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}", "optimizer.lr=1e-3")  # fmt: skip
     first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
