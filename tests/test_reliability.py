@@ -134,7 +134,17 @@ def test_a_signal_after_the_last_epoch_began_lets_the_run_finish_then_stops(tmp_
         "hw4-train", "model=mlp", "trainer.epochs=3", "trainer.verbose=0", "tracking.log_model=false",
         f"data.dir={data_dir}", f"tracking.uri={tracking_uri}",
     ]  # fmt: skip
-    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=2)  # the last one runs
+    process = start_and_wait_for_epochs(args, tmp_path, tracking_uri, epochs=2)
+    # Epoch 2's metrics are logged before its checkpoint is written (fsynced: slow on a busy
+    # machine), and a signal before the write ends stops the run after epoch 2 (KILLED, seen in
+    # CI): wait until the pointer names epoch 2's checkpoint, then a moment, and the last one runs.
+    _, run = only_run(tracking_uri)
+    pointer = Path(run.data.tags["checkpoint_dir"]) / "LATEST"
+    deadline = time.monotonic() + 60
+    while not (pointer.is_file() and pointer.read_text().strip() >= "epoch-0001"):  # names sort as epochs
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the last epoch"
+        time.sleep(0.005)
+    time.sleep(0.05)  # past the stop check after epoch 2's checkpoint
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     client, run = only_run(tracking_uri)

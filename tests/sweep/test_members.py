@@ -22,7 +22,8 @@ HISTORIES = (names.LOSS, names.ACCURACY, names.VAL_LOSS, names.VAL_ACCURACY, nam
 
 
 def sweep_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str, folder: str, *args: str) -> str:
-    """`sweep`'s command, in this process (hw4.api.sweep); returns what it printed."""
+    """`hw4-train -m ARGS` (quiet, no model logged, into `uri` and `tmp_path`/`folder`), in this
+    process (hw4.api.sweep); returns what it printed."""
     from hw4 import api
 
     monkeypatch.chdir(tmp_path)
