@@ -323,14 +323,11 @@ def check_model_arguments(model: DictConfig) -> None:
     every argument without a default must be given (num_classes comes from the data): a typo,
     or a key meant for another builder, is one clear error before the run starts. Imports the
     builder's module (after TensorFlow has loaded)."""
-    import importlib
     import inspect
 
     target = str(model.get("_target_", ""))
-    module_name, _, function_name = target.rpartition(".")
     try:
-        builder = getattr(importlib.import_module(module_name), function_name)
-        parameters = inspect.signature(builder).parameters
+        parameters = _factory_parameters(target)
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         raise ConfigError(f"model._target_={target!r} is not a builder function that can be imported ({exc})") from None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):

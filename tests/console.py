@@ -17,7 +17,10 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import pytest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,3 +52,20 @@ def run(main: Callable[[], object], name: str, *args: str, cwd: Path) -> Ran:
         sys.argv = argv
         os.chdir(folder)
     return Ran(status, out.getvalue(), err.getvalue())
+
+
+def hw4_train(command: Sequence[str], *, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> Ran:
+    """`hw4-train [-m] OVERRIDES` (`command`, the program's name first) launched from `cwd`,
+    through hw4.api in this process: `api.sweep` for what hw4-train would run as a sweep (-m, a
+    search preset), else `api.train`; no new interpreter importing TensorFlow and MLflow. The
+    test stays in `cwd`, as after monkeypatch.chdir. A refusal raises its error (the console
+    would print it and exit 1); what it printed comes back."""
+    from hw4 import api
+
+    monkeypatch.chdir(cwd)
+    overrides = [arg for arg in command[1:] if arg != "-m"]
+    _, a_sweep = api._command_line(overrides)  # how api.train refuses a sweep: the same question
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):  # Hydra's handlers keep these
+        (api.sweep if "-m" in command or a_sweep else api.train)(overrides)
+    return Ran(0, out.getvalue(), err.getvalue())

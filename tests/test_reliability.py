@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import re
 import signal
@@ -12,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import console
 import pytest
 from mlflow.tracking import MlflowClient
 from test_tracking import locked
@@ -27,19 +27,6 @@ def train_args(data_dir: Path, uri: str, *overrides: str) -> list[str]:
         "hw4-train", "model=mlp", f"trainer.epochs={EPOCHS}", "trainer.verbose=0",
         "tracking.log_model=false", f"data.dir={data_dir}", f"tracking.uri={uri}", *overrides,
     ]  # fmt: skip
-
-
-def in_process(monkeypatch: pytest.MonkeyPatch, cwd: Path, args: list[str]) -> str:
-    """`args` (a `hw4-train [-m] OVERRIDES` command) launched from `cwd`, through hw4.api in this
-    process: no new interpreter importing TensorFlow and MLflow. Returns what it printed; a
-    refusal raises its error."""
-    from hw4 import api
-
-    monkeypatch.chdir(cwd)
-    overrides = [a for a in args[1:] if a != "-m"]
-    with contextlib.redirect_stdout(io.StringIO()) as printed:  # not capsys: Hydra's handlers keep it
-        (api.sweep if "-m" in args else api.train)(overrides)
-    return printed.getvalue()
 
 
 def only_run(uri: str):
@@ -170,16 +157,17 @@ def test_resume_refuses_bad_targets(tiny_data_dir, tracking_uri, tmp_path, monke
         (interrupted.run_id, r"settings differ from the run's: trainer.epochs=30 \(run has 5\)"),
     ]:
         with pytest.raises(TrackingError, match=message):
-            in_process(monkeypatch, tmp_path, train_args(tiny_data_dir, tracking_uri, f"trainer.resume={run_id}"))
+            resume = train_args(tiny_data_dir, tracking_uri, f"trainer.resume={run_id}")
+            console.hw4_train(resume, cwd=tmp_path, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow
 def test_deterministic_runs_repeat_exactly(tiny_data_dir, tracking_uri, tmp_path, monkeypatch, capfd):
     """In this process; capfd reads file descriptor 2, where TensorFlow's C++ runtime writes."""
-    in_process(monkeypatch, tmp_path, [
+    console.hw4_train([
         "hw4-train", "-m", "tracking.run_name=first,second", f"hydra.sweep.dir={tmp_path / 'm'}",
         *train_args(tiny_data_dir, tracking_uri, "trainer.deterministic=true", "trainer.epochs=3")[1:],
-    ])  # fmt: skip
+    ], cwd=tmp_path, monkeypatch=monkeypatch)  # fmt: skip
     assert "NodeDef mentions attribute" not in capfd.readouterr().err  # TensorFlow's spurious error line
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("hw4")
@@ -255,9 +243,8 @@ def test_a_run_killed_before_its_first_epoch_resumes_from_the_start(tiny_data_di
             run.log_params({"trainer.epochs": 3})
             raise KeyboardInterrupt  # no epoch ended: no checkpoint, no metrics
     (tmp_path / "mlruns" / "checkpoints" / run.run_id).mkdir(parents=True)  # an empty folder
-    printed = in_process(monkeypatch, tmp_path,
-                         train_args(tiny_data_dir, tracking_uri, "trainer.epochs=3", f"trainer.resume={run.run_id}"))  # fmt: skip
-    assert "ended before its first epoch" in printed
+    resume = train_args(tiny_data_dir, tracking_uri, "trainer.epochs=3", f"trainer.resume={run.run_id}")
+    assert "ended before its first epoch" in console.hw4_train(resume, cwd=tmp_path, monkeypatch=monkeypatch).stdout
     finished = client.get_run(run.run_id)
     assert finished.info.status == "FINISHED" and finished.data.params["model.name"] == "mlp"
     assert steps(client, run.run_id, "val_loss") == [0, 1, 2]
@@ -282,7 +269,7 @@ def test_a_run_still_being_trained_cannot_be_resumed_and_sigterm_ends_it_killed(
         at_stop = len(steps(client, run.info.run_id, "loss"))
         live = f"run {run.info.run_id} is being trained by a live process (pid {process.pid} "
         with pytest.raises(TrackingError, match=re.escape(live)):
-            in_process(monkeypatch, tmp_path, [*args, f"trainer.resume={run.info.run_id}"])
+            console.hw4_train([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, monkeypatch=monkeypatch)
         assert process.poll() is None  # the first process lives on, its run untouched
         client, run = only_run(tracking_uri)
         assert run.info.status == "RUNNING"
@@ -321,8 +308,8 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     assert run.info.status == "RUNNING"  # nothing can end a run on SIGKILL: resume does
     assert 3 <= len(steps(client, run.info.run_id, "loss")) < epochs  # killed before the end
     # The resume, and then the same run left alone into its own experiment, in this process.
-    resumed = in_process(monkeypatch, tmp_path, [*args, f"trainer.resume={run.info.run_id}"])
-    in_process(monkeypatch, tmp_path, [*args, "tracking.experiment=alone"])
+    resumed = console.hw4_train([*args, f"trainer.resume={run.info.run_id}"], cwd=tmp_path, monkeypatch=monkeypatch)
+    console.hw4_train([*args, "tracking.experiment=alone"], cwd=tmp_path, monkeypatch=monkeypatch)
 
     def val_loss(run_id):
         return [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
@@ -331,7 +318,7 @@ def test_a_killed_and_resumed_run_repeats_the_uninterrupted_one(tmp_path, tracki
     assert len(val_loss(run.info.run_id)) == epochs
     assert val_loss(run.info.run_id) == val_loss(uninterrupted.info.run_id)
     # The same MLflow run continued: one value per epoch and metric, no gap, no repeat.
-    assert "resuming run" in resumed
+    assert "resuming run" in resumed.stdout
     client, finished = only_run(tracking_uri)
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"
     for metric in ("loss", "categorical_accuracy", "val_loss", "val_categorical_accuracy", "learning_rate"):

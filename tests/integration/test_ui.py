@@ -8,8 +8,6 @@ test's temporary folder; set HW4_UI_SCREENSHOTS=DIR to keep them.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -18,6 +16,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
+import console
 import pytest
 from mlflow.tracking import MlflowClient
 from services import WITHOUT_JOB_RUNNER, free_port, wait_for
@@ -38,14 +37,14 @@ def sweep_server(tiny_data_dir, _migrated_store, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ui")
     db = workdir / "mlflow.db"
     shutil.copy(_migrated_store, db)
-    from hw4 import api
-
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as printed:
-        patch.chdir(workdir)  # the sweep in this process, as `hw4-train -m` runs it
-        api.sweep(["optimizer.lr=1e-4,1e-2", "model=mlp", "trainer.epochs=2", "trainer.verbose=0",
-                   "tracking.log_model=false", f"data.dir={tiny_data_dir}", f"tracking.uri=sqlite:///{db}",
-                   f"hydra.sweep.dir={workdir / 'multirun'}"])  # fmt: skip
-    (link,) = re.findall(r"http://127\.0\.0\.1:\d+/(#/experiments/\S+)", printed.getvalue())  # the "see it" line
+    with pytest.MonkeyPatch.context() as patch:  # the sweep in this process (tests/console.py)
+        printed = console.hw4_train(
+            ["hw4-train", "-m", "optimizer.lr=1e-4,1e-2", "model=mlp", "trainer.epochs=2", "trainer.verbose=0",
+             "tracking.log_model=false", f"data.dir={tiny_data_dir}", f"tracking.uri=sqlite:///{db}",
+             f"hydra.sweep.dir={workdir / 'multirun'}"],
+            cwd=workdir, monkeypatch=patch,
+        ).stdout  # fmt: skip
+    (link,) = re.findall(r"http://127\.0\.0\.1:\d+/(#/experiments/\S+)", printed)  # the "see it" line
     port = free_port()
     server = subprocess.Popen(
         ["mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",

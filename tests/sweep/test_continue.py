@@ -17,10 +17,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import console
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from test_reliability import in_process, stop_outside_a_store_write
+from test_reliability import stop_outside_a_store_write
 
 from hw4 import names, tracking
 from hw4.errors import DataError, TrackingError
@@ -110,7 +111,7 @@ def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resu
 
     # The continues in this process (only the killed launch needs one of its own).
     with pytest.raises(DataError, match="data folder not found"):
-        in_process(monkeypatch, tmp_path, [*args, f"data.dir={tmp_path / 'dtaa'}"])
+        console.hw4_train([*args, f"data.dir={tmp_path / 'dtaa'}"], cwd=tmp_path, monkeypatch=monkeypatch)
     client = MlflowClient(tracking_uri)
     assert names.SUPERSEDED_BY not in client.get_run(killed.info.run_id).data.tags
     assert checkpoint.is_dir()  # nothing removed it: the next continue resumes from it
@@ -118,7 +119,7 @@ def test_a_mistyped_continue_supersedes_no_killed_job_and_the_next_continue_resu
     (stub,) = [r for r in runs if r.info.status == "FAILED"]
     assert "data folder not found" in stub.data.tags["error"]
 
-    printed = in_process(monkeypatch, tmp_path, [*args, f"data.dir={data_dir}"])  # raises unless it succeeds
+    printed = console.hw4_train([*args, f"data.dir={data_dir}"], cwd=tmp_path, monkeypatch=monkeypatch).stdout
     assert f"resuming run {killed.info.run_id}" in printed
     parent, runs = children(tracking_uri)
     by_id = {r.info.run_id: r for r in runs}
@@ -143,7 +144,7 @@ def test_a_continue_while_the_job_still_trains_leaves_the_live_run_alone(tmp_pat
     try:
         stop_once_training(first, tracking_uri)
         with pytest.raises(TrackingError, match=rf"is being trained by a live process \(pid {first.pid} "):
-            in_process(monkeypatch, tmp_path, args)
+            console.hw4_train(args, cwd=tmp_path, monkeypatch=monkeypatch)
         _, runs = children(tracking_uri)
         (live,) = [r for r in runs if r.info.status == "RUNNING"]
         assert names.SUPERSEDED_BY not in live.data.tags
@@ -181,7 +182,7 @@ def test_a_run_killed_during_its_first_epoch_resumes_with_the_printed_hint(tmp_p
     assert run.info.status == "RUNNING" and epochs_logged(tracking_uri, run.info.run_id) == 0
     hint = re.search(r"trainer\.resume=(\w+)", out.read_text())
     assert hint and hint.group(1) == run.info.run_id
-    resumed = in_process(monkeypatch, tmp_path, [*args, hint.group(0)])  # raises unless it succeeds
+    resumed = console.hw4_train([*args, hint.group(0)], cwd=tmp_path, monkeypatch=monkeypatch).stdout
     assert "ended before its first epoch: training it from the start" in resumed
     (finished,) = experiment_runs(tracking_uri)
     assert finished.info.run_id == run.info.run_id and finished.info.status == "FINISHED"

@@ -5,12 +5,11 @@ a continue resume every member exactly; jobs that cannot share a program train a
 
 from __future__ import annotations
 
-import contextlib
-import io
 import signal
 import subprocess
 from pathlib import Path
 
+import console
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -24,13 +23,9 @@ HISTORIES = (names.LOSS, names.ACCURACY, names.VAL_LOSS, names.VAL_ACCURACY, nam
 def sweep_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, uri: str, folder: str, *args: str) -> str:
     """`hw4-train -m ARGS` (quiet, no model logged, into `uri` and `tmp_path`/`folder`), in this
     process (hw4.api.sweep); returns what it printed."""
-    from hw4 import api
-
-    monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        api.sweep(["trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={uri}",
-                   f"hydra.sweep.dir={tmp_path / folder}", *args])  # fmt: skip
-    return printed.getvalue()
+    command = ["hw4-train", "-m", "trainer.verbose=0", "tracking.log_model=false", f"tracking.uri={uri}",
+               f"hydra.sweep.dir={tmp_path / folder}", *args]  # fmt: skip
+    return console.hw4_train(command, cwd=tmp_path, monkeypatch=monkeypatch).stdout
 
 
 def runs_by_job(uri: str) -> dict[tuple[str, str], object]:

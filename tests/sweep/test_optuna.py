@@ -3,8 +3,6 @@ shared storage, continued by a second launch and shared by two launches at once 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -14,10 +12,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import console
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hw4 import api, names
+from hw4 import names
 
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
 from conftest import PRUNABLE  # noqa: E402
@@ -45,11 +44,10 @@ def search(cwd: Path, data_dir: Path, uri: str, folder: str, *overrides: str) ->
 def search_in_process(cwd: Path, data_dir: Path, uri: str, folder: str, *overrides: str) -> str:
     """The same search in this process (hw4.api.sweep, launched from `cwd`): for launches whose
     records are the claim, not their exit status. Returns what it printed, stdout and stderr."""
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
-        patch.chdir(cwd)
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            api.sweep(search_overrides(cwd, data_dir, uri, folder, *overrides))
-    return out.getvalue() + err.getvalue()
+    with pytest.MonkeyPatch.context() as patch:  # module fixtures call it too
+        ran = console.hw4_train(["hw4-train", *search_overrides(cwd, data_dir, uri, folder, *overrides)],
+                                cwd=cwd, monkeypatch=patch)  # fmt: skip
+    return ran.stdout + ran.stderr
 
 
 def finished(process: subprocess.Popen) -> None:
@@ -392,9 +390,7 @@ def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir,
     time.sleep(3)  # past the grace period
 
     # The same command again, in this process: only the killed launch needed a process of its own.
-    monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()) as again:
-        api.sweep(command[1:])
+    again = console.hw4_train(command, cwd=tmp_path, monkeypatch=monkeypatch)
     study = optuna.load_study(study_name="lr-mlp-adam", storage=storage)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     retry = study.trials[1]
@@ -405,5 +401,5 @@ def test_a_killed_launcher_s_trial_is_retried_and_its_run_resumed(tiny_data_dir,
     children = [r for r in all_runs(tracking_uri) if r.data.tags.get(names.SWEEP_ROLE) != "parent"]
     assert [(c.info.run_id, c.info.status) for c in children] == [(killed_run.info.run_id, "FINISHED")]
     assert retry.user_attrs["mlflow_run_id"] == killed_run.info.run_id
-    assert f"resuming run {killed_run.info.run_id}" in again.getvalue()  # from its checkpoint
+    assert f"resuming run {killed_run.info.run_id}" in again.stdout  # from its checkpoint
     assert {m.step for m in client.get_metric_history(killed_run.info.run_id, "loss")} == set(range(epochs))

@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import console
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -234,10 +235,11 @@ def test_ctrl_c_stops_an_optuna_search_as_it_stops_a_grid(tmp_path, tracking_uri
     # queued), under the same parent, and resumes its run from the checkpoint. In this process:
     # only the stopped launch needed a process of its own (the signal, the exit status).
     again = [a for a in args[1:] if not a.startswith(("hydra.sweep.dir=", "hydra.sweeper.n_trials="))]
-    monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        api.sweep([*again, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}"])
-    assert f"resuming run {child.info.run_id}" in printed.getvalue()
+    printed = console.hw4_train(
+        ["hw4-train", *again, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'again'}"],
+        cwd=tmp_path, monkeypatch=monkeypatch,
+    ).stdout  # fmt: skip
+    assert f"resuming run {child.info.run_id}" in printed
     client, parent_again, children = parent_and_children(tracking_uri)
     assert parent_again.info.run_id == parent.info.run_id and parent_again.info.status == "FINISHED"
     assert [(c.info.run_id, c.info.status) for c in children] == [(child.info.run_id, "FINISHED")]
@@ -335,11 +337,9 @@ def test_a_sweep_killed_during_job_2_continues_under_its_parent(tmp_path, tracki
     assert statuses == {lrs[0]: "FINISHED", lrs[1]: "RUNNING"}  # killed during job 2
 
     # The same sweep again, in this process (the kill needed the process, the continue does not).
-    monkeypatch.chdir(tmp_path)
-    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
-        api.sweep(args[2:])  # after `hw4-train -m`
-    assert "continuing sweep" in err.getvalue() + out.getvalue()
-    assert "not trained again" in out.getvalue() and "resuming run" in out.getvalue()
+    again = console.hw4_train(args, cwd=tmp_path, monkeypatch=monkeypatch)
+    assert "continuing sweep" in again.stderr + again.stdout
+    assert "not trained again" in again.stdout and "resuming run" in again.stdout
     client, parent_again, children = parent_and_children(tracking_uri)  # still one parent
     assert parent_again.info.run_id == parent.info.run_id
     assert parent_again.info.status == "FINISHED" and parent_again.data.metrics["jobs_finished"] == 3
