@@ -10,12 +10,14 @@ No TensorFlow here; `log_keras_model` imports MLflow's Keras flavour only when c
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import random
 import re
+import sqlite3
 import subprocess
 import threading
 import time
@@ -245,8 +247,7 @@ def client_for(uri: str, policy: Optional[RetryPolicy] = None) -> MlflowClient:
     """A retrying client for a store already checked (a sweep's, named in its context)."""
     quiet_store_logs()
     prefer_hw4_retries(uri)
-    with store_lock(uri):  # it may still be the first to open a new sqlite store
-        return retrying(MlflowClient(uri), policy)
+    return retrying(open_client(uri), policy)  # it may still be the first to open a new sqlite store
 
 
 def sqlite_file(uri: str) -> Optional[str]:
@@ -279,6 +280,94 @@ def store_lock(uri: str) -> Iterator[None]:
             log.info("waiting for another process opening the store %s", path)
             fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # the lock goes with the file's closing
+
+
+def open_client(uri: str) -> MlflowClient:
+    """`MlflowClient(uri)` (a database store connects, and creates its tables, here already),
+    safe for a sqlite store that other processes are opening for the first time too."""
+    path = sqlite_file(uri)
+    with store_lock(uri):  # hw4's own processes take turns
+        if path is not None:
+            settle_sqlite_store(path)
+        return MlflowClient(uri)
+
+
+def settle_sqlite_store(path: str) -> None:
+    """MLflow creates and migrates a new store's schema in place when a client first opens it,
+    and two processes doing so at once break each other (seen: "table ... already exists", "No
+    such index", both failing and the store left half-migrated). hw4's processes take turns
+    (store_lock), but `mlflow ui` or a notebook's MlflowClient do not: so hw4 makes a new store
+    in a private file and links it into place in one step, and waits while a store it did not
+    make is still being made."""
+    if not os.path.exists(path) and link_new_store(path):
+        return
+    wait_while_made_elsewhere(path)
+
+
+def link_new_store(path: str) -> bool:
+    """Create and migrate a store in a private file beside `path`, then hard-link it to `path`
+    (atomic, and refused if another process made `path` meanwhile). False where it is not ours:
+    made by another process first, or a folder or file system that cannot take it (then MLflow
+    opens the store in place, as without hw4, and says what is wrong)."""
+    # The store MlflowClient would make, not cached by MLflow: its connections closed before the link.
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    folder, name = os.path.split(path)
+    private = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        _get_sqlalchemy_store(f"sqlite:///{private}", None).engine.dispose()
+        os.link(private, path)
+        return True
+    except Exception:  # noqa: BLE001 - FileExistsError: another made it; others: see the docstring
+        return False
+    finally:
+        for leftover in (private, f"{private}-journal"):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+
+
+SCHEMA_SETTLED_S = 2.0  # a schema unchanged this long is not being made (an older store)
+SCHEMA_WAIT_S = 120.0
+
+
+def wait_while_made_elsewhere(path: str) -> None:
+    """Return once the sqlite store at `path` has MLflow's current schema, or has not changed
+    for SCHEMA_SETTLED_S (a store of an older MLflow, which MLflow then upgrades or refuses in its
+    own words), reading it without writing. Another process making it changes it all the time."""
+    if not os.path.exists(path):  # no one is making it (MLflow makes it in place, or says why not)
+        return
+    from mlflow.store.db.utils import _get_latest_schema_revision  # MLflow's own check, private
+
+    current = _get_latest_schema_revision()
+    deadline = time.monotonic() + SCHEMA_WAIT_S
+    seen, since, waiting = None, time.monotonic(), False
+    while time.monotonic() < deadline:
+        state = schema_state(path)
+        if state is not None and state[0] == current:
+            return
+        if state is None or state != seen:  # locked by its maker, or changed: still being made
+            if seen is not None and not waiting:
+                log.info("waiting for another process making the tracking store %s", path)
+                waiting = True
+            seen, since = state or ("locked", time.monotonic()), time.monotonic()
+        elif time.monotonic() - since >= SCHEMA_SETTLED_S:
+            return
+        time.sleep(0.05)
+
+
+def schema_state(path: str) -> Optional[tuple[Optional[str], int]]:
+    """(alembic revision, number of tables) of a sqlite file; None while a writer locks it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            revision = (
+                db.execute("SELECT version_num FROM alembic_version").fetchone()
+                if "alembic_version" in tables
+                else None
+            )
+    except sqlite3.OperationalError:
+        return None
+    return (revision[0] if revision else None, len(tables))
 
 
 def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Run:
@@ -345,8 +434,7 @@ def connect(uri: str, policy: Optional[RetryPolicy] = None) -> MlflowClient:
     if urlparse(uri).scheme in ("http", "https"):
         check_server(uri)
     try:
-        with store_lock(uri):  # a new sqlite store: its tables created once, not by two processes
-            client = MlflowClient(uri)  # a database store connects (and creates its tables) here already
+        client = open_client(uri)
         client.search_experiments(max_results=1)
     except Exception as exc:
         code = getattr(exc, "error_code", "")

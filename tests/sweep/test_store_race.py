@@ -3,6 +3,7 @@ fails: one launch, one parent run, or an abort in one line; never a half-tracked
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -131,3 +132,60 @@ def test_processes_opening_one_new_store_at_the_same_moment_create_it_once(tmp_p
     # 0 each: all three were waiting at the start (3: one came late), and each opened the store.
     assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(e[-1500:] for e in errors)
     assert MlflowClient(uri).search_experiments()  # one store, its tables made once
+
+
+# A notebook's client or `mlflow ui` on the same new store: plain MLflow, hw4 never imported.
+MLFLOW_OUTSIDE_HW4 = """
+import sys
+from mlflow.tracking import MlflowClient
+
+print("imported", flush=True)
+sys.stdin.readline()
+MlflowClient(sys.argv[1]).search_experiments()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hw4_opens", ["while-mlflow-makes-it", "with-mlflow"])
+def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_path, hw4_opens):
+    """MLflow migrates a new store in place when a client first opens it, and takes no lock:
+    two at once broke each other (seen: "table ... already exists", "No such index", both
+    failing). hw4 makes a new store in a private file and links it into place, and waits while
+    another process makes it; so each round, whoever starts first, both open the store."""
+    import sys
+    import time
+
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from hw4 import tracking
+
+    rounds = 2
+    outsiders = [
+        subprocess.Popen(
+            [sys.executable, "-c", MLFLOW_OUTSIDE_HW4, f"sqlite:///{tmp_path / str(i) / 'mlflow.db'}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(rounds)
+    ]
+    for outsider in outsiders:
+        assert outsider.stdout.readline() == "imported\n", outsider.communicate()[1][-2000:]
+    for i, outsider in enumerate(outsiders):
+        db = tmp_path / str(i) / "mlflow.db"
+        db.parent.mkdir()
+        outsider.stdin.write("go\n")
+        outsider.stdin.flush()
+        deadline = time.monotonic() + 30
+        while hw4_opens == "while-mlflow-makes-it" and not db.exists():  # it has begun making it
+            assert time.monotonic() < deadline and outsider.poll() is None, outsider.communicate()[1][-2000:]
+            time.sleep(0.001)
+        tracking.connect(f"sqlite:///{db}")  # raised "tracking store ... cannot be used" before
+        assert outsider.wait(timeout=120) == 0, outsider.communicate()[1][-2000:]
+        with sqlite3.connect(db) as check:
+            assert check.execute("SELECT version_num FROM alembic_version").fetchall() == [
+                (_get_latest_schema_revision(),)
+            ]
+        assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]
+        assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]  # no private file left
