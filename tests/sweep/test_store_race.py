@@ -146,12 +146,13 @@ MlflowClient(sys.argv[1]).search_experiments()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hw4_opens", ["while-mlflow-makes-it", "with-mlflow"])
-def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_path, hw4_opens):
+def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_path):
     """MLflow migrates a new store in place when a client first opens it, and takes no lock:
     two at once broke each other (seen: "table ... already exists", "No such index", both
     failing). hw4 makes a new store in a private file and links it into place, and waits while
-    another process makes it; so each round, whoever starts first, both open the store."""
+    another process makes it. Round 0: hw4 opens the store once MLflow has begun making it;
+    round 1: both at once, either first. Each failed before (each alone, at
+    its first store)."""
     import sys
     import time
 
@@ -159,7 +160,7 @@ def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_pa
 
     from hw4 import tracking
 
-    rounds = 2
+    rounds = ["while-mlflow-makes-it", "with-mlflow"]
     outsiders = [
         subprocess.Popen(
             [sys.executable, "-c", MLFLOW_OUTSIDE_HW4, f"sqlite:///{tmp_path / str(i) / 'mlflow.db'}"],
@@ -167,12 +168,12 @@ def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_pa
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
-        for i in range(rounds)
+        )
+        for i in range(len(rounds))
     ]
     for outsider in outsiders:
         assert outsider.stdout.readline() == "imported\n", outsider.communicate()[1][-2000:]
-    for i, outsider in enumerate(outsiders):
+    for i, (outsider, hw4_opens) in enumerate(zip(outsiders, rounds)):
         db = tmp_path / str(i) / "mlflow.db"
         db.parent.mkdir()
         outsider.stdin.write("go\n")
