@@ -8,6 +8,9 @@ compose API (`GlobalHydra.instance().hydra`); tests/test_api.py runs it.
 If a Hydra release moves or changes it, the import or the call fails here and is logged: the
 sweep's `jobs_planned` and `jobs_not_run` counts are then unknown, and nothing else depends on
 it (tests/sweep/test_sweep.py checks the counts).
+
+`without_idle_joblib_workers` reads loky's reusable executor (`_executor`, private: loky has no
+public "is there one" query); if that moves, the workers are reused as before and it is logged.
 """
 
 from __future__ import annotations
@@ -72,6 +75,30 @@ def run(config_dir: str, config_name: str, task: Callable[[DictConfig], Any], ov
         app = GlobalHydra.instance().hydra
         assert app is not None  # initialize_config_dir made it
         if multirun:  # as `-m` does: the jobs read the mode from their Hydra config
+            without_idle_joblib_workers()
             overrides = [*overrides, "hydra.mode=MULTIRUN"]
             return app.multirun(config_name=config_name, task_function=task, overrides=overrides)
         return app.run(config_name=config_name, task_function=task, overrides=overrides).return_value
+
+
+def without_idle_joblib_workers() -> None:
+    """Shut down the worker processes an earlier joblib sweep of this process left waiting, so
+    that this sweep starts its own, as a launch from a shell does. Hydra's joblib launcher reuses
+    them (loky's reusable executor), and a reused worker keeps the working folder and environment
+    it started with: Hydra composes each job's config in the worker, whose `hydra.runtime.cwd`
+    is the worker's folder, so the relative defaults (the tracking store, the Optuna storage,
+    the checkpoints) named the earlier sweep's folder (seen: an Optuna search's trials failed on
+    a study made in the earlier folder)."""
+    import sys
+
+    if "joblib" not in sys.modules:  # no joblib sweep ran in this process
+        return
+    try:
+        from joblib.externals.loky import reusable_executor
+
+        executor = reusable_executor._executor
+    except (ImportError, AttributeError) as exc:
+        log.warning("cannot check for idle joblib workers (%s): a joblib sweep may reuse them", exc)
+        return
+    if executor is not None:
+        executor.shutdown(wait=True)

@@ -21,7 +21,6 @@ from hw4 import names
 optuna = pytest.importorskip("optuna", reason="the optuna extra is not installed")
 from conftest import PRUNABLE  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
-from test_sweep import without_idle_joblib_workers  # noqa: E402
 
 from hw4.sweep import study as studies  # noqa: E402
 from hydra_plugins.hw4_optuna_sweeper import _core  # noqa: E402  (needs optuna)
@@ -76,9 +75,7 @@ def continued_study(tiny_data_dir, _migrated_store, tmp_path_factory):
         "hydra.launcher.n_jobs=2",
     ]
     # Both launches in this process: what they record is the claim (the trials still train in
-    # joblib's worker processes, new ones: a worker an earlier in-process sweep left waiting
-    # trains a trial otherwise than a new process does).
-    without_idle_joblib_workers()
+    # joblib's worker processes, new ones for each launch: hw4.sweep._hydra).
     search_in_process(cwd, tiny_data_dir, uri, "first", *PRUNABLE, *parallel)
     second_output = search_in_process(cwd, tiny_data_dir, uri, "second", *PRUNABLE, "hydra.sweeper.n_trials=1")
     storage = f"sqlite:///{cwd / 'mlruns' / 'optuna.db'}"  # the default: beside the MLflow store

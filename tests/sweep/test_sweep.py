@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +23,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from hw4 import api
+from hw4 import api, names
 from hw4.config import CONFIG_DIR, register_configs
 from hw4.errors import DataError, TrainingDiverged
 from hw4.names import JOB_NUM as JOB_TAG
@@ -61,24 +62,9 @@ def parent_and_children(uri: str):
     return client, parent, children
 
 
-def without_idle_joblib_workers() -> None:
-    """Shut down the loky workers an earlier in-process joblib sweep left waiting: the next
-    sweep's workers start anew, as a launch from a shell's do, and inherit this test's file
-    descriptors 1 and 2. (A reused worker trained an Optuna trial otherwise: a continued
-    study's fifth trial was trained again instead of taking its finished run's record; likely
-    because a reused worker keeps the working folder of the test that started it, where a
-    relative default path then points. Not diagnosed: see issue 36's note.)"""
-    from joblib.externals.loky import reusable_executor
-
-    if reusable_executor._executor is not None:
-        reusable_executor._executor.shutdown(wait=True)
-
-
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
 def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path, monkeypatch, capfd):
     grid = ["optimizer.lr=1e-3,3e-3,1e-2", "trainer.verbose=1"]
-    if launcher:  # the workers print to the stdout file they inherit, as they share a terminal
-        without_idle_joblib_workers()
     # This process's prints: Hydra's log handlers keep the streams they get, so not capfd's,
     # which it closes after the test.
     with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
@@ -129,9 +115,31 @@ def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, trackin
         assert {c.data.tags["tf_threads"] for c in children} == {expected}
 
 
+@pytest.mark.slow
+def test_a_second_joblib_sweep_from_another_folder_reads_and_records_in_that_folder(tiny_data_dir, _migrated_store,
+                                                                                   tmp_path, monkeypatch):  # fmt: skip
+    """Two sweeps in one process (a notebook), each launched from its own folder with the default
+    relative store; the second reads `data.dir=data`, relative to its folder. Hydra's joblib
+    launcher reused the first sweep's workers, whose working folder Hydra took as the second's
+    launch folder: its jobs looked for the data in the first folder and failed (and an Optuna
+    search's trials used a study there) (hw4.sweep._hydra.without_idle_joblib_workers)."""
+    grid = ["model=mlp", "debug=fast", "trainer.epochs=1", "optimizer.lr=1e-3,1e-2", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2"]  # fmt: skip
+    shutil.copytree(tiny_data_dir, tmp_path / "second" / "data")  # only there
+    stores = {}
+    for folder, data in (("first", tiny_data_dir), ("second", "data")):
+        (tmp_path / folder / "mlruns").mkdir(parents=True)
+        shutil.copy(_migrated_store, tmp_path / folder / "mlruns" / "mlflow.db")  # the default, relative
+        stores[folder] = f"sqlite:///{tmp_path / folder / 'mlruns' / 'mlflow.db'}"
+        sweep_in_process(monkeypatch, tmp_path / folder, *grid, f"data.dir={data}")
+        _, parent, children = parent_and_children(stores[folder])  # one parent each, its own children
+        assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}, folder
+        assert {c.data.tags[names.PARENT_RUN] for c in children} == {parent.info.run_id}
+    assert len(parent_and_children(stores["first"])[2]) == 2  # nothing of the second sweep's
+
+
 def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
     lrs = "1e-3,1e-2,3e-2,1e6"  # SGD at 1e6 turns the loss into NaN
-    without_idle_joblib_workers()  # as a launch from a shell: new workers
     with pytest.raises(TrainingDiverged, match="loss became nan"):  # Hydra raises it once the sweep is done
         fast_sweep_in_process(
             monkeypatch, tmp_path, tiny_data_dir, tracking_uri, "optimizer=sgd", f"optimizer.lr={lrs}",
