@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -336,9 +337,7 @@ def wait_while_made_elsewhere(path: str) -> None:
     own words), reading it without writing. Another process making it changes it all the time."""
     if not os.path.exists(path):  # no one is making it (MLflow makes it in place, or says why not)
         return
-    from mlflow.store.db.utils import _get_latest_schema_revision  # MLflow's own check, private
-
-    current = _get_latest_schema_revision()
+    current = current_schema()
     deadline = time.monotonic() + SCHEMA_WAIT_S
     seen, since, waiting = None, time.monotonic(), False
     while time.monotonic() < deadline:
@@ -353,6 +352,14 @@ def wait_while_made_elsewhere(path: str) -> None:
         elif time.monotonic() - since >= SCHEMA_SETTLED_S:
             return
         time.sleep(0.05)
+
+
+@functools.cache
+def current_schema() -> str:
+    """The schema revision this MLflow makes and expects (its own check's, private)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return str(_get_latest_schema_revision())
 
 
 def schema_state(path: str) -> Optional[tuple[Optional[str], int]]:

@@ -123,7 +123,8 @@ def test_a_second_joblib_sweep_from_another_folder_reads_and_records_in_that_fol
     launcher reused the first sweep's workers, whose working folder Hydra took as the second's
     launch folder: its jobs looked for the data in the first folder and failed (and an Optuna
     search's trials used a study there) (hw4.sweep._hydra.without_idle_joblib_workers)."""
-    grid = ["model=mlp", "debug=fast", "trainer.epochs=1", "optimizer.lr=1e-3,1e-2", "hydra/launcher=joblib",
+    # One job each: the pool's idle worker started in the first folder too (two jobs: four workers importing TF).
+    grid = ["model=mlp", "debug=fast", "trainer.epochs=1", "optimizer.lr=1e-3", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2"]  # fmt: skip
     shutil.copytree(tiny_data_dir, tmp_path / "second" / "data")  # only there
     stores = {}
@@ -133,9 +134,8 @@ def test_a_second_joblib_sweep_from_another_folder_reads_and_records_in_that_fol
         stores[folder] = f"sqlite:///{tmp_path / folder / 'mlruns' / 'mlflow.db'}"
         sweep_in_process(monkeypatch, tmp_path / folder, *grid, f"data.dir={data}")
         _, parent, children = parent_and_children(stores[folder])  # one parent each, its own children
-        assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}, folder
-        assert {c.data.tags[names.PARENT_RUN] for c in children} == {parent.info.run_id}
-    assert len(parent_and_children(stores["first"])[2]) == 2  # nothing of the second sweep's
+        assert [(c.info.status, c.data.tags[names.PARENT_RUN]) for c in children] == [("FINISHED", parent.info.run_id)]
+    assert len(parent_and_children(stores["first"])[2]) == 1  # nothing of the second sweep's
 
 
 def test_parallel_writers_keep_every_run_and_a_diverging_job_fails(tiny_data_dir, tracking_uri, tmp_path, monkeypatch):
