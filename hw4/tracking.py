@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, cast
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
@@ -46,6 +46,11 @@ DB_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
 KNOWN_SCHEMES = DB_SCHEMES | {"http", "https", "file", "databricks"}
 DEFAULT_RETRY_S = TrackingConfig.retry_s  # one source of truth: the schema
 HEALTH_TIMEOUT_S = 5
+# A sqlite store another program is making (wait_while_made_elsewhere): its schema unchanged this
+# long is not being made; the wait's limit.
+SCHEMA_SETTLED_S = 2.0
+UNVERSIONED_SETTLED_S = 15.0
+SCHEMA_WAIT_S = 120.0
 # MLflow 3's UI opens an experiment in its training view (not the GenAI one) with this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 UI_PORT = 5000
@@ -310,16 +315,21 @@ def link_new_store(path: str) -> bool:
     (atomic, and refused if another process made `path` meanwhile). False where it is not ours:
     made by another process first, or a folder or file system that cannot take it (then MLflow
     opens the store in place, as without hw4, and says what is wrong)."""
-    # The store MlflowClient would make, not cached by MLflow: its connections closed before the link.
+    # The store MlflowClient would make; its engine disposed: no connection open at the link.
     from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
 
     folder, name = os.path.split(path)
+    if os.path.isdir(folder or ".") and not os.access(folder or ".", os.W_OK):
+        return False  # read-only: MLflow's own open says so (its retries would run twice)
     private = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
     try:
         _get_sqlalchemy_store(f"sqlite:///{private}", None).engine.dispose()
         os.link(private, path)
         return True
-    except Exception:  # noqa: BLE001 - FileExistsError: another made it; others: see the docstring
+    except FileExistsError:  # another process made it first
+        return False
+    except Exception as exc:  # noqa: BLE001 - no hard links here, say: MLflow makes it in place
+        log.debug("could not make the store %s aside (%s): MLflow makes it in place", path, first_line(exc))
         return False
     finally:
         for leftover in (private, f"{private}-journal"):
@@ -327,31 +337,38 @@ def link_new_store(path: str) -> bool:
                 os.remove(leftover)
 
 
-SCHEMA_SETTLED_S = 2.0  # a schema unchanged this long is not being made (an older store)
-SCHEMA_WAIT_S = 120.0
-
-
 def wait_while_made_elsewhere(path: str) -> None:
-    """Return once the sqlite store at `path` has MLflow's current schema, or has not changed
-    for SCHEMA_SETTLED_S (a store of an older MLflow, which MLflow then upgrades or refuses in its
-    own words), reading it without writing. Another process making it changes it all the time."""
+    """Return once the sqlite store at `path` has MLflow's current schema, reading it without
+    writing. Another program making it changes it all the time (MLflow commits each migration);
+    one unchanged for SCHEMA_SETTLED_S is a store of another MLflow (or UNVERSIONED_SETTLED_S
+    without a revision: MLflow loads its migrations before the first one), which MLflow then
+    upgrades or refuses in its own words, as it does a file it cannot read."""
     if not os.path.exists(path):  # no one is making it (MLflow makes it in place, or says why not)
         return
     current = current_schema()
     deadline = time.monotonic() + SCHEMA_WAIT_S
-    seen, since, waiting = None, time.monotonic(), False
+    seen: Optional[SchemaState] = None
+    since, waiting = time.monotonic(), False
     while time.monotonic() < deadline:
-        state = schema_state(path)
-        if state is not None and state[0] == current:
+        try:
+            state = schema_state(path)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):  # not its maker's lock: MLflow's open says what is wrong
+                return
+            state = None
+        if state is not None and state.revision == current:
             return
         if state is None or state != seen:  # locked by its maker, or changed: still being made
             if seen is not None and not waiting:
                 log.info("waiting for another process making the tracking store %s", path)
                 waiting = True
-            seen, since = state or ("locked", time.monotonic()), time.monotonic()
-        elif time.monotonic() - since >= SCHEMA_SETTLED_S:
+            seen, since = state, time.monotonic()
+        elif time.monotonic() - since >= (SCHEMA_SETTLED_S if state.revision else UNVERSIONED_SETTLED_S):
             return
         time.sleep(0.05)
+    log.warning(
+        "the tracking store %s is not at MLflow's schema after %.0f s: opening it as it is", path, SCHEMA_WAIT_S
+    )
 
 
 @functools.cache
@@ -362,19 +379,23 @@ def current_schema() -> str:
     return str(_get_latest_schema_revision())
 
 
-def schema_state(path: str) -> Optional[tuple[Optional[str], int]]:
-    """(alembic revision, number of tables) of a sqlite file; None while a writer locks it."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            revision = (
-                db.execute("SELECT version_num FROM alembic_version").fetchone()
-                if "alembic_version" in tables
-                else None
-            )
-    except sqlite3.OperationalError:
-        return None
-    return (revision[0] if revision else None, len(tables))
+@dataclass(frozen=True)
+class SchemaState:
+    revision: Optional[str]  # alembic's, once MLflow's first migration is committed
+    tables: int
+
+
+def schema_state(path: str) -> SchemaState:
+    """What a sqlite file holds of MLflow's schema; sqlite3.OperationalError where it cannot be read
+    ("database is locked": a writer holds it)."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=0.2)
+    ) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = (
+            db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        )
+    return SchemaState(revision[0] if revision else None, len(tables))
 
 
 def create_run(client: MlflowClient, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> Run:

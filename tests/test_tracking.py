@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -621,3 +624,21 @@ def test_each_client_retries_within_its_own_configs_budget(clock, tracking_uri, 
     for budget, took in zip(budgets, ended_at):
         assert budget + 1.0 <= took <= budget + 2.0  # the first try, the budget, the last try
     assert tracking.POLICY.budget_s == default_budget
+
+
+def test_a_store_of_another_mlflow_schema_is_opened_after_a_short_pause_not_waited_on(_migrated_store, tmp_path):
+    """A sqlite store whose schema is not this MLflow's and does not change is not being made:
+    hw4 stops waiting after SCHEMA_SETTLED_S (MLflow then upgrades or refuses it); a file it
+    cannot read at all at once (MLflow says why)."""
+    db = tmp_path / "older.db"
+    shutil.copy(_migrated_store, db)
+    with contextlib.closing(sqlite3.connect(db)) as older:
+        older.execute("UPDATE alembic_version SET version_num = 'an-older-one'")
+        older.commit()
+    started = time.monotonic()
+    tracking.wait_while_made_elsewhere(str(db))
+    assert tracking.SCHEMA_SETTLED_S <= time.monotonic() - started < tracking.SCHEMA_SETTLED_S + 3
+    (tmp_path / "a-folder.db").mkdir()
+    started = time.monotonic()
+    tracking.wait_while_made_elsewhere(str(tmp_path / "a-folder.db"))
+    assert time.monotonic() - started < 1

@@ -16,6 +16,7 @@ public "is there one" query); if that moves, the workers are reused as before an
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig
@@ -89,8 +90,6 @@ def without_idle_joblib_workers() -> None:
     is the worker's folder, so the relative defaults (the tracking store, the Optuna storage,
     the checkpoints) named the earlier sweep's folder (seen: an Optuna search's trials failed on
     a study made in the earlier folder)."""
-    import sys
-
     if "joblib" not in sys.modules:  # no joblib sweep ran in this process
         return
     try:

@@ -3,6 +3,7 @@ fails: one launch, one parent run, or an abort in one line; never a half-tracked
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -151,8 +152,7 @@ def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_pa
     two at once broke each other (seen: "table ... already exists", "No such index", both
     failing). hw4 makes a new store in a private file and links it into place, and waits while
     another process makes it. Round 0: hw4 opens the store once MLflow has begun making it;
-    round 1: both at once, either first. Each failed before (each alone, at
-    its first store)."""
+    round 1: both at once, either first. Each failed before (each alone, at its first store)."""
     import sys
     import time
 
@@ -171,22 +171,28 @@ def test_a_new_store_that_mlflow_outside_hw4_opens_at_once_works_for_both(tmp_pa
         )
         for i in range(len(rounds))
     ]
-    for outsider in outsiders:
-        assert outsider.stdout.readline() == "imported\n", outsider.communicate()[1][-2000:]
-    for i, (outsider, hw4_opens) in enumerate(zip(outsiders, rounds)):
-        db = tmp_path / str(i) / "mlflow.db"
-        db.parent.mkdir()
-        outsider.stdin.write("go\n")
-        outsider.stdin.flush()
-        deadline = time.monotonic() + 30
-        while hw4_opens == "while-mlflow-makes-it" and not db.exists():  # it has begun making it
-            assert time.monotonic() < deadline and outsider.poll() is None, outsider.communicate()[1][-2000:]
-            time.sleep(0.001)
-        tracking.connect(f"sqlite:///{db}")  # raised "tracking store ... cannot be used" before
-        assert outsider.wait(timeout=120) == 0, outsider.communicate()[1][-2000:]
-        with sqlite3.connect(db) as check:
-            assert check.execute("SELECT version_num FROM alembic_version").fetchall() == [
-                (_get_latest_schema_revision(),)
-            ]
-        assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]
-        assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]  # no private file left
+    try:
+        for outsider in outsiders:
+            assert outsider.stdout.readline() == "imported\n", outsider.communicate()[1][-2000:]
+        for i, (outsider, hw4_opens) in enumerate(zip(outsiders, rounds)):
+            db = tmp_path / str(i) / "mlflow.db"
+            db.parent.mkdir()
+            outsider.stdin.write("go\n")
+            outsider.stdin.flush()
+            deadline = time.monotonic() + 30
+            while hw4_opens == "while-mlflow-makes-it" and not db.exists():  # it has begun making it
+                assert time.monotonic() < deadline and outsider.poll() is None, outsider.communicate()[1][-2000:]
+                time.sleep(0.001)
+            tracking.connect(f"sqlite:///{db}")  # raised "tracking store ... cannot be used" before
+            assert outsider.wait(timeout=120) == 0, outsider.communicate()[1][-2000:]
+            with contextlib.closing(sqlite3.connect(db)) as check:
+                assert check.execute("SELECT version_num FROM alembic_version").fetchall() == [
+                    (_get_latest_schema_revision(),)
+                ]
+            assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]
+            left = sorted(p.name for p in db.parent.iterdir())
+            assert left == ["mlflow.db", "mlflow.db.lock"]  # no private file
+    finally:  # an early failure leaves none waiting on its input
+        for outsider in outsiders:
+            outsider.kill()
+            outsider.wait()
