@@ -62,10 +62,7 @@ def test_a_ctrl_c_during_api_train_raises_keyboard_interrupt_and_the_kernel_live
     import sys
 
     from conftest import write_dataset
-    from test_reliability import start_and_wait_for
-
-    def two_epochs(client, runs):
-        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2
+    from test_reliability import logged_epochs, start_and_wait_for
 
     data_dir = write_dataset(tmp_path / "data", n_dev=3000, n_test=200)
     script = (
@@ -77,7 +74,7 @@ def test_a_ctrl_c_during_api_train_raises_keyboard_interrupt_and_the_kernel_live
         "    print('interrupted; the kernel lives on')\n"
     )
     process = start_and_wait_for(
-        [sys.executable, "-c", script], tmp_path, tracking_uri, two_epochs, stdout=subprocess.PIPE
+        [sys.executable, "-c", script], tmp_path, tracking_uri, logged_epochs(2), stdout=subprocess.PIPE
     )
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

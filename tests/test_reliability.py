@@ -29,33 +29,44 @@ def train_args(data_dir: Path, uri: str, *overrides: str) -> list[str]:
     ]  # fmt: skip
 
 
-def only_run(uri: str):
+def client_and_runs(uri: str) -> tuple[MlflowClient, list]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("hw4")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return client, client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def only_run(uri: str):
+    client, runs = client_and_runs(uri)
     return client, (runs[0] if runs else None)
 
 
-def wait_for(process: subprocess.Popen, uri: str, ready) -> None:
-    """Return once `ready(client, runs)` holds for the store's runs, while `process` trains."""
-    deadline = time.monotonic() + 180
+def wait_until(condition, process: subprocess.Popen, seconds: float = 180) -> None:
+    """Return once `condition()` holds, while `process` runs; its stderr in the failure if it ends."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name("hw4")
-        runs = client.search_runs([experiment.experiment_id]) if experiment else []
-        if ready(client, runs):
+        if condition():
             return
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        if process.poll() is not None:
+            try:  # a timeout: a worker it left still holds the pipe
+                error = (process.communicate(timeout=10)[1] or b"").decode(errors="replace")[-3000:]
+            except subprocess.TimeoutExpired:
+                error = "(its stderr did not close)"
+            raise AssertionError(f"exited {process.returncode} early: {error}")
         time.sleep(0.1)
     process.kill()
-    raise AssertionError("training did not reach the wanted point in time")
+    raise AssertionError("the process did not reach the wanted point in time")
+
+
+def wait_for_runs(process: subprocess.Popen, uri: str, ready) -> None:
+    """Return once `ready(client, runs)` holds for the store's runs, while `process` trains."""
+    wait_until(lambda: ready(*client_and_runs(uri)), process)
 
 
 def start_and_wait_for(args: list[str], cwd: Path, uri: str, ready, **popen) -> subprocess.Popen:
     """Start hw4-train and return once `ready(client, runs)` holds for the store's runs."""
     popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
     process = subprocess.Popen(args, cwd=cwd, **popen)
-    wait_for(process, uri, ready)
+    wait_for_runs(process, uri, ready)
     return process
 
 
@@ -76,7 +87,7 @@ def stop_outside_a_store_write(process: subprocess.Popen, uri: str) -> None:
     """SIGSTOP the process: alive (its run's lock held) without burning CPU. Stopped inside a
     transaction on the sqlite store, it would hold the store's lock and block every writer for
     the whole test: then it goes on a moment and is stopped again."""
-    database = uri.removeprefix("sqlite:///")
+    database = tracking.sqlite_file(uri)
     for _ in range(100):
         process.send_signal(signal.SIGSTOP)
         wait_until_stopped(process)
@@ -92,7 +103,7 @@ def stop_outside_a_store_write(process: subprocess.Popen, uri: str) -> None:
 
 
 def logged_epochs(epochs: int):
-    """wait_for's condition: MLflow holds `epochs` epochs of the run."""
+    """wait_for_runs' condition: MLflow holds `epochs` epochs of the run."""
 
     def enough(client, runs):
         return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs
@@ -275,7 +286,7 @@ def test_a_run_still_being_trained_cannot_be_resumed_and_sigterm_ends_it_killed(
         assert run.info.status == "RUNNING"
 
         process.send_signal(signal.SIGCONT)
-        wait_for(process, tracking_uri, logged_epochs(max(2, at_stop + 1)))  # it trains on after the refusal
+        wait_for_runs(process, tracking_uri, logged_epochs(max(2, at_stop + 1)))  # it trains on after the refusal
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 128 + signal.SIGTERM
     finally:

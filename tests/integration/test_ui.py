@@ -12,14 +12,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
 import console
 import pytest
 from mlflow.tracking import MlflowClient
-from services import WITHOUT_JOB_RUNNER, free_port, wait_for
+from services import mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,17 +44,8 @@ def sweep_server(tiny_data_dir, _migrated_store, tmp_path_factory):
             cwd=workdir, monkeypatch=patch,
         ).stdout  # fmt: skip
     (link,) = re.findall(r"http://127\.0\.0\.1:\d+/(#/experiments/\S+)", printed)  # the "see it" line
-    port = free_port()
-    server = subprocess.Popen(
-        ["mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],  # fmt: skip
-        env={**os.environ, **WITHOUT_JOB_RUNNER}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    wait_for(f"{url}/health", server)
-    yield url, MlflowClient(f"sqlite:///{db}"), link
-    server.terminate()
-    server.wait(timeout=30)
+    with mlflow_server("--backend-store-uri", f"sqlite:///{db}") as url:
+        yield url, MlflowClient(f"sqlite:///{db}"), link
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import console
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from test_reliability import stop_outside_a_store_write
+from test_reliability import stop_outside_a_store_write, wait_until
 
 from hw4 import names, tracking
 from hw4.errors import DataError, TrackingError
@@ -57,22 +57,6 @@ def children(uri: str) -> tuple[object, list]:
     runs = experiment_runs(uri)
     (parent,) = [r for r in runs if r.data.tags.get(names.SWEEP_ROLE) == "parent"]
     return parent, [r for r in runs if r is not parent]
-
-
-def wait_until(condition, process: subprocess.Popen, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if process.poll() is not None:
-            try:  # a timeout: a worker it left still holds the pipe
-                error = (process.communicate(timeout=10)[1] or b"").decode(errors="replace")[-3000:]
-            except subprocess.TimeoutExpired:
-                error = "(its stderr did not close)"
-            raise AssertionError(f"exited {process.returncode} early: {error}")
-        time.sleep(0.1)
-    process.kill()
-    raise AssertionError("the process did not reach the wanted point in time")
 
 
 def epochs_logged(uri: str, run_id: str) -> int:

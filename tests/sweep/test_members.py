@@ -91,7 +91,8 @@ def test_a_killed_members_sweep_continues_every_member_exactly(tmp_path, monkeyp
     equals the sweep that was never stopped. The stopped launch is a real `hw4-train -m`; the
     reference and the continue run in this process."""
     from conftest import write_dataset
-    from test_continue import epochs_logged, wait_until
+    from test_continue import epochs_logged
+    from test_reliability import wait_until
 
     data = f"data.dir={write_dataset(tmp_path / 'data', n_dev=3000, n_test=200)}"
     whole, stopped = f"sqlite:///{tmp_path / 'whole.db'}", f"sqlite:///{tmp_path / 'stopped.db'}"

@@ -7,8 +7,6 @@ through the real `hw4-train -m`.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -65,11 +63,10 @@ def parent_and_children(uri: str):
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]])
 def test_three_job_sweep_nests_under_one_parent(launcher, tiny_data_dir, tracking_uri, tmp_path, monkeypatch, capfd):
     grid = ["optimizer.lr=1e-3,3e-3,1e-2", "trainer.verbose=1"]
-    # This process's prints: Hydra's log handlers keep the streams they get, so not capfd's,
-    # which it closes after the test.
-    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
-        fast_sweep_in_process(monkeypatch, tmp_path, tiny_data_dir, tracking_uri, *grid, *launcher)
-    printed = out.getvalue() + capfd.readouterr().out  # and the workers', from file descriptor 1
+    command = ["hw4-train", "-m", "model=mlp", "debug=fast", f"data.dir={tiny_data_dir}", f"tracking.uri={tracking_uri}",
+               f"hydra.sweep.dir={tmp_path / 'multirun'}", *grid, *launcher]  # fmt: skip
+    printed = console.hw4_train(command, cwd=tmp_path, monkeypatch=monkeypatch).stdout
+    printed += capfd.readouterr().out  # and the workers', from file descriptor 1
     epoch_lines = [line for line in printed.splitlines() if re.match(r"\s*\d+/\d+ ", line)]
     if launcher:  # parallel jobs: one plain line per epoch each, no progress bars to interleave
         assert len(epoch_lines) == 3 * 2 and "━" not in printed
